@@ -1,0 +1,327 @@
+//! The YAML file model: exactly what a user writes, parsed strictly.
+//!
+//! Every struct denies unknown keys so a typo is an error that names its path. Values that need
+//! more than a type check (addresses, cross references) stay strings here and are checked in
+//! [`super::validate`], which collects every problem instead of stopping at the first.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Pingora's own `ServerConf`, checked key by key in validation.
+    #[serde(default)]
+    pub server: Option<serde_norway::Value>,
+    /// Where the proxy accepts client connections.
+    pub listeners: Vec<ListenerFile>,
+    /// The admin listener (metrics, status).
+    #[serde(default)]
+    pub admin: Option<AdminFile>,
+    /// How proxy-generated responses look.
+    #[serde(default)]
+    pub error_pages: ErrorPagesFile,
+    /// Named pools of backends.
+    pub upstreams: BTreeMap<String, UpstreamFile>,
+    /// Routes, matched by host and longest path prefix.
+    #[serde(default)]
+    pub routes: Vec<RouteFile>,
+    /// Built-in demo origins, for trying faultline out without any server of your own.
+    #[serde(default)]
+    pub demo: Option<DemoFile>,
+}
+
+/// One client-facing listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFile {
+    /// `IP:port`.
+    pub address: String,
+}
+
+/// The admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminFile {
+    /// `IP:port`.
+    pub address: String,
+}
+
+/// Error page settings.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ErrorPagesFile {
+    /// A link shown on HTML error pages and in problem+json `type`.
+    pub support_url: Option<String>,
+    /// Whether responses carry a `Proxy-Status` header.
+    pub proxy_status: bool,
+    /// Whether backend addresses may appear in client-visible text (`next-hop`).
+    pub reveal_backends: bool,
+    /// Per-status HTML templates, read from files: `{ "502": "conf/pages/502.html" }`.
+    pub templates: BTreeMap<String, String>,
+}
+
+impl Default for ErrorPagesFile {
+    fn default() -> Self {
+        ErrorPagesFile {
+            support_url: None,
+            proxy_status: true,
+            reveal_backends: false,
+            templates: BTreeMap::new(),
+        }
+    }
+}
+
+/// A pool of backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamFile {
+    /// The backends; at least one.
+    pub backends: Vec<BackendFile>,
+    /// How a backend is picked.
+    #[serde(default)]
+    pub selection: Selection,
+    /// Timeouts applied to every connection to this pool.
+    #[serde(default)]
+    pub timeouts: TimeoutsFile,
+    /// Health checking.
+    #[serde(default)]
+    pub health: Option<HealthFile>,
+}
+
+/// One backend.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendFile {
+    /// `IP:port`.
+    pub address: String,
+    /// Relative share of traffic.
+    #[serde(default = "one")]
+    pub weight: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// Backend selection algorithm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Selection {
+    /// Weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Ketama consistent hashing on the request's host and path.
+    ConsistentHash,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TimeoutsFile {
+    /// TCP connect.
+    #[serde(deserialize_with = "duration")]
+    pub connect: Duration,
+    /// Waiting for the response header, and every later read on the connection.
+    #[serde(deserialize_with = "duration")]
+    pub response_header: Duration,
+    /// Each write of the request to the upstream.
+    #[serde(deserialize_with = "duration")]
+    pub write_idle: Duration,
+    /// How long an idle upstream connection stays in the keep-alive pool.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_idle: Duration,
+}
+
+impl Default for TimeoutsFile {
+    fn default() -> Self {
+        TimeoutsFile {
+            connect: Duration::from_secs(1),
+            response_header: Duration::from_secs(15),
+            write_idle: Duration::from_secs(30),
+            keepalive_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Health checking of one pool.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthFile {
+    /// Active checks.
+    #[serde(default)]
+    pub active: Option<ActiveHealthFile>,
+    /// Passive checks (outlier detection).
+    #[serde(default)]
+    pub passive: Option<PassiveHealthFile>,
+}
+
+/// Active health checks.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActiveHealthFile {
+    /// HTTP path to request; a TCP connect check when absent.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// Time between checks.
+    #[serde(deserialize_with = "duration", default = "five_seconds")]
+    pub interval: Duration,
+    /// Time allowed for one check.
+    #[serde(deserialize_with = "duration", default = "one_second")]
+    pub timeout: Duration,
+}
+
+/// Passive health (outlier detection).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassiveHealthFile {
+    /// Gateway failures in a row that eject a backend.
+    #[serde(default = "five")]
+    pub consecutive_failures: u32,
+    /// First ejection time; multiplied by the number of ejections so far.
+    #[serde(deserialize_with = "duration", default = "thirty_seconds")]
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    #[serde(deserialize_with = "duration", default = "five_minutes")]
+    pub max_ejection: Duration,
+    /// Never eject more than this share of the pool.
+    #[serde(default = "fifty")]
+    pub max_ejected_percent: u8,
+    /// Origin statuses that count as failures.
+    #[serde(default)]
+    pub failure_statuses: Vec<u16>,
+}
+
+fn five() -> u32 {
+    5
+}
+fn fifty() -> u8 {
+    50
+}
+fn one_second() -> Duration {
+    Duration::from_secs(1)
+}
+fn five_seconds() -> Duration {
+    Duration::from_secs(5)
+}
+fn thirty_seconds() -> Duration {
+    Duration::from_secs(30)
+}
+fn five_minutes() -> Duration {
+    Duration::from_secs(300)
+}
+
+/// One route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteFile {
+    /// A name for metrics and logs; `route<N>` when absent.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// What the route matches.
+    #[serde(default, rename = "match")]
+    pub matcher: MatchFile,
+    /// The upstream it sends to.
+    pub upstream: String,
+    /// Bound on the whole request, all attempts together.
+    #[serde(default, deserialize_with = "optional_duration")]
+    pub deadline: Option<Duration>,
+    /// Retry policy.
+    #[serde(default)]
+    pub retry: RetryFile,
+    /// Origin statuses replaced by the proxy's own error page.
+    #[serde(default)]
+    pub intercept_origin_errors: Vec<u16>,
+}
+
+/// Route matching.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatchFile {
+    /// Exact host, or `*.suffix`.
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Path prefix; the longest matching prefix wins.
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+}
+
+/// Retry policy of a route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryFile {
+    /// Total tries, the first included.
+    pub attempts: u32,
+    /// Origin statuses that trigger a retry (idempotent requests only).
+    pub on_status: Vec<u16>,
+    /// Treat a request carrying `Idempotency-Key` as idempotent.
+    pub idempotency_key: bool,
+    /// Retries per upstream at most this share of its recent requests.
+    pub budget_percent: u8,
+}
+
+impl Default for RetryFile {
+    fn default() -> Self {
+        RetryFile {
+            attempts: 3,
+            on_status: Vec::new(),
+            idempotency_key: false,
+            budget_percent: 20,
+        }
+    }
+}
+
+/// Demo origins served by faultline itself.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoFile {
+    /// Origins to start before the proxy.
+    pub origins: Vec<DemoOriginFile>,
+}
+
+/// One demo origin.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoOriginFile {
+    /// `IP:port` to listen on (loopback).
+    pub address: String,
+    /// How it behaves.
+    pub behavior: DemoBehavior,
+}
+
+/// What a demo origin does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DemoBehavior {
+    /// Answers 200 with a short text naming itself.
+    Healthy,
+    /// Accepts and reads the request, then never answers.
+    Stall,
+    /// Answers 503 with its own body.
+    Unavailable,
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(d)?;
+    parse_duration(&text).map_err(serde::de::Error::custom)
+}
+
+fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
+}
+
+/// Parses `250ms`, `5s`, `1m30s`; a bare number is refused because its unit would be a guess.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(format!(
+            "invalid duration \"{text}\": a unit is required (\"{trimmed}s\", \"{trimmed}ms\")"
+        ));
+    }
+    humantime::parse_duration(trimmed).map_err(|e| format!("invalid duration \"{text}\": {e}"))
+}

@@ -1,0 +1,261 @@
+//! Configuration: the YAML file ([`file`]) turned into a validated runtime model ([`Config`]).
+//!
+//! Loading never panics. A syntax or type error stops parsing and names its field path; every
+//! semantic problem after that (unknown upstream, bad address, duplicate listener …) is collected,
+//! so `faultline -t` reports them all at once.
+
+pub mod file;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pingora::server::configuration::ServerConf;
+
+pub use file::{DemoBehavior, Selection};
+
+/// The validated configuration faultline runs from.
+#[derive(Debug)]
+pub struct Config {
+    /// Pingora's server settings (`server:`).
+    pub server: ServerConf,
+    /// Client-facing listener addresses.
+    pub listeners: Vec<SocketAddr>,
+    /// The admin listener address, if any.
+    pub admin: Option<SocketAddr>,
+    /// How proxy-generated responses look.
+    pub error_pages: ErrorPages,
+    /// Upstream pools; a route refers to one by index.
+    pub upstreams: Vec<UpstreamConfig>,
+    /// Routes in file order.
+    pub routes: Vec<RouteConfig>,
+    /// Built-in demo origins to start before the proxy.
+    pub demo: Vec<DemoOrigin>,
+}
+
+/// Settings of proxy-generated responses.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorPages {
+    /// Link shown to visitors on error pages.
+    pub support_url: Option<String>,
+    /// Whether to send `Proxy-Status`.
+    pub proxy_status: bool,
+    /// Whether backend addresses may reach clients (`next-hop`).
+    pub reveal_backends: bool,
+    /// HTML templates by status code, already read from their files.
+    pub templates: BTreeMap<u16, String>,
+}
+
+/// One upstream pool.
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The name routes use.
+    pub name: String,
+    /// Its backends, at least one.
+    pub backends: Vec<BackendConfig>,
+    /// Selection algorithm.
+    pub selection: Selection,
+    /// Connection timeouts.
+    pub timeouts: Timeouts,
+    /// Passive health settings, when configured.
+    pub passive_health: Option<PassiveHealth>,
+    /// Active health settings, when configured.
+    pub active_health: Option<ActiveHealth>,
+}
+
+/// One backend of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendConfig {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Relative share of traffic.
+    pub weight: usize,
+}
+
+/// Upstream timeouts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// TCP connect.
+    pub connect: Duration,
+    /// Waiting for the response header (and each later read).
+    pub response_header: Duration,
+    /// Each write towards the upstream.
+    pub write_idle: Duration,
+    /// Idle time of a pooled keep-alive connection.
+    pub keepalive_idle: Duration,
+}
+
+/// Passive health (outlier detection) settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PassiveHealth {
+    /// Gateway failures in a row that eject a backend.
+    pub consecutive_failures: u32,
+    /// First ejection time.
+    pub base_ejection: Duration,
+    /// Longest ejection.
+    pub max_ejection: Duration,
+    /// Cap on the ejected share of the pool.
+    pub max_ejected_percent: u8,
+    /// Origin statuses that count as failures.
+    pub failure_statuses: Vec<u16>,
+}
+
+/// Active health check settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveHealth {
+    /// HTTP path, or a TCP check when absent.
+    pub path: Option<String>,
+    /// Time between checks.
+    pub interval: Duration,
+    /// Time allowed for one check.
+    pub timeout: Duration,
+}
+
+/// How a route matches the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    /// Exactly this host (lowercase, no port).
+    Exact(String),
+    /// Any host ending in this suffix, which starts with a dot (`*.example.com` → `.example.com`).
+    Suffix(String),
+}
+
+/// One validated route.
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// Name for metrics and logs.
+    pub name: String,
+    /// Host match; any host when `None`.
+    pub host: Option<HostMatch>,
+    /// Path prefix, always starting with `/`.
+    pub path_prefix: String,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Bound on the whole request.
+    pub deadline: Option<Duration>,
+    /// Retry policy.
+    pub retry: RetryPolicy,
+    /// Origin statuses replaced by the proxy's page.
+    pub intercept_origin_errors: Vec<u16>,
+}
+
+/// Retry policy of a route.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Total tries, the first included (at least 1).
+    pub attempts: u32,
+    /// Origin statuses that trigger a retry.
+    pub on_status: Vec<u16>,
+    /// Whether `Idempotency-Key` makes a request retryable after it was sent.
+    pub idempotency_key: bool,
+    /// Share of recent requests that may be retries.
+    pub budget_percent: u8,
+}
+
+/// A demo origin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoOrigin {
+    /// Loopback address to listen on.
+    pub address: SocketAddr,
+    /// What it does.
+    pub behavior: DemoBehavior,
+}
+
+/// One problem in a configuration, at a field path such as `routes[1].upstream`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Where: a dotted path with `[i]` indices; empty for the file as a whole.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            f.write_str(&self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug)]
+pub enum ConfigError {
+    /// The file could not be read.
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The file was read but is invalid; every problem found is listed.
+    Invalid(Vec<FieldError>),
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConfigError::Read { path, source } => {
+                write!(f, "cannot read {}: {source}", path.display())
+            }
+            ConfigError::Invalid(errors) => {
+                for (i, e) in errors.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str("\n")?;
+                    }
+                    write!(f, "{e}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ConfigError::Read { source, .. } => Some(source),
+            ConfigError::Invalid(_) => None,
+        }
+    }
+}
+
+impl ConfigError {
+    /// The field errors, empty for a read error.
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            ConfigError::Read { .. } => &[],
+            ConfigError::Invalid(errors) => errors,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a file. Relative template paths resolve against the file's folder.
+    pub fn load(path: impl AsRef<Path>) -> Result<Config, ConfigError> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        Self::from_yaml_in(&text, base)
+    }
+
+    /// Parses and validates YAML text; relative template paths resolve against the current folder.
+    pub fn from_yaml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_yaml_in(text, Path::new("."))
+    }
+
+    fn from_yaml_in(text: &str, base: &Path) -> Result<Config, ConfigError> {
+        let deserializer = serde_norway::Deserializer::from_str(text);
+        let file: file::FileConfig = serde_path_to_error::deserialize(deserializer)
+            .map_err(|e| ConfigError::Invalid(vec![validate::serde_error(e)]))?;
+        validate::validate(file, base).map_err(ConfigError::Invalid)
+    }
+}

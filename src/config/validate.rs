@@ -1,0 +1,453 @@
+//! File model → runtime model, collecting every problem with its field path.
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::Path;
+
+use pingora::server::configuration::ServerConf;
+
+use super::file::{self, FileConfig};
+use super::{
+    ActiveHealth, BackendConfig, Config, DemoOrigin, ErrorPages, FieldError, HostMatch,
+    PassiveHealth, RetryPolicy, RouteConfig, Timeouts, UpstreamConfig,
+};
+
+/// Collects errors while walking the file.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    fn address(&mut self, path: &str, text: &str) -> Option<SocketAddr> {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.push(
+                    path,
+                    format!("invalid address \"{text}\": expected IP:port, such as 127.0.0.1:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn statuses(&mut self, path: &str, statuses: &[u16]) {
+        for (i, s) in statuses.iter().enumerate() {
+            if !(400..=599).contains(s) {
+                self.push(
+                    format!("{path}[{i}]"),
+                    format!("{s} is not an error status (400 to 599)"),
+                );
+            }
+        }
+    }
+
+    fn percent(&mut self, path: &str, value: u8) {
+        if value > 100 {
+            self.push(path, format!("{value} is more than 100 percent"));
+        }
+    }
+}
+
+/// Turns a serde error into a field error. An unknown key is reported at its own path
+/// (`routes[2].retry.atempts: unknown field`), which is where the user has to look.
+pub(super) fn serde_error(e: serde_path_to_error::Error<serde_norway::Error>) -> FieldError {
+    let path = e.path().to_string();
+    let path = if path == "." { String::new() } else { path };
+    let message = e.inner().to_string();
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((key, expected)) = rest.split_once('`')
+    {
+        let key_path = if path.is_empty() || path.ends_with(key) {
+            if path.is_empty() {
+                key.to_string()
+            } else {
+                path
+            }
+        } else {
+            format!("{path}.{key}")
+        };
+        let expected = expected.trim_start_matches(',').trim();
+        return FieldError {
+            path: key_path,
+            message: format!("unknown field ({expected})"),
+        };
+    }
+    FieldError { path, message }
+}
+
+pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<FieldError>> {
+    let mut errors = Errors::default();
+
+    let server = server_conf(file.server, &mut errors);
+
+    if file.listeners.is_empty() {
+        errors.push("listeners", "at least one listener is required");
+    }
+    let mut listeners = Vec::with_capacity(file.listeners.len());
+    let mut seen = HashSet::new();
+    for (i, l) in file.listeners.iter().enumerate() {
+        let path = format!("listeners[{i}].address");
+        if let Some(addr) = errors.address(&path, &l.address) {
+            if !seen.insert(addr) {
+                errors.push(path, format!("{addr} is already used by another listener"));
+            }
+            listeners.push(addr);
+        }
+    }
+    let admin = file.admin.as_ref().and_then(|a| {
+        let addr = errors.address("admin.address", &a.address)?;
+        if seen.contains(&addr) {
+            errors.push(
+                "admin.address",
+                format!("{addr} is already used by a listener"),
+            );
+        }
+        Some(addr)
+    });
+
+    let error_pages = error_pages(file.error_pages, base, &mut errors);
+
+    if file.upstreams.is_empty() {
+        errors.push("upstreams", "at least one upstream is required");
+    }
+    let mut upstreams = Vec::with_capacity(file.upstreams.len());
+    for (name, u) in file.upstreams {
+        upstreams.push(upstream(name, u, &mut errors));
+    }
+
+    let mut routes = Vec::with_capacity(file.routes.len());
+    for (i, r) in file.routes.into_iter().enumerate() {
+        if let Some(route) = route(i, r, &upstreams, &mut errors) {
+            routes.push(route);
+        }
+    }
+
+    let demo = file
+        .demo
+        .map(|d| demo_origins(d, &listeners, &mut errors))
+        .unwrap_or_default();
+
+    if !errors.0.is_empty() {
+        return Err(errors.0);
+    }
+    Ok(Config {
+        server,
+        listeners,
+        admin,
+        error_pages,
+        upstreams,
+        routes,
+        demo,
+    })
+}
+
+/// Pingora's `ServerConf` accepts unknown keys silently; faultline does not, so every key given
+/// must be one that `ServerConf` knows.
+fn server_conf(value: Option<serde_norway::Value>, errors: &mut Errors) -> ServerConf {
+    let Some(value) = value else {
+        return ServerConf::default();
+    };
+    let known: HashSet<String> = match serde_norway::to_value(ServerConf::default()) {
+        Ok(serde_norway::Value::Mapping(m)) => m
+            .keys()
+            .filter_map(|k| k.as_str().map(str::to_string))
+            .collect(),
+        _ => HashSet::new(),
+    };
+    match &value {
+        serde_norway::Value::Mapping(m) => {
+            for key in m.keys() {
+                match key.as_str() {
+                    Some(k) if known.contains(k) => {}
+                    Some(k) => errors.push(format!("server.{k}"), "unknown field"),
+                    None => errors.push("server", "keys must be strings"),
+                }
+            }
+        }
+        serde_norway::Value::Null => return ServerConf::default(),
+        _ => {
+            errors.push("server", "expected a mapping");
+            return ServerConf::default();
+        }
+    }
+    match serde_path_to_error::deserialize::<_, ServerConf>(value) {
+        Ok(conf) => conf,
+        Err(e) => {
+            let path = e.path().to_string();
+            errors.push(format!("server.{path}"), e.inner().to_string());
+            ServerConf::default()
+        }
+    }
+}
+
+fn error_pages(f: file::ErrorPagesFile, base: &Path, errors: &mut Errors) -> ErrorPages {
+    if let Some(url) = &f.support_url
+        && !(url.starts_with("https://") || url.starts_with("http://") || url.starts_with('/'))
+    {
+        errors.push(
+            "error_pages.support_url",
+            format!("\"{url}\" is not an http(s) URL or an absolute path"),
+        );
+    }
+    let mut templates = BTreeMap::new();
+    for (key, file_name) in &f.templates {
+        let path = format!("error_pages.templates.{key}");
+        let status = match key.parse::<u16>() {
+            Ok(s) if (400..=599).contains(&s) => s,
+            _ => {
+                errors.push(
+                    &path,
+                    format!("\"{key}\" is not an error status (400 to 599)"),
+                );
+                continue;
+            }
+        };
+        let full = base.join(file_name);
+        match std::fs::read_to_string(&full) {
+            Ok(text) => {
+                templates.insert(status, text);
+            }
+            Err(e) => errors.push(&path, format!("cannot read {}: {e}", full.display())),
+        }
+    }
+    ErrorPages {
+        support_url: f.support_url,
+        proxy_status: f.proxy_status,
+        reveal_backends: f.reveal_backends,
+        templates,
+    }
+}
+
+fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> UpstreamConfig {
+    let at = format!("upstreams.{name}");
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+    {
+        errors.push(
+            &at,
+            "an upstream name uses letters, digits, '-', '_' and '.' only",
+        );
+    }
+    if u.backends.is_empty() {
+        errors.push(format!("{at}.backends"), "at least one backend is required");
+    }
+    let mut backends = Vec::with_capacity(u.backends.len());
+    let mut seen = HashSet::new();
+    for (i, b) in u.backends.iter().enumerate() {
+        let path = format!("{at}.backends[{i}].address");
+        if b.weight == 0 {
+            errors.push(
+                format!("{at}.backends[{i}].weight"),
+                "weight must be at least 1",
+            );
+        }
+        if let Some(address) = errors.address(&path, &b.address) {
+            if !seen.insert(address) {
+                errors.push(&path, format!("{address} is listed twice in this upstream"));
+            }
+            backends.push(BackendConfig {
+                address,
+                weight: b.weight.max(1),
+            });
+        }
+    }
+    let t = u.timeouts;
+    for (field, value) in [
+        ("connect", t.connect),
+        ("response_header", t.response_header),
+        ("write_idle", t.write_idle),
+    ] {
+        if value.is_zero() {
+            errors.push(format!("{at}.timeouts.{field}"), "must be more than zero");
+        }
+    }
+    let timeouts = Timeouts {
+        connect: t.connect,
+        response_header: t.response_header,
+        write_idle: t.write_idle,
+        keepalive_idle: t.keepalive_idle,
+    };
+    let (active_health, passive_health) = match u.health {
+        None => (None, None),
+        Some(h) => (
+            h.active.map(|a| active(&at, a, errors)),
+            h.passive.map(|p| passive(&at, p, errors)),
+        ),
+    };
+    UpstreamConfig {
+        name,
+        backends,
+        selection: u.selection,
+        timeouts,
+        passive_health,
+        active_health,
+    }
+}
+
+fn active(at: &str, a: file::ActiveHealthFile, errors: &mut Errors) -> ActiveHealth {
+    if let Some(p) = &a.path
+        && !p.starts_with('/')
+    {
+        errors.push(
+            format!("{at}.health.active.path"),
+            format!("\"{p}\" must start with '/'"),
+        );
+    }
+    if a.interval.is_zero() {
+        errors.push(
+            format!("{at}.health.active.interval"),
+            "must be more than zero",
+        );
+    }
+    ActiveHealth {
+        path: a.path,
+        interval: a.interval,
+        timeout: a.timeout,
+    }
+}
+
+fn passive(at: &str, p: file::PassiveHealthFile, errors: &mut Errors) -> PassiveHealth {
+    let path = format!("{at}.health.passive");
+    if p.consecutive_failures == 0 {
+        errors.push(format!("{path}.consecutive_failures"), "must be at least 1");
+    }
+    if p.base_ejection > p.max_ejection {
+        errors.push(
+            format!("{path}.base_ejection"),
+            "must not be longer than max_ejection",
+        );
+    }
+    errors.percent(
+        &format!("{path}.max_ejected_percent"),
+        p.max_ejected_percent,
+    );
+    errors.statuses(&format!("{path}.failure_statuses"), &p.failure_statuses);
+    PassiveHealth {
+        consecutive_failures: p.consecutive_failures,
+        base_ejection: p.base_ejection,
+        max_ejection: p.max_ejection,
+        max_ejected_percent: p.max_ejected_percent,
+        failure_statuses: p.failure_statuses,
+    }
+}
+
+fn route(
+    i: usize,
+    r: file::RouteFile,
+    upstreams: &[UpstreamConfig],
+    errors: &mut Errors,
+) -> Option<RouteConfig> {
+    let at = format!("routes[{i}]");
+    let upstream = upstreams.iter().position(|u| u.name == r.upstream);
+    if upstream.is_none() {
+        errors.push(
+            format!("{at}.upstream"),
+            format!("no upstream named \"{}\"", r.upstream),
+        );
+    }
+    let host = r.matcher.host.as_deref().and_then(|h| {
+        host_match(h)
+            .map_err(|m| {
+                errors.push(format!("{at}.match.host"), m);
+            })
+            .ok()
+    });
+    let path_prefix = r.matcher.path_prefix.unwrap_or_else(|| "/".to_string());
+    if !path_prefix.starts_with('/') {
+        errors.push(
+            format!("{at}.match.path_prefix"),
+            format!("\"{path_prefix}\" must start with '/'"),
+        );
+    }
+    if r.retry.attempts == 0 {
+        errors.push(format!("{at}.retry.attempts"), "must be at least 1");
+    }
+    errors.percent(
+        &format!("{at}.retry.budget_percent"),
+        r.retry.budget_percent,
+    );
+    errors.statuses(&format!("{at}.retry.on_status"), &r.retry.on_status);
+    errors.statuses(
+        &format!("{at}.intercept_origin_errors"),
+        &r.intercept_origin_errors,
+    );
+    if let Some(d) = r.deadline
+        && d.is_zero()
+    {
+        errors.push(format!("{at}.deadline"), "must be more than zero");
+    }
+    Some(RouteConfig {
+        name: r.name.unwrap_or_else(|| format!("route{i}")),
+        host,
+        path_prefix,
+        upstream: upstream?,
+        deadline: r.deadline,
+        retry: RetryPolicy {
+            attempts: r.retry.attempts,
+            on_status: r.retry.on_status,
+            idempotency_key: r.retry.idempotency_key,
+            budget_percent: r.retry.budget_percent,
+        },
+        intercept_origin_errors: r.intercept_origin_errors,
+    })
+}
+
+/// `api.example.com` → exact; `*.example.com` → suffix `.example.com`. Hosts compare lowercase.
+fn host_match(host: &str) -> Result<HostMatch, String> {
+    let lower = host.to_ascii_lowercase();
+    let (name, wildcard) = match lower.strip_prefix("*.") {
+        Some(rest) => (rest, true),
+        None => (lower.as_str(), false),
+    };
+    let valid = !name.is_empty()
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        });
+    if !valid {
+        return Err(format!(
+            "\"{host}\" is not a host name or a \"*.suffix\" wildcard"
+        ));
+    }
+    Ok(if wildcard {
+        HostMatch::Suffix(format!(".{name}"))
+    } else {
+        HostMatch::Exact(name.to_string())
+    })
+}
+
+fn demo_origins(
+    d: file::DemoFile,
+    listeners: &[SocketAddr],
+    errors: &mut Errors,
+) -> Vec<DemoOrigin> {
+    let mut out = Vec::with_capacity(d.origins.len());
+    for (i, o) in d.origins.iter().enumerate() {
+        let path = format!("demo.origins[{i}].address");
+        let Some(address) = errors.address(&path, &o.address) else {
+            continue;
+        };
+        if !address.ip().is_loopback() {
+            errors.push(&path, "demo origins listen on loopback addresses only");
+        }
+        if listeners.contains(&address) {
+            errors.push(&path, format!("{address} is already used by a listener"));
+        }
+        out.push(DemoOrigin {
+            address,
+            behavior: o.behavior,
+        });
+    }
+    out
+}

@@ -1,0 +1,462 @@
+//! Proxy-generated responses: status, `Proxy-Status` (RFC 9209), `X-Request-Id`, and a body
+//! chosen from `Accept`: an HTML page, `application/problem+json` (RFC 9457) or plain text.
+//!
+//! Nothing here knows about backends beyond an optional `next-hop` name, which the caller passes
+//! only when the configuration allows revealing it.
+
+use bytes::Bytes;
+use pingora::http::ResponseHeader;
+
+use crate::config;
+use crate::failure::{FailureKind, reason_phrase};
+
+/// The `Proxy-Status` member name of this proxy.
+pub const PROXY_NAME: &str = "faultline";
+
+/// Seconds a client should wait before retrying when no backend is available.
+pub const RETRY_AFTER_SECONDS: u32 = 1;
+
+/// What happened, from the client's point of view.
+#[derive(Debug, Clone, Copy)]
+pub enum Cause {
+    /// The proxy failed to get a response.
+    Failure(FailureKind),
+    /// The origin answered with this status and the route intercepts it.
+    Intercepted(u16),
+}
+
+impl Cause {
+    /// The status the client gets.
+    pub fn status(self) -> u16 {
+        match self {
+            Cause::Failure(kind) => kind.status(),
+            Cause::Intercepted(status) => status,
+        }
+    }
+}
+
+/// Body formats the proxy can produce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    /// `text/html`.
+    Html,
+    /// `application/problem+json`.
+    ProblemJson,
+    /// `text/plain`.
+    Text,
+}
+
+impl Format {
+    fn content_type(self) -> &'static str {
+        match self {
+            Format::Html => "text/html; charset=utf-8",
+            Format::ProblemJson => "application/problem+json",
+            Format::Text => "text/plain; charset=utf-8",
+        }
+    }
+
+    /// Media types that select this format, most specific first, and the tie-break rank
+    /// (plain text wins a tie among wildcards: curl and scripts send `*/*`).
+    fn matches(self) -> (&'static [(&'static str, &'static str)], u8) {
+        match self {
+            Format::Html => (&[("text", "html")], 1),
+            Format::ProblemJson => (
+                &[("application", "problem+json"), ("application", "json")],
+                0,
+            ),
+            Format::Text => (&[("text", "plain")], 2),
+        }
+    }
+}
+
+/// Picks the body format from an `Accept` header value, honouring q-values and specificity
+/// (RFC 9110 §12.5.1). No header, or nothing acceptable, gives plain text.
+pub fn negotiate(accept: Option<&[u8]>) -> Format {
+    let Some(accept) = accept.and_then(|a| std::str::from_utf8(a).ok()) else {
+        return Format::Text;
+    };
+    let mut best: Option<((u16, u8, u8), Format)> = None;
+    for format in [Format::Html, Format::ProblemJson, Format::Text] {
+        let (types, rank) = format.matches();
+        // The most specific range that matches decides this format's quality.
+        let mut chosen: Option<(u8, u16)> = None;
+        for range in accept.split(',') {
+            let mut parts = range.split(';');
+            let media = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let Some((r_type, r_sub)) = media.split_once('/') else {
+                continue;
+            };
+            let specificity = types
+                .iter()
+                .filter_map(|(t, s)| match (r_type == *t, r_sub == *s) {
+                    (true, true) => Some(2),
+                    (true, false) if r_sub == "*" => Some(1),
+                    _ if r_type == "*" && r_sub == "*" => Some(0),
+                    _ => None,
+                })
+                .max();
+            let Some(specificity) = specificity else {
+                continue;
+            };
+            let q = parts
+                .find_map(|p| {
+                    let (k, v) = p.split_once('=')?;
+                    (k.trim().eq_ignore_ascii_case("q")).then(|| parse_q(v.trim()))
+                })
+                .unwrap_or(1000);
+            if chosen.is_none_or(|(s, _)| specificity > s) {
+                chosen = Some((specificity, q));
+            }
+        }
+        if let Some((specificity, q)) = chosen
+            && q > 0
+        {
+            let score = (q, specificity, rank);
+            if best.is_none_or(|(b, _)| score > b) {
+                best = Some((score, format));
+            }
+        }
+    }
+    best.map_or(Format::Text, |(_, f)| f)
+}
+
+/// q-value in thousandths; malformed values count as 0 (not acceptable).
+fn parse_q(v: &str) -> u16 {
+    match v.parse::<f32>() {
+        Ok(q) if (0.0..=1.0).contains(&q) => (q * 1000.0).round() as u16,
+        _ => 0,
+    }
+}
+
+/// `Proxy-Status` for a response the proxy generated.
+pub fn proxy_status_error(kind: FailureKind, next_hop: Option<&str>) -> String {
+    let mut v = format!(
+        "{PROXY_NAME}; error={}; details=\"{}\"",
+        kind.as_str(),
+        kind.detail()
+    );
+    push_next_hop(&mut v, next_hop);
+    v
+}
+
+/// `Proxy-Status` for an origin response passed through (or intercepted).
+pub fn proxy_status_received(status: u16, next_hop: Option<&str>) -> String {
+    let mut v = format!("{PROXY_NAME}; received-status={status}");
+    push_next_hop(&mut v, next_hop);
+    v
+}
+
+fn push_next_hop(v: &mut String, next_hop: Option<&str>) {
+    if let Some(hop) = next_hop {
+        // sf-string: printable ASCII, with '"' and '\' escaped.
+        v.push_str("; next-hop=\"");
+        for c in hop.chars().filter(|c| c.is_ascii_graphic() || *c == ' ') {
+            if c == '"' || c == '\\' {
+                v.push('\\');
+            }
+            v.push(c);
+        }
+        v.push('"');
+    }
+}
+
+/// A rendered response: header and body (empty for HEAD).
+#[derive(Debug)]
+pub struct Rendered {
+    /// The response header, complete with `Content-Length`.
+    pub header: ResponseHeader,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Renders proxy-generated responses with the configured look.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorPages {
+    settings: config::ErrorPages,
+}
+
+/// One request's side of a rendering.
+#[derive(Debug, Clone, Copy)]
+pub struct Request<'a> {
+    /// The request's id.
+    pub request_id: &'a str,
+    /// Its `Accept` header.
+    pub accept: Option<&'a [u8]>,
+    /// Whether it was a HEAD request.
+    pub head: bool,
+    /// The backend that failed, when the config allows naming it.
+    pub next_hop: Option<&'a str>,
+}
+
+impl ErrorPages {
+    /// Renderer for these settings.
+    pub fn new(settings: config::ErrorPages) -> Self {
+        ErrorPages { settings }
+    }
+
+    /// Whether backend names may be shown to clients.
+    pub fn reveal_backends(&self) -> bool {
+        self.settings.reveal_backends
+    }
+
+    /// Whether `Proxy-Status` is sent.
+    pub fn proxy_status_enabled(&self) -> bool {
+        self.settings.proxy_status
+    }
+
+    /// Renders the response for `cause`.
+    pub fn render(&self, cause: Cause, req: Request<'_>) -> pingora::Result<Rendered> {
+        let status = cause.status();
+        let reason = reason_phrase(status);
+        let (detail, proxy_status, kind_name) = match cause {
+            Cause::Failure(kind) => (
+                kind.detail().to_string(),
+                proxy_status_error(kind, req.next_hop),
+                Some(kind.as_str()),
+            ),
+            Cause::Intercepted(s) => (
+                format!("the upstream server answered {s} {}", reason_phrase(s)),
+                proxy_status_received(s, req.next_hop),
+                None,
+            ),
+        };
+        let format = negotiate(req.accept);
+        let body = match format {
+            Format::Html => self.html(status, reason, &detail, req.request_id),
+            Format::ProblemJson => {
+                self.problem_json(status, reason, &detail, kind_name, req.request_id)
+            }
+            Format::Text => format!(
+                "{status} {reason}: {detail}.\nrequest id: {}\n",
+                req.request_id
+            ),
+        };
+        let mut header = ResponseHeader::build(status, Some(8))?;
+        header.insert_header(http::header::CONTENT_TYPE, format.content_type())?;
+        header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
+        header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
+        header.insert_header(crate::request_id::HEADER, req.request_id)?;
+        if self.settings.proxy_status {
+            header.insert_header("proxy-status", proxy_status)?;
+        }
+        if status == 503 && matches!(cause, Cause::Failure(_)) {
+            header.insert_header(http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())?;
+        }
+        let body = if req.head {
+            Bytes::new()
+        } else {
+            Bytes::from(body)
+        };
+        Ok(Rendered { header, body })
+    }
+
+    fn html(&self, status: u16, reason: &str, detail: &str, request_id: &str) -> String {
+        let support = self.settings.support_url.as_deref().unwrap_or("");
+        let fill = |template: &str| {
+            template
+                .replace("{{status}}", &status.to_string())
+                .replace("{{reason}}", &escape_html(reason))
+                .replace("{{detail}}", &escape_html(detail))
+                .replace("{{request_id}}", &escape_html(request_id))
+                .replace("{{support_url}}", &escape_html(support))
+        };
+        if let Some(template) = self.settings.templates.get(&status) {
+            return fill(template);
+        }
+        let support_line = if support.is_empty() {
+            String::new()
+        } else {
+            "<p>If this keeps happening, <a href=\"{{support_url}}\">contact support</a> and quote the request id.</p>\n".to_string()
+        };
+        fill(&format!(
+            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+             <title>{{{{status}}}} {{{{reason}}}}</title>\n</head>\n<body>\n\
+             <h1>{{{{status}}}} {{{{reason}}}}</h1>\n\
+             <p>Sorry, {{{{detail}}}}. Please try again in a moment.</p>\n\
+             {support_line}<p>Request id: <code>{{{{request_id}}}}</code></p>\n</body>\n</html>\n"
+        ))
+    }
+
+    fn problem_json(
+        &self,
+        status: u16,
+        reason: &str,
+        detail: &str,
+        kind: Option<&str>,
+        request_id: &str,
+    ) -> String {
+        let mut doc = serde_json::json!({
+            "type": "about:blank",
+            "title": reason,
+            "status": status,
+            "detail": detail,
+            "proxy_status": kind,
+            "request_id": request_id,
+        });
+        if let (Some(url), Some(map)) = (&self.settings.support_url, doc.as_object_mut()) {
+            map.insert("support_url".into(), serde_json::Value::String(url.clone()));
+        }
+        let mut text = doc.to_string();
+        text.push('\n');
+        text
+    }
+}
+
+fn escape_html(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '&' => out.push_str("&amp;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn negotiation_table() {
+        let cases: &[(Option<&str>, Format)] = &[
+            (None, Format::Text),
+            (Some("*/*"), Format::Text),
+            (Some("text/html"), Format::Html),
+            (Some("application/json"), Format::ProblemJson),
+            (Some("application/problem+json"), Format::ProblemJson),
+            (Some("text/plain"), Format::Text),
+            (
+                Some("text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8"),
+                Format::Html,
+            ),
+            (
+                Some("application/json;q=0.5, text/html;q=0.4"),
+                Format::ProblemJson,
+            ),
+            (
+                Some("text/html;q=0.2, application/json;q=0.9"),
+                Format::ProblemJson,
+            ),
+            (Some("text/html;q=0, */*"), Format::Text),
+            (Some("application/*"), Format::ProblemJson),
+            (Some("text/*"), Format::Text),
+            (Some("image/png"), Format::Text),
+            (Some("text/html;q=abc"), Format::Text),
+            (Some("TEXT/HTML"), Format::Html),
+            (
+                Some("text/plain;q=0, text/html;q=0, application/json;q=0"),
+                Format::Text,
+            ),
+            (Some("garbage"), Format::Text),
+            (Some(""), Format::Text),
+        ];
+        for (accept, want) in cases {
+            assert_eq!(negotiate(accept.map(str::as_bytes)), *want, "{accept:?}");
+        }
+    }
+
+    #[test]
+    fn proxy_status_values() {
+        assert_eq!(
+            proxy_status_error(FailureKind::ConnectionRefused, None),
+            "faultline; error=connection_refused; details=\"the upstream server refused the connection\""
+        );
+        assert_eq!(
+            proxy_status_received(503, None),
+            "faultline; received-status=503"
+        );
+        assert_eq!(
+            proxy_status_received(503, Some("a\"b\\c\r\n")),
+            "faultline; received-status=503; next-hop=\"a\\\"b\\\\c\""
+        );
+    }
+
+    fn req(accept: &'static str) -> Request<'static> {
+        Request {
+            request_id: "abc<1>",
+            accept: Some(accept.as_bytes()),
+            head: false,
+            next_hop: None,
+        }
+    }
+
+    #[test]
+    fn html_page_escapes_and_names_the_status() {
+        let pages = ErrorPages::new(config::ErrorPages {
+            support_url: Some("https://example.com/help?a=1&b=2".into()),
+            proxy_status: true,
+            ..Default::default()
+        });
+        let r = pages
+            .render(
+                Cause::Failure(FailureKind::ConnectionRefused),
+                req("text/html"),
+            )
+            .unwrap();
+        let body = std::str::from_utf8(&r.body).unwrap();
+        assert!(body.contains("<title>502 Bad Gateway</title>"), "{body}");
+        assert!(body.contains("abc&lt;1&gt;"));
+        assert!(body.contains("href=\"https://example.com/help?a=1&amp;b=2\""));
+        assert_eq!(r.header.status.as_u16(), 502);
+        assert_eq!(
+            r.header.headers["content-length"],
+            body.len().to_string().as_str()
+        );
+    }
+
+    #[test]
+    fn problem_json_fields() {
+        let pages = ErrorPages::new(config::ErrorPages {
+            proxy_status: true,
+            ..Default::default()
+        });
+        let r = pages
+            .render(
+                Cause::Failure(FailureKind::DestinationUnavailable),
+                req("application/json"),
+            )
+            .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["status"], 503);
+        assert_eq!(v["title"], "Service Unavailable");
+        assert_eq!(v["proxy_status"], "destination_unavailable");
+        assert_eq!(v["request_id"], "abc<1>");
+        assert_eq!(r.header.headers["retry-after"], "1");
+        assert_eq!(r.header.headers["content-type"], "application/problem+json");
+    }
+
+    #[test]
+    fn templates_and_head() {
+        let mut templates = std::collections::BTreeMap::new();
+        templates.insert(
+            504,
+            "<p>{{status}} {{reason}} {{request_id}}</p>".to_string(),
+        );
+        let pages = ErrorPages::new(config::ErrorPages {
+            templates,
+            ..Default::default()
+        });
+        let r = pages
+            .render(
+                Cause::Failure(FailureKind::HttpResponseTimeout),
+                req("text/html"),
+            )
+            .unwrap();
+        assert_eq!(&r.body[..], b"<p>504 Gateway Timeout abc&lt;1&gt;</p>");
+        assert!(r.header.headers.get("proxy-status").is_none());
+        let head = Request {
+            head: true,
+            ..req("text/html")
+        };
+        let r = pages
+            .render(Cause::Failure(FailureKind::HttpResponseTimeout), head)
+            .unwrap();
+        assert!(r.body.is_empty());
+        assert_eq!(r.header.headers["content-length"], "39");
+    }
+}

@@ -1,0 +1,153 @@
+//! What a reverse proxy changes on the way to the upstream: hop-by-hop headers removed,
+//! `X-Forwarded-For` / `-Proto` / `-Host` and `Via` set, the request id passed on. `Host` stays.
+
+use std::net::IpAddr;
+
+use http::header::{self, HeaderName};
+use pingora::http::RequestHeader;
+
+use crate::request_id;
+
+/// The `Via` pseudonym (RFC 9110 §7.6.3): never a host name or address.
+pub const VIA_NAME: &str = "faultline";
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1). `Transfer-Encoding` is framing and left to Pingora.
+const HOP_BY_HOP: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// What the proxy knows of the client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct Client<'a> {
+    /// The peer's IP, when the connection has one.
+    pub ip: Option<IpAddr>,
+    /// `http` or `https`.
+    pub proto: &'static str,
+    /// The request id.
+    pub request_id: &'a str,
+}
+
+/// Rewrites the upstream request header in place.
+pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()> {
+    strip_hop_by_hop(req);
+
+    if let Some(ip) = client.ip {
+        let value = match req
+            .headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
+            _ => ip.to_string(),
+        };
+        req.insert_header(X_FORWARDED_FOR.clone(), value)?;
+    }
+    req.insert_header(X_FORWARDED_PROTO.clone(), client.proto)?;
+    if !req.headers.contains_key(&X_FORWARDED_HOST)
+        && let Some(host) = req.headers.get(header::HOST).cloned()
+    {
+        req.insert_header(X_FORWARDED_HOST.clone(), host)?;
+    }
+
+    let version = match req.version {
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        _ => "1.1",
+    };
+    let via = match req.headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prior) => format!("{prior}, {version} {VIA_NAME}"),
+        None => format!("{version} {VIA_NAME}"),
+    };
+    req.insert_header(header::VIA, via)?;
+    req.insert_header(request_id::HEADER, client.request_id)?;
+    Ok(())
+}
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// Removes hop-by-hop headers and those the client named in `Connection`, but keeps a protocol
+/// upgrade (WebSocket) intact, which Pingora proxies end to end.
+fn strip_hop_by_hop(req: &mut RequestHeader) {
+    let connection: Vec<String> = req
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let upgrade =
+        connection.iter().any(|t| t == "upgrade") && req.headers.contains_key(header::UPGRADE);
+    for name in connection.iter().map(String::as_str).chain(HOP_BY_HOP) {
+        let keep = upgrade && (name == "upgrade" || name == "connection");
+        // Never let `Connection` smuggle away end-to-end framing or identity headers.
+        let protected = matches!(name, "host" | "content-length" | "transfer-encoding");
+        if !keep && !protected {
+            req.remove_header(name);
+        }
+    }
+    if upgrade {
+        // Only the upgrade token travels on.
+        let _ = req.insert_header(header::CONNECTION, "upgrade");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> Client<'static> {
+        Client {
+            ip: Some("10.1.2.3".parse().unwrap()),
+            proto: "http",
+            request_id: "rid",
+        }
+    }
+
+    #[test]
+    fn sets_forwarding_headers_and_strips_hop_by_hop() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("host", "app.example").unwrap();
+        r.insert_header("connection", "keep-alive, x-secret")
+            .unwrap();
+        r.insert_header("keep-alive", "timeout=5").unwrap();
+        r.insert_header("x-secret", "1").unwrap();
+        r.insert_header("te", "trailers").unwrap();
+        r.insert_header("x-forwarded-for", "192.0.2.1").unwrap();
+        apply(&mut r, client()).unwrap();
+        let h = &r.headers;
+        assert!(h.get("connection").is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get("te").is_none());
+        assert_eq!(h["host"], "app.example");
+        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example");
+        assert_eq!(h["via"], "1.1 faultline");
+        assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn keeps_websocket_upgrade_and_framing() {
+        let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
+        r.insert_header("connection", "Upgrade, content-length")
+            .unwrap();
+        r.insert_header("upgrade", "websocket").unwrap();
+        r.insert_header("content-length", "0").unwrap();
+        r.insert_header("via", "1.0 edge").unwrap();
+        apply(&mut r, client()).unwrap();
+        assert_eq!(r.headers["upgrade"], "websocket");
+        assert_eq!(r.headers["connection"], "upgrade");
+        assert_eq!(r.headers["content-length"], "0");
+        assert_eq!(r.headers["via"], "1.0 edge, 1.1 faultline");
+    }
+}

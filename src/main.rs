@@ -1,0 +1,93 @@
+//! The `faultline` binary: load the YAML config, start demo origins if configured, run the
+//! Pingora server.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use faultline::Config;
+use pingora::server::configuration::Opt;
+
+/// An HTTP edge load balancer that answers upstream failures exactly right.
+#[derive(Debug, Parser)]
+#[command(name = "faultline", version)]
+struct Args {
+    /// The configuration file.
+    #[arg(short = 'c', long = "conf", value_name = "FILE")]
+    conf: PathBuf,
+    /// Validate the configuration, print every error found, and exit.
+    #[arg(short = 't', long = "test")]
+    test: bool,
+    /// Run in the background (Pingora daemon mode).
+    #[arg(short = 'd', long = "daemon")]
+    daemon: bool,
+    /// Take over the listeners of a running faultline (Pingora graceful upgrade).
+    #[arg(short = 'u', long = "upgrade")]
+    upgrade: bool,
+}
+
+fn init_logging() {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
+        .format(|buf, record| {
+            if record.target() == faultline::access_log::TARGET {
+                writeln!(buf, "{}", record.args())
+            } else {
+                writeln!(
+                    buf,
+                    "{} {:5} {}: {}",
+                    buf.timestamp_millis(),
+                    record.level(),
+                    record.target(),
+                    record.args()
+                )
+            }
+        })
+        .init();
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let config = match Config::load(&args.conf) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("faultline: {} is invalid:", args.conf.display());
+            for line in e.to_string().lines() {
+                eprintln!("  {line}");
+            }
+            return ExitCode::from(1);
+        }
+    };
+    if args.test {
+        println!("faultline: {} is valid", args.conf.display());
+        return ExitCode::SUCCESS;
+    }
+    if args.daemon && !config.demo.is_empty() {
+        eprintln!("faultline: demo origins cannot run in daemon mode (-d); drop one of them");
+        return ExitCode::from(2);
+    }
+    init_logging();
+    if let Err(e) = faultline::demo::spawn(&config.demo) {
+        eprintln!("faultline: {e}");
+        return ExitCode::from(1);
+    }
+    let opt = Opt {
+        upgrade: args.upgrade,
+        daemon: args.daemon,
+        nocapture: false,
+        test: false,
+        conf: None,
+    };
+    let listeners = config.listeners.clone();
+    let server = match faultline::server::build(config, Some(opt)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("faultline: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    for l in &listeners {
+        log::info!("faultline listening on http://{l}");
+    }
+    server.run_forever()
+}

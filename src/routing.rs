@@ -1,0 +1,229 @@
+//! Routing: the [`Router`] trait and the router built from the configuration.
+//!
+//! A router looks at the request header and returns the route (upstream and policy) or nothing,
+//! in which case the proxy answers 404 with `Proxy-Status: faultline; error=destination_not_found`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use pingora::http::RequestHeader;
+
+use crate::config::{HostMatch, RouteConfig};
+
+/// A route: where a request goes and with which policy.
+pub type Route = RouteConfig;
+
+/// Chooses the route of a request.
+pub trait Router: Send + Sync {
+    /// The route for `req`, or `None` for a 404 from the proxy.
+    fn route(&self, req: &RequestHeader) -> Option<Arc<Route>>;
+}
+
+impl<F> Router for F
+where
+    F: Fn(&RequestHeader) -> Option<Arc<Route>> + Send + Sync,
+{
+    fn route(&self, req: &RequestHeader) -> Option<Arc<Route>> {
+        self(req)
+    }
+}
+
+/// The request's host: the `Host` header, or the URI authority (HTTP/2), without port.
+pub fn request_host(req: &RequestHeader) -> Option<&str> {
+    let raw = req
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.authority().map(|a| a.as_str()))?;
+    Some(strip_port(raw))
+}
+
+fn strip_port(host: &str) -> &str {
+    if host.starts_with('[') {
+        // IPv6 literal: keep up to the closing bracket.
+        return host.find(']').map_or(host, |end| &host[..=end]);
+    }
+    match host.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => host,
+    }
+}
+
+/// Routes from the configuration: the most specific host match wins (exact, then the longest
+/// `*.suffix`, then any host); within it, the longest matching `path_prefix`.
+#[derive(Debug, Default)]
+pub struct ConfigRouter {
+    exact: HashMap<String, Vec<Arc<Route>>>,
+    suffix: Vec<(String, Vec<Arc<Route>>)>,
+    any: Vec<Arc<Route>>,
+}
+
+impl ConfigRouter {
+    /// Builds the lookup tables from routes in file order.
+    pub fn new(routes: &[RouteConfig]) -> Self {
+        let mut router = ConfigRouter::default();
+        for route in routes {
+            let route = Arc::new(route.clone());
+            match &route.host {
+                Some(HostMatch::Exact(h)) => router.exact.entry(h.clone()).or_default().push(route),
+                Some(HostMatch::Suffix(s)) => {
+                    match router.suffix.iter_mut().find(|(x, _)| x == s) {
+                        Some((_, list)) => list.push(route),
+                        None => router.suffix.push((s.clone(), vec![route])),
+                    }
+                }
+                None => router.any.push(route),
+            }
+        }
+        // Longest prefix first; a stable sort keeps file order among equals.
+        let by_prefix = |list: &mut Vec<Arc<Route>>| {
+            list.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
+        };
+        router.exact.values_mut().for_each(by_prefix);
+        router.suffix.iter_mut().for_each(|(_, l)| by_prefix(l));
+        by_prefix(&mut router.any);
+        router
+            .suffix
+            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
+        router
+    }
+
+    fn first_prefix<'a>(list: &'a [Arc<Route>], path: &str) -> Option<&'a Arc<Route>> {
+        list.iter()
+            .find(|r| path.starts_with(r.path_prefix.as_str()))
+    }
+}
+
+impl Router for ConfigRouter {
+    fn route(&self, req: &RequestHeader) -> Option<Arc<Route>> {
+        let path = req.uri.path();
+        if let Some(host) = request_host(req) {
+            let lower;
+            let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
+                lower = host.to_ascii_lowercase();
+                lower.as_str()
+            } else {
+                host
+            };
+            let host = host.strip_suffix('.').unwrap_or(host);
+            if let Some(r) = self
+                .exact
+                .get(host)
+                .and_then(|list| Self::first_prefix(list, path))
+            {
+                return Some(r.clone());
+            }
+            for (suffix, list) in &self.suffix {
+                if host.ends_with(suffix.as_str())
+                    && let Some(r) = Self::first_prefix(list, path)
+                {
+                    return Some(r.clone());
+                }
+            }
+        }
+        Self::first_prefix(&self.any, path).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RetryPolicy;
+
+    fn route(name: &str, host: Option<HostMatch>, prefix: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.into(),
+            host,
+            path_prefix: prefix.into(),
+            upstream: 0,
+            deadline: None,
+            retry: RetryPolicy {
+                attempts: 1,
+                on_status: vec![],
+                idempotency_key: false,
+                budget_percent: 20,
+            },
+            intercept_origin_errors: vec![],
+        }
+    }
+
+    fn req(host: &str, path: &str) -> RequestHeader {
+        let mut r = RequestHeader::build("GET", path.as_bytes(), None).unwrap();
+        if !host.is_empty() {
+            r.insert_header("host", host).unwrap();
+        }
+        r
+    }
+
+    #[test]
+    fn most_specific_host_then_longest_prefix() {
+        let router = ConfigRouter::new(&[
+            route("any-root", None, "/"),
+            route(
+                "api-v1",
+                Some(HostMatch::Exact("api.example.com".into())),
+                "/v1",
+            ),
+            route(
+                "api-root",
+                Some(HostMatch::Exact("api.example.com".into())),
+                "/",
+            ),
+            route("wild", Some(HostMatch::Suffix(".example.com".into())), "/"),
+            route(
+                "deep-wild",
+                Some(HostMatch::Suffix(".eu.example.com".into())),
+                "/",
+            ),
+            route("any-static", None, "/static"),
+        ]);
+        let name = |h: &str, p: &str| router.route(&req(h, p)).map(|r| r.name.clone());
+        assert_eq!(
+            name("api.example.com", "/v1/users").as_deref(),
+            Some("api-v1")
+        );
+        assert_eq!(
+            name("API.Example.com:8080", "/v1").as_deref(),
+            Some("api-v1")
+        );
+        assert_eq!(name("api.example.com", "/v2").as_deref(), Some("api-root"));
+        assert_eq!(name("www.example.com", "/x").as_deref(), Some("wild"));
+        assert_eq!(name("a.eu.example.com", "/x").as_deref(), Some("deep-wild"));
+        assert_eq!(
+            name("example.com", "/static/a.css").as_deref(),
+            Some("any-static")
+        );
+        assert_eq!(name("", "/").as_deref(), Some("any-root"));
+        assert_eq!(name("api.example.com.", "/v1").as_deref(), Some("api-v1"));
+    }
+
+    #[test]
+    fn no_match_is_none() {
+        let router = ConfigRouter::new(&[route(
+            "api",
+            Some(HostMatch::Exact("api.example.com".into())),
+            "/v1",
+        )]);
+        assert!(router.route(&req("api.example.com", "/v2")).is_none());
+        assert!(router.route(&req("other.com", "/v1")).is_none());
+    }
+
+    #[test]
+    fn closures_are_routers() {
+        let r = Arc::new(route("x", None, "/"));
+        let router = move |_: &RequestHeader| Some(r.clone());
+        assert_eq!(
+            Router::route(&router, &req("a", "/"))
+                .map(|r| r.name.clone())
+                .as_deref(),
+            Some("x")
+        );
+    }
+
+    #[test]
+    fn ports_and_ipv6() {
+        assert_eq!(strip_port("a.com:80"), "a.com");
+        assert_eq!(strip_port("[::1]:8080"), "[::1]");
+        assert_eq!(strip_port("a.com"), "a.com");
+    }
+}

@@ -1,0 +1,24 @@
+//! Assembling a Pingora `Server` from a validated [`Config`]: the gateway service on every
+//! listener. The binary and the integration tests both start faultline through here.
+
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::Server;
+use pingora::server::configuration::Opt;
+
+use crate::config::Config;
+use crate::gateway::Gateway;
+use crate::upstream::PoolError;
+
+/// Builds the server, bootstrapped and ready for `run_forever`.
+pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, PoolError> {
+    let gateway = Gateway::new(&config)?;
+    let listeners = config.listeners;
+    let mut server = Server::new_with_opt_and_conf(opt, config.server);
+    server.bootstrap();
+    let mut service = http_proxy_service_with_name(&server.configuration, gateway, "faultline");
+    for address in &listeners {
+        service.add_tcp(&address.to_string());
+    }
+    server.add_service(service);
+    Ok(server)
+}
