@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Digest;
-use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::access_log::{self, Source};
@@ -392,13 +392,34 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
-        // Client aborts and intercepted origin statuses are not proxy errors; the access log
-        // records them.
-        ctx.intercepted.is_some() || ctx.failure == Some(FailureKind::ClientAborted)
+    fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
+        // Pingora's line prints the whole error, which can carry a megabyte of upstream header
+        // bytes; `logging` writes a bounded line of its own instead.
+        true
     }
 
-    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    fn suppress_proxy_warn_log(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+        _error: &Error,
+        _context: ProxyWarnLogContext,
+    ) -> bool {
+        // Every retried attempt is in the access log.
+        true
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(kind), Some(e)) = (ctx.failure, e)
+            && kind.is_upstream()
+        {
+            log::warn!(
+                "request {}: {kind} after {} attempt(s): {}",
+                ctx.request_id,
+                ctx.attempts.count(),
+                bounded(&e.to_string(), 300)
+            );
+        }
         let written = session.response_written().map(|r| r.status.as_u16());
         let (status, source) = match (ctx.failure, written) {
             (Some(FailureKind::ClientAborted), _) => (499, Source::Client),
@@ -423,4 +444,16 @@ impl ProxyHttp for Gateway {
         }
         .emit();
     }
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary.
+fn bounded(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }

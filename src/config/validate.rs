@@ -55,29 +55,43 @@ impl Errors {
     }
 }
 
-/// Turns a serde error into a field error. An unknown key is reported at its own path
-/// (`routes[2].retry.atempts: unknown field`), which is where the user has to look.
+/// Turns a serde error into a field error: `path: problem (line L, column C)`. An unknown key is
+/// reported at its own path (`routes[2].retry.atempts: unknown field, expected …`), which is
+/// where the user has to look.
 pub(super) fn serde_error(e: serde_path_to_error::Error<serde_norway::Error>) -> FieldError {
-    let path = e.path().to_string();
-    let path = if path == "." { String::new() } else { path };
-    let message = e.inner().to_string();
+    let mut path = e.path().to_string();
+    if path == "." {
+        path.clear();
+    }
+    let location = e.inner().location();
+    let mut message = e.inner().to_string();
+    // serde_norway prefixes its own (coarser) path; ours is exact.
+    if let Some((prefix, rest)) = message.split_once(": ")
+        && !prefix.contains(' ')
+        && path.starts_with(prefix)
+    {
+        message = rest.to_string();
+    }
+    if let Some(loc) = &location {
+        let suffix = format!(" at line {} column {}", loc.line(), loc.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_string();
+        }
+    }
     if let Some(rest) = message.strip_prefix("unknown field `")
         && let Some((key, expected)) = rest.split_once('`')
     {
-        let key_path = if path.is_empty() || path.ends_with(key) {
-            if path.is_empty() {
+        if !path.ends_with(key) {
+            path = if path.is_empty() {
                 key.to_string()
             } else {
-                path
-            }
-        } else {
-            format!("{path}.{key}")
-        };
-        let expected = expected.trim_start_matches(',').trim();
-        return FieldError {
-            path: key_path,
-            message: format!("unknown field ({expected})"),
-        };
+                format!("{path}.{key}")
+            };
+        }
+        message = format!("unknown field{expected}");
+    }
+    if let Some(loc) = location {
+        message = format!("{message} (line {}, column {})", loc.line(), loc.column());
     }
     FieldError { path, message }
 }

@@ -1,1 +1,12 @@
-//! it
+//! The integration tests: real origins, a real faultline, real sockets, all on loopback.
+
+// A failed expectation in a test helper is a test failure: panicking is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod client;
+mod harness;
+mod origin;
+
+mod config_errors;
+mod failures;
+mod proxying;

@@ -1,0 +1,301 @@
+//! Every configuration error names its field path and the problem, exactly, and never panics;
+//! every file in `conf/` is valid.
+
+use faultline::Config;
+
+const VALID: &str = r#"
+listeners:
+  - { address: "127.0.0.1:8080" }
+upstreams:
+  app:
+    backends:
+      - { address: "127.0.0.1:9001" }
+routes:
+  - { upstream: app }
+"#;
+
+fn errors(yaml: &str) -> Vec<String> {
+    match Config::from_yaml(yaml) {
+        Ok(_) => panic!("config should be invalid:\n{yaml}"),
+        Err(e) => e.to_string().lines().map(str::to_string).collect(),
+    }
+}
+
+fn one_error(yaml: &str) -> String {
+    let all = errors(yaml);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    all.into_iter().next().unwrap_or_default()
+}
+
+#[test]
+fn the_minimal_config_is_valid() {
+    let c = Config::from_yaml(VALID).expect("valid");
+    assert_eq!(c.listeners.len(), 1);
+    assert_eq!(c.upstreams[0].name, "app");
+    assert_eq!(c.routes[0].name, "route0");
+    assert_eq!(c.routes[0].retry.attempts, 3);
+}
+
+#[test]
+fn unknown_keys_name_their_path() {
+    let yaml = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, retry: { atempts: 2 } }",
+    );
+    assert_eq!(
+        one_error(&yaml),
+        "routes[0].retry.atempts: unknown field, expected one of `attempts`, `on_status`, `idempotency_key`, `budget_percent` (line 9, column 31)"
+    );
+    let yaml = format!("{VALID}colour: blue\n");
+    assert!(
+        one_error(&yaml)
+            .starts_with("colour: unknown field, expected one of `server`, `listeners`")
+    );
+    let yaml = VALID.replace(
+        "      - { address: \"127.0.0.1:9001\" }",
+        "      - { address: \"127.0.0.1:9001\", wieght: 2 }",
+    );
+    assert_eq!(
+        one_error(&yaml),
+        "upstreams.app.backends[0].wieght: unknown field, expected `address` or `weight` (line 7, column 38)"
+    );
+}
+
+#[test]
+fn server_section_is_strict_too() {
+    let yaml = format!("server: {{ threads: 2, thread: 3 }}\n{VALID}");
+    assert_eq!(one_error(&yaml), "server.thread: unknown field");
+    let yaml = format!("server: {{ threads: many }}\n{VALID}");
+    let e = one_error(&yaml);
+    assert!(
+        e.starts_with("server.threads: invalid type: string \"many\", expected usize"),
+        "{e}"
+    );
+    let c = Config::from_yaml(&format!("server: {{ threads: 2 }}\n{VALID}")).expect("valid");
+    assert_eq!(c.server.threads, 2);
+}
+
+#[test]
+fn wrong_types_name_their_path() {
+    let yaml = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, retry: { attempts: three } }",
+    );
+    let e = one_error(&yaml);
+    assert!(
+        e == "routes[0].retry.attempts: invalid type: string \"three\", expected u32 (line 9, column 41)",
+        "{e}"
+    );
+    let yaml = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, intercept_origin_errors: 502 }",
+    );
+    let e = one_error(&yaml);
+    assert!(
+        e.starts_with(
+            "routes[0].intercept_origin_errors: invalid type: integer `502`, expected a sequence"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn route_to_a_missing_upstream() {
+    let yaml = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app }\n  - { upstream: ap }",
+    );
+    assert_eq!(
+        one_error(&yaml),
+        "routes[1].upstream: no upstream named \"ap\""
+    );
+}
+
+#[test]
+fn upstream_without_backends() {
+    let yaml = VALID.replace(
+        "    backends:\n      - { address: \"127.0.0.1:9001\" }",
+        "    backends: []",
+    );
+    assert_eq!(
+        one_error(&yaml),
+        "upstreams.app.backends: at least one backend is required"
+    );
+}
+
+#[test]
+fn unparsable_addresses() {
+    let yaml = VALID.replace("127.0.0.1:9001", "localhost:port");
+    assert_eq!(
+        one_error(&yaml),
+        "upstreams.app.backends[0].address: invalid address \"localhost:port\": expected IP:port, such as 127.0.0.1:8080"
+    );
+    let yaml = VALID.replace("127.0.0.1:8080", "8080");
+    assert_eq!(
+        one_error(&yaml),
+        "listeners[0].address: invalid address \"8080\": expected IP:port, such as 127.0.0.1:8080"
+    );
+}
+
+#[test]
+fn unparsable_durations() {
+    let yaml = VALID.replace(
+        "    backends:",
+        "    timeouts: { connect: 5x }\n    backends:",
+    );
+    let e = one_error(&yaml);
+    assert!(
+        e.starts_with("upstreams.app.timeouts.connect: invalid duration \"5x\": "),
+        "{e}"
+    );
+    let yaml = VALID.replace(
+        "    backends:",
+        "    timeouts: { response_header: 15 }\n    backends:",
+    );
+    let e = one_error(&yaml);
+    assert!(
+        e.starts_with("upstreams.app.timeouts.response_header: invalid duration \"15\": a unit is required (\"15s\", \"15ms\")"),
+        "{e}"
+    );
+    let yaml = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, deadline: soon }",
+    );
+    let e = one_error(&yaml);
+    assert!(
+        e.starts_with("routes[0].deadline: invalid duration \"soon\""),
+        "{e}"
+    );
+}
+
+#[test]
+fn two_listeners_on_one_address() {
+    let yaml = VALID.replace(
+        "  - { address: \"127.0.0.1:8080\" }",
+        "  - { address: \"127.0.0.1:8080\" }\n  - { address: \"127.0.0.1:8080\" }",
+    );
+    assert_eq!(
+        one_error(&yaml),
+        "listeners[1].address: 127.0.0.1:8080 is already used by another listener"
+    );
+}
+
+#[test]
+fn every_semantic_error_is_reported_at_once() {
+    let yaml = r#"
+listeners: []
+upstreams:
+  app:
+    selection: round_robin
+    backends:
+      - { address: "nope" }
+      - { address: "127.0.0.1:1", weight: 0 }
+    health:
+      passive: { max_ejected_percent: 150, base_ejection: 10m, max_ejection: 1m }
+routes:
+  - { upstream: ap, match: { host: "bad host!", path_prefix: "v1" }, retry: { attempts: 0, on_status: [200] } }
+"#;
+    assert_eq!(
+        errors(yaml),
+        [
+            "listeners: at least one listener is required",
+            "upstreams.app.backends[0].address: invalid address \"nope\": expected IP:port, such as 127.0.0.1:8080",
+            "upstreams.app.backends[1].weight: weight must be at least 1",
+            "upstreams.app.health.passive.base_ejection: must not be longer than max_ejection",
+            "upstreams.app.health.passive.max_ejected_percent: 150 is more than 100 percent",
+            "routes[0].upstream: no upstream named \"ap\"",
+            "routes[0].match.host: \"bad host!\" is not a host name or a \"*.suffix\" wildcard",
+            "routes[0].match.path_prefix: \"v1\" must start with '/'",
+            "routes[0].retry.attempts: must be at least 1",
+            "routes[0].retry.on_status[0]: 200 is not an error status (400 to 599)",
+        ]
+    );
+}
+
+#[test]
+fn garbage_input_never_panics() {
+    for text in [
+        "",
+        "[",
+        "- a\n- b",
+        "listeners: 5",
+        "\u{0}\u{1}",
+        "upstreams: { a: { backends: [ {address: } ] } }",
+        "a: &x [*x]",
+    ] {
+        assert!(Config::from_yaml(text).is_err(), "{text:?}");
+    }
+}
+
+#[test]
+fn missing_file_is_a_read_error() {
+    let e = Config::load("/nonexistent/faultline.yaml").expect_err("missing");
+    assert!(
+        e.to_string()
+            .starts_with("cannot read /nonexistent/faultline.yaml: "),
+        "{e}"
+    );
+}
+
+#[test]
+fn every_file_in_conf_is_valid() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("conf");
+    let mut checked = 0;
+    for entry in std::fs::read_dir(&dir).expect("conf/ exists") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+            if let Err(e) = Config::load(&path) {
+                panic!("{} is invalid:\n{e}", path.display());
+            }
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "conf/ holds faultline.yaml and demo.yaml at least"
+    );
+}
+
+#[test]
+fn the_binary_validates_with_dash_t() {
+    let bin = env!("CARGO_BIN_EXE_faultline");
+    let dir = std::env::temp_dir().join(format!("faultline-t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let bad = dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        VALID
+            .replace("upstream: app", "upstream: ap")
+            .replace("127.0.0.1:9001", "x"),
+    )
+    .expect("write");
+    let out = std::process::Command::new(bin)
+        .args(["-t", "-c"])
+        .arg(&bad)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("upstreams.app.backends[0].address: invalid address \"x\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("routes[0].upstream: no upstream named \"ap\""),
+        "{stderr}"
+    );
+    let good = dir.join("good.yaml");
+    std::fs::write(&good, VALID).expect("write");
+    let out = std::process::Command::new(bin)
+        .args(["-t", "-c"])
+        .arg(&good)
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

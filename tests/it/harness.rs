@@ -1,0 +1,117 @@
+//! Starting faultline in-process from a generated config, and reading its access log.
+
+use std::net::{SocketAddr, TcpStream};
+use std::sync::{Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// A running faultline. It lives until the test process exits.
+pub struct Proxy {
+    /// The client-facing listener.
+    pub addr: SocketAddr,
+}
+
+/// A free loopback port (bound, then released).
+pub fn free_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+impl Proxy {
+    /// Starts faultline with `body` (upstreams, routes, error_pages …) plus a generated
+    /// `server` and `listeners` section; returns once the listener accepts connections.
+    pub fn start(body: &str) -> Proxy {
+        init_log_capture();
+        let addr = free_addr();
+        let yaml =
+            format!("server: {{ threads: 1 }}\nlisteners:\n  - {{ address: \"{addr}\" }}\n{body}");
+        let config = faultline::Config::from_yaml(&yaml)
+            .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
+        let server = faultline::server::build(config, None).expect("server builds");
+        std::thread::spawn(move || server.run_forever());
+        // Readiness: the listener accepts a connection.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "faultline did not start listening on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Proxy { addr }
+    }
+}
+
+/// A config body with one upstream `app` of these backends and one catch-all route to it.
+pub fn one_upstream(backends: &[SocketAddr], extra_upstream: &str, extra_route: &str) -> String {
+    let mut s = String::from("upstreams:\n  app:\n    backends:\n");
+    for b in backends {
+        s.push_str(&format!("      - {{ address: \"{b}\" }}\n"));
+    }
+    s.push_str(extra_upstream);
+    s.push_str("routes:\n  - upstream: app\n    name: main\n");
+    s.push_str(extra_route);
+    s
+}
+
+struct Capture {
+    lines: Mutex<Vec<String>>,
+    added: Condvar,
+}
+
+fn capture() -> &'static Capture {
+    static CAPTURE: OnceLock<Capture> = OnceLock::new();
+    CAPTURE.get_or_init(|| Capture {
+        lines: Mutex::new(Vec::new()),
+        added: Condvar::new(),
+    })
+}
+
+struct CaptureLogger;
+
+impl log::Log for CaptureLogger {
+    fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
+        metadata.target() == faultline::access_log::TARGET || metadata.level() <= log::Level::Warn
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        if record.target() == faultline::access_log::TARGET {
+            let c = capture();
+            if let Ok(mut lines) = c.lines.lock() {
+                lines.push(record.args().to_string());
+                c.added.notify_all();
+            }
+        } else if std::env::var_os("FAULTLINE_TEST_LOG").is_some() {
+            eprintln!("{} {}: {}", record.level(), record.target(), record.args());
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+fn init_log_capture() {
+    static INIT: OnceLock<()> = OnceLock::new();
+    INIT.get_or_init(|| {
+        if log::set_boxed_logger(Box::new(CaptureLogger)).is_ok() {
+            log::set_max_level(log::LevelFilter::Info);
+        }
+    });
+}
+
+/// The access-log entry of `request_id`, waiting for it to be written (the log line follows the
+/// response, so it may land a moment after the client has read everything).
+pub fn access_entry(request_id: &str) -> serde_json::Value {
+    let c = capture();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut lines = c.lines.lock().expect("log lock");
+    loop {
+        for line in lines.iter() {
+            let v: serde_json::Value = serde_json::from_str(line).expect("access log line is JSON");
+            if v["request_id"] == request_id {
+                return v;
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(!left.is_zero(), "no access-log entry for {request_id}");
+        lines = c.added.wait_timeout(lines, left).expect("log lock").0;
+    }
+}

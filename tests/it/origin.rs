@@ -1,0 +1,263 @@
+//! In-process origins that behave, and misbehave, on purpose. Each counts the connections it
+//! accepted and the requests it read, and keeps the request heads it saw.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+
+/// The runtime every origin runs on.
+pub fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("origin runtime")
+    })
+}
+
+/// What an origin does with each request.
+#[derive(Debug, Clone)]
+pub enum Behavior {
+    /// Answers with these exact response bytes, keeping the connection open.
+    Raw(Vec<u8>),
+    /// Answers `200` with a body naming the origin (`origin <tag>`), keep-alive.
+    Named(&'static str),
+    /// Reads the request, then resets the connection (RST) without a byte.
+    Reset,
+    /// Reads the request, then closes cleanly without a byte.
+    Close,
+    /// Reads the request, writes these bytes, then closes.
+    WriteThenClose(Vec<u8>),
+    /// Reads the request and never answers.
+    Hang,
+    /// Accepts and never reads.
+    NoRead,
+}
+
+/// What an origin saw.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Connections accepted.
+    pub connections: AtomicUsize,
+    /// Request heads read completely.
+    pub requests: AtomicUsize,
+    /// Those heads, as text.
+    pub heads: Mutex<Vec<String>>,
+}
+
+/// A running origin.
+pub struct Origin {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// What it saw.
+    pub stats: Arc<Stats>,
+}
+
+impl Origin {
+    /// Starts an origin on an ephemeral loopback port; it is accepting when this returns.
+    pub fn start(behavior: Behavior) -> Origin {
+        Self::start_with(behavior, None)
+    }
+
+    fn start_with(behavior: Behavior, recv_buffer: Option<u32>) -> Origin {
+        let stats = Arc::new(Stats::default());
+        let (addr, listener) = runtime().block_on(async {
+            let socket = TcpSocket::new_v4().expect("socket");
+            if let Some(size) = recv_buffer {
+                socket.set_recv_buffer_size(size).expect("rcvbuf");
+            }
+            socket
+                .bind("127.0.0.1:0".parse().expect("addr"))
+                .expect("bind");
+            let listener = socket.listen(1024).expect("listen");
+            (listener.local_addr().expect("addr"), listener)
+        });
+        let s = stats.clone();
+        runtime().spawn(accept_loop(listener, behavior, s));
+        Origin { addr, stats }
+    }
+
+    /// An origin that accepts but never reads, with a small receive buffer so writes stall.
+    pub fn start_no_read() -> Origin {
+        Self::start_with(Behavior::NoRead, Some(4096))
+    }
+
+    /// Requests read so far.
+    pub fn requests(&self) -> usize {
+        self.stats.requests.load(Ordering::SeqCst)
+    }
+
+    /// Connections accepted so far.
+    pub fn connections(&self) -> usize {
+        self.stats.connections.load(Ordering::SeqCst)
+    }
+
+    /// The request heads seen so far.
+    pub fn heads(&self) -> Vec<String> {
+        self.stats
+            .heads
+            .lock()
+            .map(|h| h.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// A loopback address where nothing listens: connecting is refused.
+pub fn refused_addr() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    drop(l);
+    addr
+}
+
+/// A listener whose accept queue is full, so further SYNs are dropped and a connect times out.
+/// The returned guard keeps the listener and the queue fillers alive.
+pub struct Blackhole {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    _listener: TcpListener,
+    _fillers: Vec<TcpStream>,
+}
+
+impl Blackhole {
+    /// Builds the full queue and checks that one more connect really times out.
+    pub fn start() -> Blackhole {
+        runtime().block_on(async {
+            let socket = TcpSocket::new_v4().expect("socket");
+            socket
+                .bind("127.0.0.1:0".parse().expect("addr"))
+                .expect("bind");
+            let listener = socket.listen(0).expect("listen");
+            let addr = listener.local_addr().expect("addr");
+            let mut fillers = Vec::new();
+            // A backlog of 0 still queues one or two; fill until a connect hangs.
+            for _ in 0..8 {
+                match tokio::time::timeout(Duration::from_millis(200), TcpStream::connect(addr))
+                    .await
+                {
+                    Ok(Ok(s)) => fillers.push(s),
+                    _ => break,
+                }
+            }
+            Blackhole {
+                addr,
+                _listener: listener,
+                _fillers: fillers,
+            }
+        })
+    }
+}
+
+async fn accept_loop(listener: TcpListener, behavior: Behavior, stats: Arc<Stats>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        stats.connections.fetch_add(1, Ordering::SeqCst);
+        tokio::spawn(connection(stream, behavior.clone(), stats.clone()));
+    }
+}
+
+async fn connection(mut stream: TcpStream, behavior: Behavior, stats: Arc<Stats>) {
+    if matches!(behavior, Behavior::NoRead) {
+        // Keep the socket open and unread until the peer goes away.
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        return;
+    }
+    let mut buf = Vec::new();
+    loop {
+        let Some(head) = read_request(&mut stream, &mut buf).await else {
+            return;
+        };
+        stats.requests.fetch_add(1, Ordering::SeqCst);
+        if let Ok(mut heads) = stats.heads.lock() {
+            heads.push(head.clone());
+        }
+        match &behavior {
+            Behavior::Raw(bytes) => {
+                if stream.write_all(bytes).await.is_err() {
+                    return;
+                }
+            }
+            Behavior::Named(tag) => {
+                let body = format!("origin {tag}");
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                if stream.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            Behavior::Reset => {
+                let _ = stream.set_zero_linger();
+                return;
+            }
+            Behavior::Close => return,
+            Behavior::WriteThenClose(bytes) => {
+                let _ = stream.write_all(bytes).await;
+                let _ = stream.flush().await;
+                return;
+            }
+            Behavior::Hang => {
+                let mut sink = [0u8; 1024];
+                while let Ok(n) = stream.read(&mut sink).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+                return;
+            }
+            Behavior::NoRead => return,
+        }
+    }
+}
+
+/// Reads one request (head and body) and returns the head; `None` when the peer closed.
+async fn read_request(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let head_end = loop {
+        if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break pos + 4;
+        }
+        let mut chunk = [0u8; 8192];
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let lower = head.to_ascii_lowercase();
+    let content_length: usize = lower
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    let chunked = lower.contains("transfer-encoding: chunked");
+    buf.drain(..head_end);
+    if chunked {
+        loop {
+            if let Some(pos) = buf.windows(5).position(|w| w == b"0\r\n\r\n") {
+                buf.drain(..pos + 5);
+                break;
+            }
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    } else {
+        while buf.len() < content_length {
+            let mut chunk = [0u8; 8192];
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..content_length);
+    }
+    Some(head)
+}
