@@ -235,9 +235,9 @@ impl ErrorPages {
         header.insert_header(http::header::CONTENT_TYPE, format.content_type())?;
         header.insert_header(http::header::CONTENT_LENGTH, body.len().to_string())?;
         header.insert_header(http::header::CACHE_CONTROL, "no-store")?;
-        header.insert_header(crate::request_id::HEADER, req.request_id)?;
+        header.insert_header("X-Request-Id", req.request_id)?;
         if self.settings.proxy_status {
-            header.insert_header("proxy-status", proxy_status)?;
+            header.insert_header("Proxy-Status", proxy_status)?;
         }
         if status == 503 && matches!(cause, Cause::Failure(_)) {
             header.insert_header(http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())?;

@@ -64,7 +64,7 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()>
         None => format!("{version} {VIA_NAME}"),
     };
     req.insert_header(header::VIA, via)?;
-    req.insert_header(request_id::HEADER, client.request_id)?;
+    req.insert_header("X-Request-Id", client.request_id)?;
     Ok(())
 }
 

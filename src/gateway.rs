@@ -321,7 +321,7 @@ impl ProxyHttp for Gateway {
                 Some(prior) => format!("{prior}, {ours}"),
                 None => ours,
             };
-            upstream_response.insert_header("proxy-status", value)?;
+            upstream_response.insert_header("Proxy-Status", value)?;
         }
         Ok(())
     }

@@ -9,4 +9,6 @@ mod origin;
 
 mod config_errors;
 mod failures;
+mod pages;
 mod proxying;
+mod retries;
