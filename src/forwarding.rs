@@ -6,8 +6,6 @@ use std::net::IpAddr;
 use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
 
-use crate::request_id;
-
 /// The `Via` pseudonym (RFC 9110 §7.6.3): never a host name or address.
 pub const VIA_NAME: &str = "faultline";
 
