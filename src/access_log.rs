@@ -23,7 +23,8 @@ pub enum Source {
 }
 
 impl Source {
-    fn as_str(self) -> &'static str {
+    /// The log and metric label.
+    pub fn as_str(self) -> &'static str {
         match self {
             Source::Origin => "origin",
             Source::Proxy => "proxy",

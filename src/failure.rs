@@ -83,6 +83,11 @@ macro_rules! failure_kinds {
             /// Every kind, for exhaustive tables and metric pre-registration.
             pub const ALL: &'static [FailureKind] = &[$(FailureKind::$variant,)*];
 
+            /// The position of this kind in [`Self::ALL`], for arrays indexed by kind.
+            pub const fn index(self) -> usize {
+                self as usize
+            }
+
             /// The RFC 9209 error type (`connection_refused`), also the metric and log label.
             pub const fn as_str(self) -> &'static str {
                 match self { $(FailureKind::$variant => $name,)* }
@@ -644,7 +649,8 @@ mod tests {
     #[test]
     fn names_are_unique_snake_case() {
         let mut seen = std::collections::HashSet::new();
-        for k in FailureKind::ALL {
+        for (i, k) in FailureKind::ALL.iter().enumerate() {
+            assert_eq!(k.index(), i);
             assert!(seen.insert(k.as_str()), "{k} twice");
             assert!(
                 k.as_str()

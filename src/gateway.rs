@@ -1,8 +1,10 @@
 //! The Pingora `ProxyHttp` implementation. Thin on purpose: each hook records what happened in
 //! the request's [`RequestCtx`] and hands the decision to the module that owns it: routing,
-//! selection, [`classify`](crate::failure::classify), retry, error pages, the access log.
+//! selection, [`classify`](crate::failure::classify), [`retry`], error pages, metrics and the
+//! access log.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora::http::{RequestHeader, ResponseHeader};
@@ -15,20 +17,22 @@ use crate::access_log::{self, Source};
 use crate::config::Config;
 use crate::context::RequestCtx;
 use crate::error_page::{self, Cause, ErrorPages};
-use crate::failure::{FailureKind, Phase, classify};
+use crate::failure::{FailureKind, Phase, Progress, classify};
 use crate::forwarding;
+use crate::metrics::{self, RouteTable};
 use crate::request_id;
-use crate::retry;
+use crate::retry::{self, Trigger};
 use crate::routing::{ConfigRouter, Router, request_host};
 use crate::upstream::{Pool, PoolError, Upstreams};
 
-/// The error type used to unwind Pingora's flow when faultline already decided the response.
+/// The error type used to unwind Pingora's flow when faultline already decided what happens.
 const DECIDED: ErrorType = ErrorType::new("FaultlineDecided");
 
-/// The faultline proxy: routing, per-backend failure semantics, error pages.
+/// The faultline proxy: routing, per-backend failure semantics, retries, error pages.
 pub struct Gateway {
     router: Arc<dyn Router>,
     upstreams: Arc<Upstreams>,
+    routes: Arc<RouteTable>,
     pages: ErrorPages,
 }
 
@@ -52,8 +56,17 @@ impl Gateway {
         Ok(Gateway {
             router,
             upstreams: Arc::new(Upstreams::new(&config.upstreams)?),
+            routes: Arc::new(RouteTable::new(
+                config.routes.iter().map(|r| r.name.as_str()),
+            )),
             pages: ErrorPages::new(config.error_pages.clone()),
         })
+    }
+
+    /// Every metric series, in the Prometheus text format.
+    pub fn render_metrics(&self) -> String {
+        let views: Vec<_> = self.upstreams.iter().map(Pool::view).collect();
+        metrics::render(&self.routes, &views)
     }
 
     fn pool(&self, ctx: &RequestCtx) -> Option<&Pool> {
@@ -73,6 +86,50 @@ impl Gateway {
         pool.select(key, |i| ctx.attempts.tried(i))
     }
 
+    /// Time left before the route's deadline, if it has one.
+    fn time_left(ctx: &RequestCtx) -> Option<Duration> {
+        let deadline = ctx.route.as_ref()?.deadline?;
+        Some(deadline.saturating_sub(ctx.started.elapsed()))
+    }
+
+    /// Whether to make another attempt: the policy must allow it, then, for a request a backend
+    /// may have processed, the upstream's retry budget must have room. Counts the retry, or the
+    /// refusal by the budget.
+    fn may_retry(&self, session: &Session, ctx: &RequestCtx, trigger: Trigger) -> bool {
+        let (Some(route), Some(pool)) = (ctx.route.as_deref(), self.pool(ctx)) else {
+            return false;
+        };
+        let req = session.req_header();
+        let allowed = retry::allowed(retry::Facts {
+            trigger,
+            policy: &route.retry,
+            method: &req.method,
+            has_idempotency_key: req.headers.contains_key("idempotency-key"),
+            body_truncated: session.as_ref().retry_buffer_truncated(),
+            attempts_made: ctx.attempts.count(),
+            untried_backend: pool.has_untried(|i| ctx.attempts.tried(i)),
+        });
+        if !allowed {
+            return false;
+        }
+        // A failover before anything was sent adds no work to the fleet, so only retries of
+        // requests a backend may have processed spend the budget (Finagle's requeues vs retries).
+        let spends_budget = !matches!(trigger, Trigger::Failure(_, Progress::NotSent));
+        if spends_budget && !pool.budget.try_withdraw(route.retry.budget_percent) {
+            pool.metrics
+                .budget_exhausted
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        if let Some(m) = &ctx.metrics {
+            m.retry(match trigger {
+                Trigger::Failure(kind, _) => Some(kind),
+                Trigger::Status(_) => None,
+            });
+        }
+        true
+    }
+
     /// Records a failed attempt and decides whether Pingora may retry it.
     fn attempt_failed(
         &self,
@@ -85,26 +142,22 @@ impl Gateway {
         let progress = phase.progress();
         ctx.attempts.failed(kind, progress);
         ctx.failure = Some(kind);
-        let retry = match (ctx.route.as_deref(), self.pool(ctx)) {
-            (Some(route), Some(pool)) => {
-                let req = session.req_header();
-                let untried = (0..pool.backends().len()).any(|i| !ctx.attempts.tried(i));
-                untried
-                    && retry::should_retry(retry::Facts {
-                        kind,
-                        progress,
-                        method: &req.method,
-                        idempotency_key: route.retry.idempotency_key
-                            && req.headers.contains_key("idempotency-key"),
-                        body_truncated: session.as_ref().retry_buffer_truncated(),
-                        attempts_made: u32::try_from(ctx.attempts.count()).unwrap_or(u32::MAX),
-                        attempts_allowed: route.retry.attempts,
-                    })
-            }
-            _ => false,
-        };
+        if let (Some(pool), Some(attempt)) = (self.pool(ctx), ctx.attempts.last())
+            && let Some(b) = pool.backends().get(attempt.backend)
+        {
+            b.metrics.failure(kind);
+        }
+        let retry = kind.is_upstream() && self.may_retry(session, ctx, Trigger::Failure(kind, progress));
         // Pingora panics on an undecided `ReusedOnly` retry: always decide.
         e.set_retry(retry);
+        e
+    }
+
+    /// Ends the request with `kind` from inside Pingora's upstream flow.
+    fn decide(ctx: &mut RequestCtx, kind: FailureKind, why: &'static str) -> Box<Error> {
+        ctx.failure = Some(kind);
+        let mut e = Error::explain(DECIDED, why);
+        e.set_retry(false);
         e
     }
 
@@ -142,9 +195,7 @@ impl Gateway {
                 .write_response_header(Box::new(rendered.header), end)
                 .await?;
             if !end {
-                session
-                    .write_response_body(Some(rendered.body), true)
-                    .await?;
+                session.write_response_body(Some(rendered.body), true).await?;
             }
             Ok(())
         } else {
@@ -193,7 +244,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let Some(route) = self.router.route(session.req_header()) else {
+        let route = self.router.route(session.req_header());
+        ctx.metrics = Some(self.routes.get(route.as_deref().map(|r| r.name.as_str())));
+        let Some(route) = route else {
             return self
                 .answer_early(session, ctx, FailureKind::DestinationNotFound)
                 .await;
@@ -208,6 +261,7 @@ impl ProxyHttp for Gateway {
         match self.select(pool, session.req_header(), ctx) {
             Some(backend) => {
                 ctx.preselected = Some(backend);
+                pool.budget.record_request();
                 Ok(false)
             }
             None => {
@@ -222,19 +276,31 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
+        if let Some(pause) = ctx.pause.take() {
+            tokio::time::sleep(pause).await;
+        }
+        let time_left = Self::time_left(ctx);
+        if time_left.is_some_and(|t| t.is_zero()) {
+            return Err(Self::decide(
+                ctx,
+                FailureKind::HttpResponseTimeout,
+                "the route's deadline passed",
+            ));
+        }
         let pool = self.pool(ctx);
         let chosen = match (ctx.preselected.take(), pool) {
             (Some(backend), _) => Some(backend),
             (None, Some(pool)) => self.select(pool, session.req_header(), ctx),
             (None, None) => None,
         };
-        let peer = chosen.and_then(|b| Some((b, pool?.peer(b)?)));
+        let peer = chosen.and_then(|b| Some((b, pool?.peer(b, time_left)?)));
         let Some((backend, peer)) = peer else {
             ctx.phase = Phase::Select;
-            ctx.failure = Some(FailureKind::DestinationUnavailable);
-            let mut e = Error::explain(DECIDED, "no backend can be selected");
-            e.set_retry(false);
-            return Err(e);
+            return Err(Self::decide(
+                ctx,
+                FailureKind::DestinationUnavailable,
+                "no backend can be selected",
+            ));
         };
         ctx.attempts.start(backend);
         ctx.phase = Phase::Connect;
@@ -254,6 +320,12 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.attempts.connected(reused);
         ctx.phase = Phase::Exchange;
+        if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last())
+            && let (Some(b), Some(connect), false) =
+                (pool.backends().get(a.backend), a.connect, reused)
+        {
+            b.metrics.connect.observe(connect);
+        }
         Ok(())
     }
 
@@ -279,7 +351,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -289,11 +361,35 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         ctx.attempts.responded(status);
         ctx.phase = Phase::Body;
-        if ctx
-            .route
-            .as_ref()
-            .is_some_and(|r| r.intercept_origin_errors.contains(&status))
+        if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last())
+            && let Some(b) = pool.backends().get(a.backend)
         {
+            b.metrics.response(status);
+            if let Some(header) = a.header {
+                b.metrics.header.observe(header);
+            }
+        }
+        let Some(route) = ctx.route.clone() else {
+            return Ok(());
+        };
+        if route.retry.on_status.contains(&status) {
+            let pause = retry::status_pause(
+                ctx.attempts.count(),
+                upstream_response
+                    .headers
+                    .get(http::header::RETRY_AFTER)
+                    .map(|v| v.as_bytes()),
+                Self::time_left(ctx),
+            );
+            if let Some(pause) = pause
+                && self.may_retry(session, ctx, Trigger::Status(status))
+            {
+                ctx.retrying_status = true;
+                ctx.pause = Some(pause);
+                return Err(Error::explain(DECIDED, "retrying an origin status"));
+            }
+        }
+        if route.intercept_origin_errors.contains(&status) {
             ctx.intercepted = Some(status);
             return Err(Error::explain(
                 DECIDED,
@@ -344,6 +440,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
+        if std::mem::take(&mut ctx.retrying_status) {
+            e.set_retry(true);
+            return e;
+        }
         if ctx.intercepted.is_some() {
             e.set_retry(false);
             return e;
@@ -428,6 +528,9 @@ impl ProxyHttp for Gateway {
             (Some(kind), None) => (kind.status(), Source::Proxy),
             (None, None) => (0, Source::Proxy),
         };
+        if let Some(m) = &ctx.metrics {
+            m.request(status, source);
+        }
         let req = session.req_header();
         access_log::Entry {
             request_id: &ctx.request_id,

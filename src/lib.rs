@@ -34,6 +34,7 @@ pub mod error_page;
 pub mod failure;
 pub mod forwarding;
 pub mod gateway;
+pub mod metrics;
 pub mod request_id;
 pub mod retry;
 pub mod routing;

@@ -2,8 +2,10 @@
 //! with the pool's timeouts, and the per-request attempt history.
 
 pub mod attempt;
+pub mod budget;
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use futures::FutureExt;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
@@ -11,6 +13,8 @@ use pingora::lb::{Backend, Backends, LoadBalancer, discovery};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Selection, UpstreamConfig};
+use crate::metrics::{BackendMetrics, UpstreamMetrics, UpstreamView};
+use budget::RetryBudget;
 
 /// The position of a backend in its pool, stored in the Pingora `Backend`'s extensions so a
 /// selection maps back to faultline's own per-backend state without a lookup.
@@ -37,12 +41,14 @@ impl Balancer {
 }
 
 /// One backend as the rest of faultline sees it.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct BackendInfo {
     /// Its address.
     pub address: SocketAddr,
     /// Its label in logs and metrics (the configured address).
     pub name: String,
+    /// Its counters.
+    pub metrics: BackendMetrics,
     peer: HttpPeer,
 }
 
@@ -52,6 +58,10 @@ pub struct Pool {
     balancer: Balancer,
     backends: Vec<BackendInfo>,
     hash_key: bool,
+    /// Retries may be at most a share of this upstream's recent requests.
+    pub budget: RetryBudget,
+    /// Upstream-wide counters.
+    pub metrics: UpstreamMetrics,
 }
 
 impl std::fmt::Debug for Pool {
@@ -100,6 +110,7 @@ impl Pool {
             backends.push(BackendInfo {
                 address: b.address,
                 name: b.address.to_string(),
+                metrics: BackendMetrics::default(),
                 peer,
             });
         }
@@ -114,6 +125,8 @@ impl Pool {
             balancer,
             backends,
             hash_key: config.selection == Selection::ConsistentHash,
+            budget: RetryBudget::default(),
+            metrics: UpstreamMetrics::default(),
         })
     }
 
@@ -144,9 +157,40 @@ impl Pool {
             .and_then(|b| index(&b))
     }
 
-    /// The peer for backend `index`, with the pool's timeouts.
-    pub fn peer(&self, index: usize) -> Option<Box<HttpPeer>> {
-        self.backends.get(index).map(|b| Box::new(b.peer.clone()))
+    /// Whether some backend has not been tried yet.
+    pub fn has_untried(&self, tried: impl Fn(usize) -> bool) -> bool {
+        (0..self.backends.len()).any(|i| !tried(i))
+    }
+
+    /// The peer for backend `index`, with the pool's timeouts, each cut to `time_left` so that
+    /// no single wait outlasts the request's deadline.
+    pub fn peer(&self, index: usize, time_left: Option<Duration>) -> Option<Box<HttpPeer>> {
+        let mut peer = Box::new(self.backends.get(index)?.peer.clone());
+        if let Some(left) = time_left {
+            let o = &mut peer.options;
+            for t in [
+                &mut o.connection_timeout,
+                &mut o.total_connection_timeout,
+                &mut o.read_timeout,
+                &mut o.write_timeout,
+            ] {
+                *t = t.map(|t| t.min(left));
+            }
+        }
+        Some(peer)
+    }
+
+    /// This pool for the metrics exposition.
+    pub fn view(&self) -> UpstreamView<'_> {
+        UpstreamView {
+            name: &self.name,
+            metrics: &self.metrics,
+            backends: self
+                .backends
+                .iter()
+                .map(|b| (b.name.as_str(), &b.metrics))
+                .collect(),
+        }
     }
 }
 
@@ -180,5 +224,10 @@ impl Upstreams {
     /// The pool at `index`.
     pub fn get(&self, index: usize) -> Option<&Pool> {
         self.pools.get(index)
+    }
+
+    /// Every pool, in configuration order.
+    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
+        self.pools.iter()
     }
 }

@@ -1,0 +1,379 @@
+//! Prometheus metrics, kept in plain atomics indexed by enums and status codes.
+//!
+//! Every label comes from the configuration (route, upstream, backend) or from a closed set
+//! (failure kind, status code, source), so the series are bounded. Handles are resolved once:
+//! a request holds an `Arc` to its route's counters and indexes arrays, with no string building
+//! and no lock on the request path. [`render`] writes the text exposition format.
+
+use std::collections::HashMap;
+use std::fmt::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use crate::access_log::Source;
+use crate::failure::FailureKind;
+
+/// Status codes are stored by value; anything outside 0..=999 cannot come from `http`.
+const STATUSES: usize = 1000;
+
+/// Attempt outcomes: `response`, then every failure kind.
+const OUTCOMES: usize = 1 + FailureKind::ALL.len();
+
+/// Retry reasons: `status`, then every failure kind.
+const REASONS: usize = 1 + FailureKind::ALL.len();
+
+/// Upper bounds of the latency histograms, in seconds.
+pub const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+fn counters<const N: usize>() -> Box<[AtomicU64; N]> {
+    Box::new(std::array::from_fn(|_| AtomicU64::new(0)))
+}
+
+fn inc(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+fn status_index(status: u16) -> usize {
+    usize::from(status).min(STATUSES - 1)
+}
+
+/// A latency histogram with fixed buckets.
+#[derive(Debug)]
+pub struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            buckets: std::array::from_fn(|_| AtomicU64::new(0)),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    /// Records one observation.
+    pub fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
+            inc(&self.buckets[i]);
+        }
+        inc(&self.count);
+        let micros = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, labels: &str) {
+        let mut cumulative = 0;
+        for (bound, count) in BUCKETS.iter().zip(&self.buckets) {
+            cumulative += count.load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{{labels},le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{{labels},le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{{labels}}} {sum}");
+        let _ = writeln!(out, "{name}_count{{{labels}}} {count}");
+    }
+}
+
+/// Counters of one backend.
+#[derive(Debug)]
+pub struct BackendMetrics {
+    attempts: Box<[AtomicU64; OUTCOMES]>,
+    responses: Box<[AtomicU64; STATUSES]>,
+    /// Time to connect.
+    pub connect: Histogram,
+    /// Time from the start of an attempt to the response header.
+    pub header: Histogram,
+}
+
+impl Default for BackendMetrics {
+    fn default() -> Self {
+        BackendMetrics {
+            attempts: counters(),
+            responses: counters(),
+            connect: Histogram::default(),
+            header: Histogram::default(),
+        }
+    }
+}
+
+impl BackendMetrics {
+    /// An attempt got a response header with `status`.
+    pub fn response(&self, status: u16) {
+        inc(&self.attempts[0]);
+        inc(&self.responses[status_index(status)]);
+    }
+
+    /// An attempt failed with `kind`.
+    pub fn failure(&self, kind: FailureKind) {
+        inc(&self.attempts[1 + kind.index()]);
+    }
+
+    /// Attempts that ended with `kind` (`None`: with a response).
+    pub fn attempts(&self, kind: Option<FailureKind>) -> u64 {
+        let i = kind.map_or(0, |k| 1 + k.index());
+        self.attempts[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of one upstream.
+#[derive(Debug, Default)]
+pub struct UpstreamMetrics {
+    /// Retries refused because the budget was spent.
+    pub budget_exhausted: AtomicU64,
+}
+
+/// Counters of one route.
+#[derive(Debug)]
+pub struct RouteMetrics {
+    name: String,
+    requests: [Box<[AtomicU64; STATUSES]>; 3],
+    retries: Box<[AtomicU64; REASONS]>,
+    client_aborts: AtomicU64,
+}
+
+impl RouteMetrics {
+    fn new(name: &str) -> Self {
+        RouteMetrics {
+            name: name.to_string(),
+            requests: [counters(), counters(), counters()],
+            retries: counters(),
+            client_aborts: AtomicU64::new(0),
+        }
+    }
+
+    /// A request finished with `status`, produced by `source`.
+    pub fn request(&self, status: u16, source: Source) {
+        inc(&self.requests[source as usize][status_index(status)]);
+        if source == Source::Client {
+            inc(&self.client_aborts);
+        }
+    }
+
+    /// A retry happened for `kind` (`None`: an origin status in `on_status`).
+    pub fn retry(&self, kind: Option<FailureKind>) {
+        inc(&self.retries[kind.map_or(0, |k| 1 + k.index())]);
+    }
+}
+
+/// Route counters by name; requests no configured route matched count under `none`.
+#[derive(Debug)]
+pub struct RouteTable {
+    by_name: HashMap<String, Arc<RouteMetrics>>,
+    order: Vec<Arc<RouteMetrics>>,
+    unmatched: Arc<RouteMetrics>,
+}
+
+impl RouteTable {
+    /// Counters for these route names.
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut by_name = HashMap::new();
+        let mut order = Vec::new();
+        for name in names {
+            if !by_name.contains_key(name) {
+                let m = Arc::new(RouteMetrics::new(name));
+                by_name.insert(name.to_string(), m.clone());
+                order.push(m);
+            }
+        }
+        RouteTable {
+            by_name,
+            order,
+            unmatched: Arc::new(RouteMetrics::new("none")),
+        }
+    }
+
+    /// The counters of route `name`; a name outside the configuration (a custom router's) counts
+    /// under `none`, keeping the label set bounded.
+    pub fn get(&self, name: Option<&str>) -> Arc<RouteMetrics> {
+        name.and_then(|n| self.by_name.get(n))
+            .unwrap_or(&self.unmatched)
+            .clone()
+    }
+}
+
+const SOURCES: [Source; 3] = [Source::Origin, Source::Proxy, Source::Client];
+
+/// One upstream as the exposition sees it.
+pub struct UpstreamView<'a> {
+    /// Upstream name.
+    pub name: &'a str,
+    /// Its counters.
+    pub metrics: &'a UpstreamMetrics,
+    /// Backend names and counters.
+    pub backends: Vec<(&'a str, &'a BackendMetrics)>,
+}
+
+/// Writes every series in the Prometheus text format.
+pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
+    let mut out = String::with_capacity(16 * 1024);
+    let all_routes = || routes.order.iter().chain(std::iter::once(&routes.unmatched));
+
+    out.push_str("# HELP faultline_requests_total Requests by final status and who produced it.\n");
+    out.push_str("# TYPE faultline_requests_total counter\n");
+    for r in all_routes() {
+        for (source, counts) in SOURCES.iter().zip(&r.requests) {
+            for (status, c) in counts.iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "faultline_requests_total{{route=\"{}\",status=\"{status}\",source=\"{}\"}} {v}",
+                        r.name,
+                        source.as_str()
+                    );
+                }
+            }
+        }
+    }
+
+    out.push_str("# HELP faultline_retries_total Retries by reason (a failure kind, or status).\n");
+    out.push_str("# TYPE faultline_retries_total counter\n");
+    for r in all_routes() {
+        for (i, c) in r.retries.iter().enumerate() {
+            let v = c.load(Ordering::Relaxed);
+            if v > 0 {
+                let reason = if i == 0 { "status" } else { FailureKind::ALL[i - 1].as_str() };
+                let _ = writeln!(
+                    out,
+                    "faultline_retries_total{{route=\"{}\",reason=\"{reason}\"}} {v}",
+                    r.name
+                );
+            }
+        }
+    }
+
+    out.push_str("# HELP faultline_client_aborts_total Requests the client abandoned.\n");
+    out.push_str("# TYPE faultline_client_aborts_total counter\n");
+    for r in all_routes() {
+        let _ = writeln!(
+            out,
+            "faultline_client_aborts_total{{route=\"{}\"}} {}",
+            r.name,
+            r.client_aborts.load(Ordering::Relaxed)
+        );
+    }
+
+    out.push_str("# HELP faultline_retry_budget_exhausted_total Retries refused by the retry budget.\n");
+    out.push_str("# TYPE faultline_retry_budget_exhausted_total counter\n");
+    for u in upstreams {
+        let _ = writeln!(
+            out,
+            "faultline_retry_budget_exhausted_total{{upstream=\"{}\"}} {}",
+            u.name,
+            u.metrics.budget_exhausted.load(Ordering::Relaxed)
+        );
+    }
+
+    out.push_str("# HELP faultline_upstream_attempts_total Attempts by backend and outcome (response or a failure kind).\n");
+    out.push_str("# TYPE faultline_upstream_attempts_total counter\n");
+    for u in upstreams {
+        for (backend, m) in &u.backends {
+            for (i, c) in m.attempts.iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                // `response` always, so a healthy backend shows up with a zero.
+                if v > 0 || i == 0 {
+                    let outcome = if i == 0 { "response" } else { FailureKind::ALL[i - 1].as_str() };
+                    let _ = writeln!(
+                        out,
+                        "faultline_upstream_attempts_total{{upstream=\"{}\",backend=\"{backend}\",outcome=\"{outcome}\"}} {v}",
+                        u.name
+                    );
+                }
+            }
+        }
+    }
+
+    out.push_str("# HELP faultline_upstream_responses_total Response headers received, by status.\n");
+    out.push_str("# TYPE faultline_upstream_responses_total counter\n");
+    for u in upstreams {
+        for (backend, m) in &u.backends {
+            for (status, c) in m.responses.iter().enumerate() {
+                let v = c.load(Ordering::Relaxed);
+                if v > 0 {
+                    let _ = writeln!(
+                        out,
+                        "faultline_upstream_responses_total{{upstream=\"{}\",backend=\"{backend}\",status=\"{status}\"}} {v}",
+                        u.name
+                    );
+                }
+            }
+        }
+    }
+
+    for (name, help, pick) in [
+        (
+            "faultline_upstream_connect_seconds",
+            "Time to connect to a backend.",
+            (|m: &BackendMetrics| &m.connect) as fn(&BackendMetrics) -> &Histogram,
+        ),
+        (
+            "faultline_upstream_header_seconds",
+            "Time from the start of an attempt to the response header.",
+            |m: &BackendMetrics| &m.header,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        for u in upstreams {
+            for (backend, m) in &u.backends {
+                let labels = format!("upstream=\"{}\",backend=\"{backend}\"", u.name);
+                pick(m).render(&mut out, name, &labels);
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_what_was_counted() {
+        let routes = RouteTable::new(["api"]);
+        let api = routes.get(Some("api"));
+        api.request(502, Source::Proxy);
+        api.request(200, Source::Origin);
+        api.request(200, Source::Origin);
+        api.retry(Some(FailureKind::ConnectionRefused));
+        routes.get(Some("custom")).request(404, Source::Proxy);
+        let backend = BackendMetrics::default();
+        backend.failure(FailureKind::ConnectionRefused);
+        backend.response(503);
+        backend.connect.observe(Duration::from_millis(3));
+        let upstream = UpstreamMetrics::default();
+        let text = render(
+            &routes,
+            &[UpstreamView {
+                name: "app",
+                metrics: &upstream,
+                backends: vec![("127.0.0.1:1", &backend)],
+            }],
+        );
+        for line in [
+            "faultline_requests_total{route=\"api\",status=\"200\",source=\"origin\"} 2",
+            "faultline_requests_total{route=\"api\",status=\"502\",source=\"proxy\"} 1",
+            "faultline_requests_total{route=\"none\",status=\"404\",source=\"proxy\"} 1",
+            "faultline_retries_total{route=\"api\",reason=\"connection_refused\"} 1",
+            "faultline_client_aborts_total{route=\"api\"} 0",
+            "faultline_retry_budget_exhausted_total{upstream=\"app\"} 0",
+            "faultline_upstream_attempts_total{upstream=\"app\",backend=\"127.0.0.1:1\",outcome=\"response\"} 1",
+            "faultline_upstream_attempts_total{upstream=\"app\",backend=\"127.0.0.1:1\",outcome=\"connection_refused\"} 1",
+            "faultline_upstream_responses_total{upstream=\"app\",backend=\"127.0.0.1:1\",status=\"503\"} 1",
+            "faultline_upstream_connect_seconds_bucket{upstream=\"app\",backend=\"127.0.0.1:1\",le=\"0.0025\"} 0",
+            "faultline_upstream_connect_seconds_bucket{upstream=\"app\",backend=\"127.0.0.1:1\",le=\"0.005\"} 1",
+            "faultline_upstream_connect_seconds_count{upstream=\"app\",backend=\"127.0.0.1:1\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+}
