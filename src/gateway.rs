@@ -14,12 +14,13 @@ use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::access_log::{self, Source};
+use crate::admin::Admin;
 use crate::config::Config;
 use crate::context::RequestCtx;
 use crate::error_page::{self, Cause, ErrorPages};
 use crate::failure::{FailureKind, Phase, Progress, classify};
 use crate::forwarding;
-use crate::metrics::{self, RouteTable};
+use crate::metrics::RouteTable;
 use crate::request_id;
 use crate::retry::{self, Trigger};
 use crate::routing::{ConfigRouter, Router, request_host};
@@ -63,10 +64,12 @@ impl Gateway {
         })
     }
 
-    /// Every metric series, in the Prometheus text format.
-    pub fn render_metrics(&self) -> String {
-        let views: Vec<_> = self.upstreams.iter().map(Pool::view).collect();
-        metrics::render(&self.routes, &views)
+    /// The admin application over this gateway's pools and counters.
+    pub fn admin(&self) -> Admin {
+        Admin {
+            upstreams: self.upstreams.clone(),
+            routes: self.routes.clone(),
+        }
     }
 
     fn pool(&self, ctx: &RequestCtx) -> Option<&Pool> {
@@ -147,7 +150,8 @@ impl Gateway {
         {
             b.metrics.failure(kind);
         }
-        let retry = kind.is_upstream() && self.may_retry(session, ctx, Trigger::Failure(kind, progress));
+        let retry =
+            kind.is_upstream() && self.may_retry(session, ctx, Trigger::Failure(kind, progress));
         // Pingora panics on an undecided `ReusedOnly` retry: always decide.
         e.set_retry(retry);
         e
@@ -195,7 +199,9 @@ impl Gateway {
                 .write_response_header(Box::new(rendered.header), end)
                 .await?;
             if !end {
-                session.write_response_body(Some(rendered.body), true).await?;
+                session
+                    .write_response_body(Some(rendered.body), true)
+                    .await?;
             }
             Ok(())
         } else {

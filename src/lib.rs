@@ -27,6 +27,7 @@
 //! ```
 
 pub mod access_log;
+pub mod admin;
 pub mod config;
 pub mod context;
 pub mod demo;

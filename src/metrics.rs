@@ -216,7 +216,12 @@ pub struct UpstreamView<'a> {
 /// Writes every series in the Prometheus text format.
 pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     let mut out = String::with_capacity(16 * 1024);
-    let all_routes = || routes.order.iter().chain(std::iter::once(&routes.unmatched));
+    let all_routes = || {
+        routes
+            .order
+            .iter()
+            .chain(std::iter::once(&routes.unmatched))
+    };
 
     out.push_str("# HELP faultline_requests_total Requests by final status and who produced it.\n");
     out.push_str("# TYPE faultline_requests_total counter\n");
@@ -242,7 +247,11 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
         for (i, c) in r.retries.iter().enumerate() {
             let v = c.load(Ordering::Relaxed);
             if v > 0 {
-                let reason = if i == 0 { "status" } else { FailureKind::ALL[i - 1].as_str() };
+                let reason = if i == 0 {
+                    "status"
+                } else {
+                    FailureKind::ALL[i - 1].as_str()
+                };
                 let _ = writeln!(
                     out,
                     "faultline_retries_total{{route=\"{}\",reason=\"{reason}\"}} {v}",
@@ -263,7 +272,9 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
         );
     }
 
-    out.push_str("# HELP faultline_retry_budget_exhausted_total Retries refused by the retry budget.\n");
+    out.push_str(
+        "# HELP faultline_retry_budget_exhausted_total Retries refused by the retry budget.\n",
+    );
     out.push_str("# TYPE faultline_retry_budget_exhausted_total counter\n");
     for u in upstreams {
         let _ = writeln!(
@@ -282,7 +293,11 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
                 let v = c.load(Ordering::Relaxed);
                 // `response` always, so a healthy backend shows up with a zero.
                 if v > 0 || i == 0 {
-                    let outcome = if i == 0 { "response" } else { FailureKind::ALL[i - 1].as_str() };
+                    let outcome = if i == 0 {
+                        "response"
+                    } else {
+                        FailureKind::ALL[i - 1].as_str()
+                    };
                     let _ = writeln!(
                         out,
                         "faultline_upstream_attempts_total{{upstream=\"{}\",backend=\"{backend}\",outcome=\"{outcome}\"}} {v}",
@@ -293,7 +308,9 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
         }
     }
 
-    out.push_str("# HELP faultline_upstream_responses_total Response headers received, by status.\n");
+    out.push_str(
+        "# HELP faultline_upstream_responses_total Response headers received, by status.\n",
+    );
     out.push_str("# TYPE faultline_upstream_responses_total counter\n");
     for u in upstreams {
         for (backend, m) in &u.backends {

@@ -104,7 +104,9 @@ pub fn allowed(f: Facts<'_>) -> bool {
 
 /// The jittered pause before status-driven retry number `retry` (1 for the first retry).
 pub fn backoff(retry: usize) -> Duration {
-    let shift = u32::try_from(retry.saturating_sub(1)).unwrap_or(u32::MAX).min(8);
+    let shift = u32::try_from(retry.saturating_sub(1))
+        .unwrap_or(u32::MAX)
+        .min(8);
     let ceiling = BACKOFF_BASE.saturating_mul(1 << shift).min(BACKOFF_CAP);
     // Between half and all of the ceiling: spread retries without ever retrying at once.
     let half = ceiling / 2;
@@ -170,7 +172,10 @@ mod tests {
     fn not_sent_retries_any_method() {
         let p = policy();
         for m in [Method::GET, Method::POST, Method::PATCH] {
-            for kind in [FailureKind::ConnectionRefused, FailureKind::ConnectionTimeout] {
+            for kind in [
+                FailureKind::ConnectionRefused,
+                FailureKind::ConnectionTimeout,
+            ] {
                 let t = Trigger::Failure(kind, Progress::NotSent);
                 assert!(allowed(facts(t, &m, &p)));
             }
@@ -208,7 +213,10 @@ mod tests {
     #[test]
     fn never_after_response_started_or_when_spent() {
         let p = policy();
-        let started = Trigger::Failure(FailureKind::HttpResponseIncomplete, Progress::ResponseStarted);
+        let started = Trigger::Failure(
+            FailureKind::HttpResponseIncomplete,
+            Progress::ResponseStarted,
+        );
         assert!(!allowed(facts(started, &Method::GET, &p)));
         let too_big = Trigger::Failure(FailureKind::HttpResponseHeaderSectionSize, Progress::Sent);
         assert!(!allowed(facts(too_big, &Method::GET, &p)));
@@ -254,7 +262,10 @@ mod tests {
         assert_eq!(retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT"), None);
         assert_eq!(retry_after(b"-1"), None);
         assert_eq!(status_pause(1, Some(b"10"), None), None, "too long a wait");
-        assert_eq!(status_pause(1, Some(b"2"), None), Some(Duration::from_secs(2)));
+        assert_eq!(
+            status_pause(1, Some(b"2"), None),
+            Some(Duration::from_secs(2))
+        );
         assert_eq!(
             status_pause(1, Some(b"2"), Some(Duration::from_secs(1))),
             None,

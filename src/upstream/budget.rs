@@ -68,7 +68,9 @@ impl RetryBudget {
 
     /// Counts one client request.
     pub fn record_request(&self) {
-        self.slot(now_secs()).requests.fetch_add(1, Ordering::Relaxed);
+        self.slot(now_secs())
+            .requests
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget, if `percent` of recent requests (or the floor) allows it.

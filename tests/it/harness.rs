@@ -8,6 +8,8 @@ use std::time::{Duration, Instant};
 pub struct Proxy {
     /// The client-facing listener.
     pub addr: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
 }
 
 /// A free loopback port (bound, then released).
@@ -22,23 +24,50 @@ impl Proxy {
     pub fn start(body: &str) -> Proxy {
         init_log_capture();
         let addr = free_addr();
-        let yaml =
-            format!("server: {{ threads: 1 }}\nlisteners:\n  - {{ address: \"{addr}\" }}\n{body}");
+        let admin = free_addr();
+        let yaml = format!(
+            "server: {{ threads: 1 }}\nlisteners:\n  - {{ address: \"{addr}\" }}\nadmin: {{ address: \"{admin}\" }}\n{body}"
+        );
         let config = faultline::Config::from_yaml(&yaml)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
         let server = faultline::server::build(config, None).expect("server builds");
         std::thread::spawn(move || server.run_forever());
-        // Readiness: the listener accepts a connection.
+        // Readiness: both listeners accept connections.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "faultline did not start listening on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(5));
+        for a in [addr, admin] {
+            while TcpStream::connect(a).is_err() {
+                assert!(
+                    Instant::now() < deadline,
+                    "faultline did not start listening on {a}"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
-        Proxy { addr }
+        Proxy { addr, admin }
     }
+
+    /// The `/metrics` text.
+    pub fn metrics(&self) -> String {
+        let resp = crate::client::get(self.admin, "/metrics", &[]);
+        assert_eq!(resp.status, 200);
+        resp.text()
+    }
+
+    /// The value of the series `name{labels}` in `/metrics`; 0 when absent.
+    pub fn metric(&self, series: &str) -> u64 {
+        metric_value(&self.metrics(), series)
+    }
+}
+
+/// The value of `series` (name with its labels, exactly as exposed) in a scrape; 0 when absent.
+pub fn metric_value(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0, |v| {
+            v.trim()
+                .parse()
+                .unwrap_or_else(|_| panic!("{series} = {v}"))
+        })
 }
 
 /// A config body with one upstream `app` of these backends and one catch-all route to it.

@@ -26,6 +26,8 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 pub enum Behavior {
     /// Answers with these exact response bytes, keeping the connection open.
     Raw(Vec<u8>),
+    /// Answers request number n (counted across connections) with `responses[n % len]`.
+    Sequence(Vec<Vec<u8>>),
     /// Answers `200` with a body naming the origin (`origin <tag>`), keep-alive.
     Named(&'static str),
     /// Reads the request, then resets the connection (RST) without a byte.
@@ -172,12 +174,18 @@ async fn connection(mut stream: TcpStream, behavior: Behavior, stats: Arc<Stats>
         let Some(head) = read_request(&mut stream, &mut buf).await else {
             return;
         };
-        stats.requests.fetch_add(1, Ordering::SeqCst);
+        let n = stats.requests.fetch_add(1, Ordering::SeqCst);
         if let Ok(mut heads) = stats.heads.lock() {
             heads.push(head.clone());
         }
         match &behavior {
             Behavior::Raw(bytes) => {
+                if stream.write_all(bytes).await.is_err() {
+                    return;
+                }
+            }
+            Behavior::Sequence(responses) => {
+                let bytes = &responses[n % responses.len()];
                 if stream.write_all(bytes).await.is_err() {
                     return;
                 }

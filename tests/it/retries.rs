@@ -140,3 +140,321 @@ fn attempts_one_means_no_retry() {
     );
     assert_eq!(good.requests(), 3);
 }
+
+fn ok_response(tag: &str) -> Vec<u8> {
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{tag}",
+        tag.len()
+    )
+    .into_bytes()
+}
+
+const ORIGIN_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nX-Origin: busy\r\nContent-Length: 9\r\n\r\ntoo busy\n";
+
+#[test]
+fn three_backends_one_refusing_every_request_succeeds() {
+    let a = Origin::start(Behavior::Named("a"));
+    let b = Origin::start(Behavior::Named("b"));
+    let dead = refused_addr();
+    let proxy = Proxy::start(&one_upstream(&[a.addr, dead, b.addr], "", ""));
+    for i in 0..100 {
+        for method in ["GET", "POST"] {
+            let resp = client::send_one(proxy.addr, method, "/", &[("content-length", "0")]);
+            assert_eq!(resp.status, 200, "{method} #{i}");
+        }
+    }
+    assert_eq!(a.requests() + b.requests(), 200);
+    let m = proxy.metrics();
+    let refused = crate::harness::metric_value(
+        &m,
+        &format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{dead}\",outcome=\"connection_refused\"}}"
+        ),
+    );
+    assert!(refused > 0, "the dead backend was never tried");
+    assert_eq!(
+        crate::harness::metric_value(
+            &m,
+            "faultline_retries_total{route=\"main\",reason=\"connection_refused\"}"
+        ),
+        refused,
+        "every refused attempt was failed over"
+    );
+    assert_eq!(
+        crate::harness::metric_value(
+            &m,
+            "faultline_requests_total{route=\"main\",status=\"200\",source=\"origin\"}"
+        ),
+        200
+    );
+}
+
+#[test]
+fn post_with_idempotency_key_is_retried_when_the_route_allows() {
+    let hang = Origin::start(Behavior::Hang);
+    let good = Origin::start(Behavior::Named("good"));
+    let proxy = Proxy::start(&one_upstream(
+        &[hang.addr, good.addr],
+        "    timeouts: { response_header: 300ms }\n",
+        "    retry: { attempts: 3, idempotency_key: true }\n",
+    ));
+    for i in 0..4 {
+        let rid = format!("idem-{i}");
+        let resp = client::send_one(
+            proxy.addr,
+            "POST",
+            "/",
+            &[
+                ("x-request-id", &rid),
+                ("idempotency-key", &rid),
+                ("content-length", "0"),
+            ],
+        );
+        assert_eq!(resp.status, 200, "{rid}");
+        let o = outcomes(&rid);
+        assert!(
+            o == ["response"] || o == ["http_response_timeout", "response"],
+            "{o:?}"
+        );
+    }
+    assert!(hang.requests() > 0);
+    assert_eq!(good.requests(), 4);
+}
+
+#[test]
+fn hanging_backend_fails_over_within_the_timeout() {
+    let hang = Origin::start(Behavior::Hang);
+    let good = Origin::start(Behavior::Named("good"));
+    let proxy = Proxy::start(&one_upstream(
+        &[hang.addr, good.addr],
+        "    timeouts: { response_header: 500ms }\n",
+        "",
+    ));
+    for _ in 0..4 {
+        let started = std::time::Instant::now();
+        assert_eq!(client::get(proxy.addr, "/", &[]).status, 200);
+        // One timeout, then the healthy backend; a second full wait would mean no failover.
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(950),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    assert!(hang.requests() > 0);
+}
+
+#[test]
+fn status_503_then_200_gives_200() {
+    let origin = Origin::start(Behavior::Sequence(vec![
+        ORIGIN_503.to_vec(),
+        ok_response("second try"),
+    ]));
+    let proxy = Proxy::start(&one_upstream(
+        &[origin.addr],
+        "",
+        "    retry: { attempts: 3, on_status: [503] }\n",
+    ));
+    let resp = client::get(proxy.addr, "/", &[("x-request-id", "s503")]);
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "second try");
+    assert_eq!(origin.requests(), 2);
+    assert_eq!(outcomes("s503"), ["response", "response"]);
+    let entry = access_entry("s503");
+    assert_eq!(entry["attempts"][0]["status"], 503);
+    assert_eq!(entry["attempts"][1]["status"], 200);
+    assert_eq!(
+        proxy.metric("faultline_retries_total{route=\"main\",reason=\"status\"}"),
+        1
+    );
+}
+
+#[test]
+fn status_retries_exhausted_give_the_last_origin_response() {
+    let a = Origin::start(Behavior::Raw(ORIGIN_503.to_vec()));
+    let b = Origin::start(Behavior::Raw(ORIGIN_503.to_vec()));
+    let proxy = Proxy::start(&one_upstream(
+        &[a.addr, b.addr],
+        "",
+        "    retry: { attempts: 3, on_status: [503] }\n",
+    ));
+    let resp = client::get(
+        proxy.addr,
+        "/",
+        &[("accept", "text/html"), ("x-request-id", "all503")],
+    );
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.body, b"too busy\n", "the origin's body, byte for byte");
+    assert_eq!(resp.header("x-origin"), Some("busy"));
+    assert_eq!(resp.header("content-type"), Some("text/plain"));
+    assert_eq!(
+        resp.header("proxy-status"),
+        Some("faultline; received-status=503")
+    );
+    assert_eq!(a.requests() + b.requests(), 3);
+    assert!(
+        a.requests() >= 1 && b.requests() >= 1,
+        "both backends were tried"
+    );
+    let entry = access_entry("all503");
+    assert_eq!(entry["source"], "origin");
+    assert_eq!(entry["attempts"].as_array().map(Vec::len), Some(3));
+}
+
+#[test]
+fn status_retries_never_repeat_a_post() {
+    let origin = Origin::start(Behavior::Sequence(vec![
+        ORIGIN_503.to_vec(),
+        ok_response("second"),
+    ]));
+    let proxy = Proxy::start(&one_upstream(
+        &[origin.addr],
+        "",
+        "    retry: { attempts: 3, on_status: [503] }\n",
+    ));
+    let resp = client::send_one(proxy.addr, "POST", "/", &[("content-length", "0")]);
+    assert_eq!(resp.status, 503);
+    assert_eq!(origin.requests(), 1);
+}
+
+#[test]
+fn long_retry_after_is_not_waited_for() {
+    let busy =
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 120\r\nContent-Length: 4\r\n\r\nbusy"
+            .to_vec();
+    let origin = Origin::start(Behavior::Sequence(vec![busy, ok_response("second")]));
+    let proxy = Proxy::start(&one_upstream(
+        &[origin.addr],
+        "",
+        "    retry: { attempts: 3, on_status: [503] }\n",
+    ));
+    let resp = client::get(proxy.addr, "/", &[]);
+    assert_eq!(resp.status, 503);
+    assert_eq!(resp.header("retry-after"), Some("120"));
+    assert_eq!(origin.requests(), 1);
+}
+
+#[test]
+fn body_larger_than_the_replay_buffer_is_not_retried_once_sent() {
+    let hang = Origin::start(Behavior::Hang);
+    let good = Origin::start(Behavior::Named("good"));
+    let proxy = Proxy::start(&one_upstream(
+        &[hang.addr, good.addr],
+        "    timeouts: { response_header: 300ms }\n",
+        "    retry: { attempts: 3, idempotency_key: true }\n",
+    ));
+    let body = vec![b'b'; 200 * 1024];
+    let mut timed_out = 0;
+    for i in 0..4 {
+        let rid = format!("bigbody-{i}");
+        let good_before = good.requests();
+        let mut c = crate::client::Client::connect(proxy.addr);
+        let len = body.len().to_string();
+        c.send(&client::request(
+            "PUT",
+            "/upload",
+            "app.test",
+            &[
+                ("x-request-id", &rid),
+                ("idempotency-key", &rid),
+                ("content-length", &len),
+            ],
+        ));
+        c.send(&body);
+        let resp = c.read_response("PUT");
+        if resp.status == 504 {
+            timed_out += 1;
+            assert_eq!(
+                good.requests(),
+                good_before,
+                "a body past the replay buffer was sent twice"
+            );
+            assert_eq!(outcomes(&rid), ["http_response_timeout"]);
+        } else {
+            assert_eq!(resp.status, 200);
+        }
+    }
+    assert!(
+        timed_out > 0,
+        "round robin never picked the hanging backend"
+    );
+}
+
+#[test]
+fn no_backend_is_tried_twice_while_another_is_untried() {
+    let origins: Vec<Origin> = (0..3).map(|_| Origin::start(Behavior::Reset)).collect();
+    let addrs: Vec<_> = origins.iter().map(|o| o.addr).collect();
+    let proxy = Proxy::start(&one_upstream(&addrs, "", "    retry: { attempts: 3 }\n"));
+    let resp = client::get(proxy.addr, "/", &[("x-request-id", "distinct")]);
+    assert_eq!(resp.status, 502);
+    for o in &origins {
+        assert_eq!(o.requests(), 1, "each backend exactly once");
+    }
+    let entry = access_entry("distinct");
+    let mut backends: Vec<_> = entry["attempts"]
+        .as_array()
+        .expect("attempts")
+        .iter()
+        .map(|a| a["backend"].as_str().unwrap_or("").to_string())
+        .collect();
+    backends.sort();
+    backends.dedup();
+    assert_eq!(backends.len(), 3);
+}
+
+#[test]
+fn retries_stay_within_the_budget() {
+    let a = Origin::start(Behavior::Reset);
+    let b = Origin::start(Behavior::Reset);
+    let proxy = Proxy::start(&one_upstream(
+        &[a.addr, b.addr],
+        "",
+        "    retry: { attempts: 2, budget_percent: 20 }\n",
+    ));
+    for _ in 0..100 {
+        assert_eq!(client::get(proxy.addr, "/", &[]).status, 502);
+    }
+    let total = a.requests() + b.requests();
+    let retries = total - 100;
+    // The floor (10 per window) always; 20% of 100 requests at the most.
+    assert!((10..=20).contains(&retries), "{retries} retries");
+    let m = proxy.metrics();
+    assert_eq!(
+        crate::harness::metric_value(
+            &m,
+            "faultline_retries_total{route=\"main\",reason=\"connection_terminated\"}"
+        ),
+        retries as u64
+    );
+    assert_eq!(
+        crate::harness::metric_value(
+            &m,
+            "faultline_retry_budget_exhausted_total{upstream=\"app\"}"
+        ),
+        100 - retries as u64
+    );
+}
+
+#[test]
+fn the_deadline_caps_all_attempts() {
+    let origins: Vec<Origin> = (0..3).map(|_| Origin::start(Behavior::Hang)).collect();
+    let addrs: Vec<_> = origins.iter().map(|o| o.addr).collect();
+    let proxy = Proxy::start(&one_upstream(
+        &addrs,
+        "    timeouts: { response_header: 2s }\n",
+        "    deadline: 1s\n    retry: { attempts: 3 }\n",
+    ));
+    let started = std::time::Instant::now();
+    let resp = client::get(proxy.addr, "/", &[("x-request-id", "deadline")]);
+    let took = started.elapsed();
+    assert_eq!(resp.status, 504);
+    assert!(
+        resp.header("proxy-status")
+            .is_some_and(|v| v.starts_with("faultline; error=http_response_timeout;")),
+        "{:?}",
+        resp.header("proxy-status")
+    );
+    // Without the deadline: three waits of 2s.
+    assert!(took < std::time::Duration::from_millis(1900), "{took:?}");
+    assert!(took >= std::time::Duration::from_millis(950), "{took:?}");
+    assert_eq!(access_entry("deadline")["failure"], "http_response_timeout");
+}
