@@ -44,6 +44,7 @@ fn bench(c: &mut Criterion) {
                         accept: Some(accept.as_bytes()),
                         head: false,
                         next_hop: None,
+                        retry_after: None,
                     },
                 )
             })

@@ -85,6 +85,7 @@ impl Entry<'_> {
                     "status": status,
                     "progress": a.progress.as_str(),
                     "reused": a.reused,
+                    "probe": a.probe,
                     "connect_ms": a.connect.map(millis),
                     "header_ms": a.header.map(millis),
                 })

@@ -11,6 +11,7 @@ use serde_json::json;
 
 use crate::failure::FailureKind;
 use crate::metrics::{self, RouteTable};
+use crate::upstream::health::State;
 use crate::upstream::{Pool, Upstreams};
 
 /// The admin application, sharing the gateway's pools and counters.
@@ -36,7 +37,8 @@ impl Admin {
                 let backends: Vec<_> = pool
                     .backends()
                     .iter()
-                    .map(|b| {
+                    .enumerate()
+                    .map(|(i, b)| {
                         let mut outcomes = serde_json::Map::new();
                         let responses = b.metrics.attempts(None);
                         outcomes.insert("response".into(), responses.into());
@@ -46,7 +48,25 @@ impl Admin {
                                 outcomes.insert(kind.as_str().into(), n.into());
                             }
                         }
-                        json!({ "backend": b.name, "attempts": outcomes })
+                        let state = pool.health.state(i);
+                        let ejected_for_ms = match state {
+                            State::Ejected(left) => Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+                            _ => None,
+                        };
+                        json!({
+                            "backend": b.name,
+                            "up": pool.is_up(i),
+                            "state": state.as_str(),
+                            "ejected_for_ms": ejected_for_ms,
+                            "active_check": if pool.has_active_checks() {
+                                if pool.actively_healthy(i) { "up" } else { "down" }
+                            } else {
+                                "off"
+                            },
+                            "consecutive_failures": pool.health.consecutive_failures(i),
+                            "ejections": pool.health.ejections_total(i),
+                            "attempts": outcomes,
+                        })
                     })
                     .collect();
                 json!({ "upstream": pool.name(), "backends": backends })

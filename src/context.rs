@@ -7,7 +7,8 @@ use std::time::Instant;
 use crate::failure::{FailureKind, Phase};
 use crate::metrics::RouteMetrics;
 use crate::routing::Route;
-use crate::upstream::attempt::Attempts;
+use crate::upstream::Selected;
+use crate::upstream::attempt::{Attempts, Outcome};
 
 /// One request's state (Pingora's `CTX`).
 #[derive(Debug)]
@@ -19,7 +20,7 @@ pub struct RequestCtx {
     /// The matched route.
     pub route: Option<Arc<Route>>,
     /// A backend chosen while filtering the request, used by the first attempt.
-    pub preselected: Option<usize>,
+    pub preselected: Option<Selected>,
     /// Every attempt.
     pub attempts: Attempts,
     /// Phase of the current attempt.
@@ -36,6 +37,20 @@ pub struct RequestCtx {
     pub retrying_status: bool,
     /// A pause to take before the next attempt.
     pub pause: Option<std::time::Duration>,
+}
+
+impl RequestCtx {
+    /// The backend whose half-open probe this request holds without having reported its
+    /// outcome: chosen but never attempted, or attempted without an ending.
+    pub fn unreported_probe(&self) -> Option<usize> {
+        if let Some(s) = self.preselected.filter(|s| s.probe) {
+            return Some(s.index);
+        }
+        self.attempts
+            .last()
+            .filter(|a| a.probe && a.outcome == Outcome::Pending)
+            .map(|a| a.backend)
+    }
 }
 
 impl Default for RequestCtx {

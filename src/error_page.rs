@@ -13,8 +13,9 @@ use crate::failure::{FailureKind, reason_phrase};
 /// The `Proxy-Status` member name of this proxy.
 pub const PROXY_NAME: &str = "faultline";
 
-/// Seconds a client should wait before retrying when no backend is available.
-pub const RETRY_AFTER_SECONDS: u32 = 1;
+/// Seconds a client should wait before retrying when no backend is available and no ejection
+/// end is known.
+pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// What happened, from the client's point of view.
 #[derive(Debug, Clone, Copy)]
@@ -186,6 +187,8 @@ pub struct Request<'a> {
     pub head: bool,
     /// The backend that failed, when the config allows naming it.
     pub next_hop: Option<&'a str>,
+    /// Seconds until a backend is expected back, for `Retry-After` on a 503.
+    pub retry_after: Option<u64>,
 }
 
 impl ErrorPages {
@@ -240,7 +243,8 @@ impl ErrorPages {
             header.insert_header("Proxy-Status", proxy_status)?;
         }
         if status == 503 && matches!(cause, Cause::Failure(_)) {
-            header.insert_header(http::header::RETRY_AFTER, RETRY_AFTER_SECONDS.to_string())?;
+            let seconds = req.retry_after.unwrap_or(RETRY_AFTER_SECONDS).max(1);
+            header.insert_header(http::header::RETRY_AFTER, seconds.to_string())?;
         }
         let body = if req.head {
             Bytes::new()
@@ -382,6 +386,7 @@ mod tests {
             accept: Some(accept.as_bytes()),
             head: false,
             next_hop: None,
+            retry_after: None,
         }
     }
 

@@ -24,7 +24,8 @@ use crate::metrics::RouteTable;
 use crate::request_id;
 use crate::retry::{self, Trigger};
 use crate::routing::{ConfigRouter, Router, request_host};
-use crate::upstream::{Pool, PoolError, Upstreams};
+use crate::upstream::health::Verdict;
+use crate::upstream::{Pool, PoolError, Selected, Upstreams};
 
 /// The error type used to unwind Pingora's flow when faultline already decided what happens.
 const DECIDED: ErrorType = ErrorType::new("FaultlineDecided");
@@ -78,7 +79,7 @@ impl Gateway {
             .and_then(|r| self.upstreams.get(r.upstream))
     }
 
-    fn select(&self, pool: &Pool, req: &RequestHeader, ctx: &RequestCtx) -> Option<usize> {
+    fn select(&self, pool: &Pool, req: &RequestHeader, ctx: &RequestCtx) -> Option<Selected> {
         let key = if pool.uses_key() {
             req.uri
                 .path_and_query()
@@ -149,6 +150,12 @@ impl Gateway {
             && let Some(b) = pool.backends().get(attempt.backend)
         {
             b.metrics.failure(kind);
+            let verdict = if kind.counts_against_backend() {
+                Verdict::Failure
+            } else {
+                Verdict::Neutral
+            };
+            pool.health.record(attempt.backend, verdict, attempt.probe);
         }
         let retry =
             kind.is_upstream() && self.may_retry(session, ctx, Trigger::Failure(kind, progress));
@@ -190,6 +197,10 @@ impl Gateway {
                 accept: req.headers.get(http::header::ACCEPT).map(|v| v.as_bytes()),
                 head: req.method == http::Method::HEAD,
                 next_hop,
+                retry_after: self
+                    .pool(ctx)
+                    .and_then(|p| p.health.next_return())
+                    .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
             },
         )?;
         ctx.generated = true;
@@ -299,8 +310,8 @@ impl ProxyHttp for Gateway {
             (None, Some(pool)) => self.select(pool, session.req_header(), ctx),
             (None, None) => None,
         };
-        let peer = chosen.and_then(|b| Some((b, pool?.peer(b, time_left)?)));
-        let Some((backend, peer)) = peer else {
+        let peer = chosen.and_then(|b| Some((b, pool?.peer(b.index, time_left)?)));
+        let Some((chosen, peer)) = peer else {
             ctx.phase = Phase::Select;
             return Err(Self::decide(
                 ctx,
@@ -308,7 +319,7 @@ impl ProxyHttp for Gateway {
                 "no backend can be selected",
             ));
         };
-        ctx.attempts.start(backend);
+        ctx.attempts.start(chosen.index, chosen.probe);
         ctx.phase = Phase::Connect;
         ctx.failure = None;
         Ok(peer)
@@ -374,6 +385,12 @@ impl ProxyHttp for Gateway {
             if let Some(header) = a.header {
                 b.metrics.header.observe(header);
             }
+            let verdict = if pool.health.is_failure_status(status) {
+                Verdict::Failure
+            } else {
+                Verdict::Success
+            };
+            pool.health.record(a.backend, verdict, a.probe);
         }
         let Some(route) = ctx.route.clone() else {
             return Ok(());
@@ -516,6 +533,9 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        if let (Some(i), Some(pool)) = (ctx.unreported_probe(), self.pool(ctx)) {
+            pool.health.release_probe(i);
+        }
         if let (Some(kind), Some(e)) = (ctx.failure, e)
             && kind.is_upstream()
         {

@@ -203,14 +203,26 @@ impl RouteTable {
 
 const SOURCES: [Source; 3] = [Source::Origin, Source::Proxy, Source::Client];
 
+/// One backend as the exposition sees it.
+pub struct BackendView<'a> {
+    /// Backend name.
+    pub name: &'a str,
+    /// Its counters.
+    pub metrics: &'a BackendMetrics,
+    /// Whether it takes traffic now.
+    pub up: bool,
+    /// Passive-health ejections so far.
+    pub ejections: u64,
+}
+
 /// One upstream as the exposition sees it.
 pub struct UpstreamView<'a> {
     /// Upstream name.
     pub name: &'a str,
     /// Its counters.
     pub metrics: &'a UpstreamMetrics,
-    /// Backend names and counters.
-    pub backends: Vec<(&'a str, &'a BackendMetrics)>,
+    /// Its backends.
+    pub backends: Vec<BackendView<'a>>,
 }
 
 /// Writes every series in the Prometheus text format.
@@ -288,7 +300,7 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     out.push_str("# HELP faultline_upstream_attempts_total Attempts by backend and outcome (response or a failure kind).\n");
     out.push_str("# TYPE faultline_upstream_attempts_total counter\n");
     for u in upstreams {
-        for (backend, m) in &u.backends {
+        for BackendView { name: backend, metrics: m, .. } in &u.backends {
             for (i, c) in m.attempts.iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
                 // `response` always, so a healthy backend shows up with a zero.
@@ -313,7 +325,7 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     );
     out.push_str("# TYPE faultline_upstream_responses_total counter\n");
     for u in upstreams {
-        for (backend, m) in &u.backends {
+        for BackendView { name: backend, metrics: m, .. } in &u.backends {
             for (status, c) in m.responses.iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
                 if v > 0 {
@@ -324,6 +336,32 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
                     );
                 }
             }
+        }
+    }
+
+    out.push_str("# HELP faultline_backend_up Whether a backend takes traffic (not ejected, passing its active check).\n");
+    out.push_str("# TYPE faultline_backend_up gauge\n");
+    for u in upstreams {
+        for b in &u.backends {
+            let _ = writeln!(
+                out,
+                "faultline_backend_up{{upstream=\"{}\",backend=\"{}\"}} {}",
+                u.name,
+                b.name,
+                u8::from(b.up)
+            );
+        }
+    }
+
+    out.push_str("# HELP faultline_backend_ejections_total Passive-health ejections.\n");
+    out.push_str("# TYPE faultline_backend_ejections_total counter\n");
+    for u in upstreams {
+        for b in &u.backends {
+            let _ = writeln!(
+                out,
+                "faultline_backend_ejections_total{{upstream=\"{}\",backend=\"{}\",reason=\"consecutive_failures\"}} {}",
+                u.name, b.name, b.ejections
+            );
         }
     }
 
@@ -341,7 +379,7 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for u in upstreams {
-            for (backend, m) in &u.backends {
+            for BackendView { name: backend, metrics: m, .. } in &u.backends {
                 let labels = format!("upstream=\"{}\",backend=\"{backend}\"", u.name);
                 pick(m).render(&mut out, name, &labels);
             }
@@ -373,7 +411,12 @@ mod tests {
             &[UpstreamView {
                 name: "app",
                 metrics: &upstream,
-                backends: vec![("127.0.0.1:1", &backend)],
+                backends: vec![BackendView {
+                    name: "127.0.0.1:1",
+                    metrics: &backend,
+                    up: false,
+                    ejections: 2,
+                }],
             }],
         );
         for line in [
@@ -389,6 +432,8 @@ mod tests {
             "faultline_upstream_connect_seconds_bucket{upstream=\"app\",backend=\"127.0.0.1:1\",le=\"0.0025\"} 0",
             "faultline_upstream_connect_seconds_bucket{upstream=\"app\",backend=\"127.0.0.1:1\",le=\"0.005\"} 1",
             "faultline_upstream_connect_seconds_count{upstream=\"app\",backend=\"127.0.0.1:1\"} 1",
+            "faultline_backend_up{upstream=\"app\",backend=\"127.0.0.1:1\"} 0",
+            "faultline_backend_ejections_total{upstream=\"app\",backend=\"127.0.0.1:1\",reason=\"consecutive_failures\"} 2",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

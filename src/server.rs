@@ -5,6 +5,11 @@
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::Server;
 use pingora::server::configuration::Opt;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
 use crate::config::Config;
@@ -19,6 +24,12 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, PoolError> {
         service.add_tcp(&address.to_string());
         service
     });
+    let checks: Vec<_> = gateway
+        .admin()
+        .upstreams
+        .iter()
+        .filter_map(|p| Some((p.name().to_string(), p.active_checks()?)))
+        .collect();
     let listeners = config.listeners;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
@@ -30,5 +41,21 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, PoolError> {
     if let Some(admin) = admin {
         server.add_service(admin);
     }
+    for (name, task) in checks {
+        server.add_service(background_service(
+            &format!("active health checks of {name}"),
+            ActiveChecks(task),
+        ));
+    }
     Ok(server)
+}
+
+/// Runs a pool's Pingora load balancer in the background: its active health checks.
+struct ActiveChecks(Arc<dyn BackgroundService + Send + Sync>);
+
+#[async_trait]
+impl BackgroundService for ActiveChecks {
+    async fn start(&self, shutdown: ShutdownWatch) {
+        self.0.start(shutdown).await;
+    }
 }

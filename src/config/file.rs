@@ -174,6 +174,19 @@ pub struct ActiveHealthFile {
     /// Time allowed for one check.
     #[serde(deserialize_with = "duration", default = "one_second")]
     pub timeout: Duration,
+    /// Status an HTTP check expects.
+    #[serde(default = "two_hundred")]
+    pub expected_status: u16,
+    /// Successes in a row that mark a down backend up.
+    #[serde(default = "one")]
+    pub healthy_after: usize,
+    /// Failures in a row that mark an up backend down.
+    #[serde(default = "one")]
+    pub unhealthy_after: usize,
+}
+
+fn two_hundred() -> u16 {
+    200
 }
 
 /// Passive health (outlier detection).

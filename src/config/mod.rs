@@ -112,6 +112,12 @@ pub struct ActiveHealth {
     pub interval: Duration,
     /// Time allowed for one check.
     pub timeout: Duration,
+    /// Status an HTTP check expects.
+    pub expected_status: u16,
+    /// Successes in a row that mark a down backend up.
+    pub healthy_after: usize,
+    /// Failures in a row that mark an up backend down.
+    pub unhealthy_after: usize,
 }
 
 /// How a route matches the host.

@@ -322,10 +322,27 @@ fn active(at: &str, a: file::ActiveHealthFile, errors: &mut Errors) -> ActiveHea
             "must be more than zero",
         );
     }
+    if a.timeout.is_zero() {
+        errors.push(format!("{at}.health.active.timeout"), "must be more than zero");
+    }
+    if !(100..=599).contains(&a.expected_status) {
+        errors.push(
+            format!("{at}.health.active.expected_status"),
+            format!("{} is not an HTTP status", a.expected_status),
+        );
+    }
+    for (field, value) in [("healthy_after", a.healthy_after), ("unhealthy_after", a.unhealthy_after)] {
+        if value == 0 {
+            errors.push(format!("{at}.health.active.{field}"), "must be at least 1");
+        }
+    }
     ActiveHealth {
         path: a.path,
         interval: a.interval,
         timeout: a.timeout,
+        expected_status: a.expected_status,
+        healthy_after: a.healthy_after.max(1),
+        unhealthy_after: a.unhealthy_after.max(1),
     }
 }
 

@@ -39,6 +39,8 @@ pub struct Attempt {
     pub progress: Progress,
     /// Whether a pooled keep-alive connection was used.
     pub reused: bool,
+    /// Whether this attempt was the half-open probe of an ejected backend.
+    pub probe: bool,
     started: Instant,
     /// Time to connect (zero for a reused connection).
     pub connect: Option<Duration>,
@@ -54,9 +56,10 @@ pub struct Attempts {
 
 impl Attempts {
     /// Starts an attempt on `backend`.
-    pub fn start(&mut self, backend: usize) {
+    pub fn start(&mut self, backend: usize, probe: bool) {
         self.list.push(Attempt {
             backend,
+            probe,
             outcome: Outcome::Pending,
             progress: Progress::NotSent,
             reused: false,
@@ -119,9 +122,9 @@ mod tests {
     #[test]
     fn records_each_step_on_the_current_attempt() {
         let mut a = Attempts::default();
-        a.start(1);
+        a.start(1, false);
         a.failed(FailureKind::ConnectionRefused, Progress::NotSent);
-        a.start(0);
+        a.start(0, false);
         a.connected(true);
         a.responded(503);
         assert_eq!(a.count(), 2);

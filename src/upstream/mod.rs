@@ -1,33 +1,45 @@
-//! Upstream pools: one Pingora `LoadBalancer` per configured upstream, the peers built from it
-//! with the pool's timeouts, and the per-request attempt history.
+//! Upstream pools: one Pingora `LoadBalancer` per configured upstream, selection filtered by
+//! faultline's own passive health, Pingora's active health checks, the peers built with the
+//! pool's timeouts, the retry budget, and the per-request attempt history.
 
+pub mod active;
 pub mod attempt;
 pub mod budget;
+pub mod health;
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::FutureExt;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer, discovery};
+use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Selection, UpstreamConfig};
-use crate::metrics::{BackendMetrics, UpstreamMetrics, UpstreamView};
+use crate::metrics::{BackendMetrics, BackendView, UpstreamMetrics, UpstreamView};
 use budget::RetryBudget;
+use health::{PassiveHealth, State};
 
 /// The position of a backend in its pool, stored in the Pingora `Backend`'s extensions so a
 /// selection maps back to faultline's own per-backend state without a lookup.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct BackendIndex(usize);
+pub(crate) struct BackendIndex(pub(crate) usize);
+
+/// The index of a Pingora backend in its pool.
+pub(crate) fn index_of(b: &Backend) -> Option<usize> {
+    b.ext.get::<BackendIndex>().map(|i| i.0)
+}
 
 /// Upper bound on backends examined per selection (Pingora's `max_iterations`).
 const MAX_SELECT_ITERATIONS: usize = 256;
 
 enum Balancer {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Random(LoadBalancer<Random>),
-    Consistent(LoadBalancer<Consistent>),
+    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
+    Random(Arc<LoadBalancer<Random>>),
+    Consistent(Arc<LoadBalancer<Consistent>>),
 }
 
 impl Balancer {
@@ -36,6 +48,22 @@ impl Balancer {
             Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
             Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+        }
+    }
+
+    fn backends(&self) -> &Backends {
+        match self {
+            Balancer::RoundRobin(lb) => lb.backends(),
+            Balancer::Random(lb) => lb.backends(),
+            Balancer::Consistent(lb) => lb.backends(),
+        }
+    }
+
+    fn background(&self) -> Arc<dyn BackgroundService + Send + Sync> {
+        match self {
+            Balancer::RoundRobin(lb) => lb.clone(),
+            Balancer::Random(lb) => lb.clone(),
+            Balancer::Consistent(lb) => lb.clone(),
         }
     }
 }
@@ -50,6 +78,16 @@ pub struct BackendInfo {
     /// Its counters.
     pub metrics: BackendMetrics,
     peer: HttpPeer,
+    lb_backend: Backend,
+}
+
+/// A selected backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    /// Its index in the pool.
+    pub index: usize,
+    /// Whether this request is its half-open probe.
+    pub probe: bool,
 }
 
 /// A pool of backends.
@@ -58,6 +96,9 @@ pub struct Pool {
     balancer: Balancer,
     backends: Vec<BackendInfo>,
     hash_key: bool,
+    active_health: bool,
+    /// Passive health of the backends.
+    pub health: Arc<PassiveHealth>,
     /// Retries may be at most a share of this upstream's recent requests.
     pub budget: RetryBudget,
     /// Upstream-wide counters.
@@ -86,20 +127,17 @@ impl std::fmt::Display for PoolError {
 impl std::error::Error for PoolError {}
 
 impl Pool {
-    /// Builds the pool and its selector from a validated upstream.
+    /// Builds the pool, its selector and, when configured, its active health check.
     pub fn new(config: &UpstreamConfig) -> Result<Pool, PoolError> {
         let mut set = std::collections::BTreeSet::new();
         let mut backends = Vec::with_capacity(config.backends.len());
         for (i, b) in config.backends.iter().enumerate() {
             let mut backend =
                 Backend::new_with_weight(&b.address.to_string(), b.weight).map_err(|e| {
-                    PoolError(format!(
-                        "upstream {}: backend {}: {e}",
-                        config.name, b.address
-                    ))
+                    PoolError(format!("upstream {}: backend {}: {e}", config.name, b.address))
                 })?;
             backend.ext.insert(BackendIndex(i));
-            set.insert(backend);
+            set.insert(backend.clone());
             let mut peer = HttpPeer::new(b.address, false, String::new());
             let t = &config.timeouts;
             peer.options.connection_timeout = Some(t.connect);
@@ -112,19 +150,30 @@ impl Pool {
                 name: b.address.to_string(),
                 metrics: BackendMetrics::default(),
                 peer,
+                lb_backend: backend,
             });
         }
+        let health = Arc::new(PassiveHealth::new(
+            config.passive_health.clone(),
+            backends.len(),
+        ));
         let discovery = discovery::Static::new(set);
         let balancer = match config.selection {
-            Selection::RoundRobin => Balancer::RoundRobin(build(discovery)?),
-            Selection::Random => Balancer::Random(build(discovery)?),
-            Selection::ConsistentHash => Balancer::Consistent(build(discovery)?),
+            Selection::RoundRobin => {
+                Balancer::RoundRobin(build(discovery, config, &health)?)
+            }
+            Selection::Random => Balancer::Random(build(discovery, config, &health)?),
+            Selection::ConsistentHash => {
+                Balancer::Consistent(build(discovery, config, &health)?)
+            }
         };
         Ok(Pool {
             name: config.name.clone(),
             balancer,
             backends,
             hash_key: config.selection == Selection::ConsistentHash,
+            active_health: config.active_health.is_some(),
+            health,
             budget: RetryBudget::default(),
             metrics: UpstreamMetrics::default(),
         })
@@ -145,16 +194,53 @@ impl Pool {
         self.hash_key
     }
 
-    /// Picks a backend, preferring one for which `tried` is false; falls back to a tried one
-    /// only when every selectable backend was tried.
-    pub fn select(&self, key: &[u8], tried: impl Fn(usize) -> bool) -> Option<usize> {
-        let index = |b: &Backend| b.ext.get::<BackendIndex>().map(|i| i.0);
-        self.balancer
-            .select_with(key, |b, healthy| {
-                healthy && index(b).is_some_and(|i| !tried(i))
-            })
-            .or_else(|| self.balancer.select_with(key, |_, healthy| healthy))
-            .and_then(|b| index(&b))
+    /// Whether the pool has active health checks.
+    pub fn has_active_checks(&self) -> bool {
+        self.active_health
+    }
+
+    /// The background service running this pool's active health checks, if configured.
+    pub fn active_checks(&self) -> Option<Arc<dyn BackgroundService + Send + Sync>> {
+        self.active_health.then(|| self.balancer.background())
+    }
+
+    /// Whether backend `i` passes its active health check (always, without one).
+    pub fn actively_healthy(&self, i: usize) -> bool {
+        self.backends
+            .get(i)
+            .is_none_or(|b| self.balancer.backends().ready(&b.lb_backend))
+    }
+
+    /// Picks a backend that both health views admit, preferring one for which `tried` is
+    /// false; falls back to a tried one only when every admitted backend was tried.
+    pub fn select(&self, key: &[u8], tried: impl Fn(usize) -> bool) -> Option<Selected> {
+        let probe = Cell::new(false);
+        let admit = |b: &Backend, healthy: bool, fresh_only: bool| {
+            let Some(i) = index_of(b) else {
+                return false;
+            };
+            if !healthy || (fresh_only && tried(i)) {
+                return false;
+            }
+            match self.health.admit(i) {
+                Some(is_probe) => {
+                    probe.set(is_probe);
+                    true
+                }
+                None => false,
+            }
+        };
+        let chosen = self
+            .balancer
+            .select_with(key, |b, healthy| admit(b, healthy, true))
+            .or_else(|| {
+                self.balancer
+                    .select_with(key, |b, healthy| admit(b, healthy, false))
+            })?;
+        Some(Selected {
+            index: index_of(&chosen)?,
+            probe: probe.get(),
+        })
     }
 
     /// Whether some backend has not been tried yet.
@@ -180,6 +266,11 @@ impl Pool {
         Some(peer)
     }
 
+    /// Whether backend `i` takes traffic now (not ejected, and passing its active check).
+    pub fn is_up(&self, i: usize) -> bool {
+        !matches!(self.health.state(i), State::Ejected(_)) && self.actively_healthy(i)
+    }
+
     /// This pool for the metrics exposition.
     pub fn view(&self) -> UpstreamView<'_> {
         UpstreamView {
@@ -188,24 +279,40 @@ impl Pool {
             backends: self
                 .backends
                 .iter()
-                .map(|b| (b.name.as_str(), &b.metrics))
+                .enumerate()
+                .map(|(i, b)| BackendView {
+                    name: &b.name,
+                    metrics: &b.metrics,
+                    up: self.is_up(i),
+                    ejections: self.health.ejections_total(i),
+                })
                 .collect(),
         }
     }
 }
 
-fn build<S>(discovery: Box<discovery::Static>) -> Result<LoadBalancer<S>, PoolError>
+fn build<S>(
+    discovery: Box<discovery::Static>,
+    config: &UpstreamConfig,
+    health: &Arc<PassiveHealth>,
+) -> Result<Arc<LoadBalancer<S>>, PoolError>
 where
-    S: pingora::lb::selection::BackendSelection + 'static,
+    S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
     S::Iter: pingora::lb::selection::BackendIter,
 {
-    let lb = LoadBalancer::<S>::from_backends(Backends::new(discovery));
+    let mut lb = LoadBalancer::<S>::from_backends(Backends::new(discovery));
     // Static discovery completes without awaiting anything.
     match lb.update().now_or_never() {
-        Some(Ok(())) => Ok(lb),
-        Some(Err(e)) => Err(PoolError(format!("building the selector: {e}"))),
-        None => Err(PoolError("building the selector did not complete".into())),
+        Some(Ok(())) => {}
+        Some(Err(e)) => return Err(PoolError(format!("building the selector: {e}"))),
+        None => return Err(PoolError("building the selector did not complete".into())),
     }
+    if let Some(active) = &config.active_health {
+        lb.set_health_check(active::check(active, &config.name, health.clone()));
+        lb.health_check_frequency = Some(active.interval);
+        lb.parallel_health_check = true;
+    }
+    Ok(Arc::new(lb))
 }
 
 /// Every pool, indexed like `Config::upstreams`.
