@@ -50,7 +50,9 @@ impl Admin {
                         }
                         let state = pool.health.state(i);
                         let ejected_for_ms = match state {
-                            State::Ejected(left) => Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+                            State::Ejected(left) => {
+                                Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
+                            }
                             _ => None,
                         };
                         json!({

@@ -300,7 +300,12 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     out.push_str("# HELP faultline_upstream_attempts_total Attempts by backend and outcome (response or a failure kind).\n");
     out.push_str("# TYPE faultline_upstream_attempts_total counter\n");
     for u in upstreams {
-        for BackendView { name: backend, metrics: m, .. } in &u.backends {
+        for BackendView {
+            name: backend,
+            metrics: m,
+            ..
+        } in &u.backends
+        {
             for (i, c) in m.attempts.iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
                 // `response` always, so a healthy backend shows up with a zero.
@@ -325,7 +330,12 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     );
     out.push_str("# TYPE faultline_upstream_responses_total counter\n");
     for u in upstreams {
-        for BackendView { name: backend, metrics: m, .. } in &u.backends {
+        for BackendView {
+            name: backend,
+            metrics: m,
+            ..
+        } in &u.backends
+        {
             for (status, c) in m.responses.iter().enumerate() {
                 let v = c.load(Ordering::Relaxed);
                 if v > 0 {
@@ -379,7 +389,12 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     ] {
         let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
         for u in upstreams {
-            for BackendView { name: backend, metrics: m, .. } in &u.backends {
+            for BackendView {
+                name: backend,
+                metrics: m,
+                ..
+            } in &u.backends
+            {
                 let labels = format!("upstream=\"{}\",backend=\"{backend}\"", u.name);
                 pick(m).render(&mut out, name, &labels);
             }

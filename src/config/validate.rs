@@ -323,7 +323,10 @@ fn active(at: &str, a: file::ActiveHealthFile, errors: &mut Errors) -> ActiveHea
         );
     }
     if a.timeout.is_zero() {
-        errors.push(format!("{at}.health.active.timeout"), "must be more than zero");
+        errors.push(
+            format!("{at}.health.active.timeout"),
+            "must be more than zero",
+        );
     }
     if !(100..=599).contains(&a.expected_status) {
         errors.push(
@@ -331,7 +334,10 @@ fn active(at: &str, a: file::ActiveHealthFile, errors: &mut Errors) -> ActiveHea
             format!("{} is not an HTTP status", a.expected_status),
         );
     }
-    for (field, value) in [("healthy_after", a.healthy_after), ("unhealthy_after", a.unhealthy_after)] {
+    for (field, value) in [
+        ("healthy_after", a.healthy_after),
+        ("unhealthy_after", a.unhealthy_after),
+    ] {
         if value == 0 {
             errors.push(format!("{at}.health.active.{field}"), "must be at least 1");
         }

@@ -33,7 +33,9 @@ pub fn check(
                 // The Host header names the upstream; backends that route by host see a name
                 // they can recognise, never an address.
                 if req.insert_header(http::header::HOST, upstream).is_ok()
-                    && req.insert_header(http::header::USER_AGENT, "faultline-health").is_ok()
+                    && req
+                        .insert_header(http::header::USER_AGENT, "faultline-health")
+                        .is_ok()
                 {
                     http.req = req;
                 }

@@ -217,7 +217,9 @@ impl PassiveHealth {
 
     fn eject(&self, s: &Settings, b: &Backend, already_out: bool) -> bool {
         // The cap counts this backend as ejected already when it is half-open.
-        let others = self.ejected_count().saturating_sub(usize::from(already_out));
+        let others = self
+            .ejected_count()
+            .saturating_sub(usize::from(already_out));
         if (others + 1) * 100 > usize::from(s.max_ejected_percent) * self.backends.len() {
             if already_out {
                 // Cannot stay out: back in, as a normal backend.
@@ -262,7 +264,10 @@ mod tests {
         let h = PassiveHealth::new(Some(settings(50)), 2);
         assert!(!h.record(0, Verdict::Failure, false));
         assert!(!h.record(0, Verdict::Failure, false));
-        assert!(!h.record(0, Verdict::Success, false), "a success resets the count");
+        assert!(
+            !h.record(0, Verdict::Success, false),
+            "a success resets the count"
+        );
         assert!(!h.record(0, Verdict::Failure, false));
         assert!(!h.record(0, Verdict::Failure, false));
         assert!(h.record(0, Verdict::Failure, false));
@@ -280,7 +285,11 @@ mod tests {
             h.record(1, Verdict::Failure, false);
         }
         assert!(matches!(h.state(0), State::Ejected(_)));
-        assert_eq!(h.state(1), State::Healthy, "ejecting both would empty the pool");
+        assert_eq!(
+            h.state(1),
+            State::Healthy,
+            "ejecting both would empty the pool"
+        );
         let none = PassiveHealth::new(Some(settings(0)), 4);
         for _ in 0..10 {
             none.record(2, Verdict::Failure, false);
@@ -322,7 +331,10 @@ mod tests {
         let State::Ejected(second) = h.state(0) else {
             panic!("not ejected again")
         };
-        assert!(second > first + Duration::from_secs(20), "{first:?} then {second:?}");
+        assert!(
+            second > first + Duration::from_secs(20),
+            "{first:?} then {second:?}"
+        );
         assert_eq!(h.ejections_total(0), 2);
     }
 

@@ -134,7 +134,10 @@ impl Pool {
         for (i, b) in config.backends.iter().enumerate() {
             let mut backend =
                 Backend::new_with_weight(&b.address.to_string(), b.weight).map_err(|e| {
-                    PoolError(format!("upstream {}: backend {}: {e}", config.name, b.address))
+                    PoolError(format!(
+                        "upstream {}: backend {}: {e}",
+                        config.name, b.address
+                    ))
                 })?;
             backend.ext.insert(BackendIndex(i));
             set.insert(backend.clone());
@@ -159,13 +162,9 @@ impl Pool {
         ));
         let discovery = discovery::Static::new(set);
         let balancer = match config.selection {
-            Selection::RoundRobin => {
-                Balancer::RoundRobin(build(discovery, config, &health)?)
-            }
+            Selection::RoundRobin => Balancer::RoundRobin(build(discovery, config, &health)?),
             Selection::Random => Balancer::Random(build(discovery, config, &health)?),
-            Selection::ConsistentHash => {
-                Balancer::Consistent(build(discovery, config, &health)?)
-            }
+            Selection::ConsistentHash => Balancer::Consistent(build(discovery, config, &health)?),
         };
         Ok(Pool {
             name: config.name.clone(),

@@ -144,3 +144,47 @@ pub fn access_entry(request_id: &str) -> serde_json::Value {
         lines = c.added.wait_timeout(lines, left).expect("log lock").0;
     }
 }
+
+/// Every access-log line captured so far, parsed.
+pub fn all_access_entries() -> Vec<serde_json::Value> {
+    let lines = capture().lines.lock().expect("log lock").clone();
+    lines
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+/// Polls `/status` until `ready` accepts it; panics after 10 s. The status endpoint is the
+/// readiness signal for time-driven state (ejections ending, active checks flipping).
+pub fn wait_for_status(
+    proxy: &Proxy,
+    what: &str,
+    ready: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let resp = crate::client::get(proxy.admin, "/status", &[]);
+        let status: serde_json::Value = serde_json::from_slice(&resp.body).expect("status JSON");
+        if ready(&status) {
+            return status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The `/status` entry of `backend` in upstream `app`.
+pub fn backend_status(status: &serde_json::Value, backend: SocketAddr) -> serde_json::Value {
+    let name = backend.to_string();
+    status["upstreams"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|u| u["backends"].as_array().into_iter().flatten())
+        .find(|b| b["backend"] == name.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in {status}"))
+}

@@ -9,6 +9,7 @@ mod origin;
 
 mod config_errors;
 mod failures;
+mod health;
 mod pages;
 mod proxying;
 mod retries;

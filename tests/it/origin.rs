@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -59,6 +59,7 @@ pub struct Origin {
     pub addr: SocketAddr,
     /// What it saw.
     pub stats: Arc<Stats>,
+    behavior: Arc<RwLock<Behavior>>,
 }
 
 impl Origin {
@@ -80,9 +81,20 @@ impl Origin {
             let listener = socket.listen(1024).expect("listen");
             (listener.local_addr().expect("addr"), listener)
         });
-        let s = stats.clone();
-        runtime().spawn(accept_loop(listener, behavior, s));
-        Origin { addr, stats }
+        let behavior = Arc::new(RwLock::new(behavior));
+        runtime().spawn(accept_loop(listener, behavior.clone(), stats.clone()));
+        Origin {
+            addr,
+            stats,
+            behavior,
+        }
+    }
+
+    /// Changes what the origin does from the next request on.
+    pub fn set(&self, behavior: Behavior) {
+        if let Ok(mut b) = self.behavior.write() {
+            *b = behavior;
+        }
     }
 
     /// An origin that accepts but never reads, with a small receive buffer so writes stall.
@@ -156,15 +168,22 @@ impl Blackhole {
     }
 }
 
-async fn accept_loop(listener: TcpListener, behavior: Behavior, stats: Arc<Stats>) {
+async fn accept_loop(listener: TcpListener, behavior: Arc<RwLock<Behavior>>, stats: Arc<Stats>) {
     while let Ok((stream, _)) = listener.accept().await {
         stats.connections.fetch_add(1, Ordering::SeqCst);
         tokio::spawn(connection(stream, behavior.clone(), stats.clone()));
     }
 }
 
-async fn connection(mut stream: TcpStream, behavior: Behavior, stats: Arc<Stats>) {
-    if matches!(behavior, Behavior::NoRead) {
+fn current(behavior: &RwLock<Behavior>) -> Behavior {
+    behavior
+        .read()
+        .map(|b| b.clone())
+        .unwrap_or(Behavior::Close)
+}
+
+async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stats: Arc<Stats>) {
+    if matches!(current(&behavior), Behavior::NoRead) {
         // Keep the socket open and unread until the peer goes away.
         tokio::time::sleep(Duration::from_secs(60)).await;
         return;
@@ -178,7 +197,7 @@ async fn connection(mut stream: TcpStream, behavior: Behavior, stats: Arc<Stats>
         if let Ok(mut heads) = stats.heads.lock() {
             heads.push(head.clone());
         }
-        match &behavior {
+        match &current(&behavior) {
             Behavior::Raw(bytes) => {
                 if stream.write_all(bytes).await.is_err() {
                     return;
