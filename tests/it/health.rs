@@ -340,8 +340,12 @@ routes:
         ("/ok", 4, 200),
         ("/nowhere", 1, 404),
     ] {
-        for _ in 0..n {
-            assert_eq!(client::get(proxy.addr, path, &[]).status, status, "{path}");
+        for i in 0..n {
+            let rid = format!("scripted{path}-{i}").replace('/', "-");
+            let resp = client::get(proxy.addr, path, &[("x-request-id", &rid)]);
+            assert_eq!(resp.status, status, "{path}");
+            // Request counters move when the request is logged, just after the response.
+            access_entry(&rid);
         }
     }
     let m = proxy.metrics();

@@ -159,8 +159,16 @@ fn three_backends_one_refusing_every_request_succeeds() {
     let proxy = Proxy::start(&one_upstream(&[a.addr, dead, b.addr], "", ""));
     for i in 0..100 {
         for method in ["GET", "POST"] {
-            let resp = client::send_one(proxy.addr, method, "/", &[("content-length", "0")]);
+            let rid = format!("three-{method}-{i}");
+            let resp = client::send_one(
+                proxy.addr,
+                method,
+                "/",
+                &[("content-length", "0"), ("x-request-id", &rid)],
+            );
             assert_eq!(resp.status, 200, "{method} #{i}");
+            // Request counters move when the request is logged, just after the response.
+            access_entry(&rid);
         }
     }
     assert_eq!(a.requests() + b.requests(), 200);
