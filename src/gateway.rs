@@ -24,7 +24,6 @@ use crate::metrics::RouteTable;
 use crate::request_id;
 use crate::retry::{self, Trigger};
 use crate::routing::{ConfigRouter, Router, request_host};
-use crate::upstream::health::Verdict;
 use crate::upstream::{Pool, PoolError, Selected, Upstreams};
 
 /// The error type used to unwind Pingora's flow when faultline already decided what happens.
@@ -146,16 +145,8 @@ impl Gateway {
         let progress = phase.progress();
         ctx.attempts.failed(kind, progress);
         ctx.failure = Some(kind);
-        if let (Some(pool), Some(attempt)) = (self.pool(ctx), ctx.attempts.last())
-            && let Some(b) = pool.backends().get(attempt.backend)
-        {
-            b.metrics.failure(kind);
-            let verdict = if kind.counts_against_backend() {
-                Verdict::Failure
-            } else {
-                Verdict::Neutral
-            };
-            pool.health.record(attempt.backend, verdict, attempt.probe);
+        if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last()) {
+            pool.record_failure(a.backend, a.probe, kind);
         }
         let retry =
             kind.is_upstream() && self.may_retry(session, ctx, Trigger::Failure(kind, progress));
@@ -338,10 +329,9 @@ impl ProxyHttp for Gateway {
         ctx.attempts.connected(reused);
         ctx.phase = Phase::Exchange;
         if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last())
-            && let (Some(b), Some(connect), false) =
-                (pool.backends().get(a.backend), a.connect, reused)
+            && let (Some(connect), false) = (a.connect, reused)
         {
-            b.metrics.connect.observe(connect);
+            pool.record_connect(a.backend, connect);
         }
         Ok(())
     }
@@ -378,19 +368,8 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         ctx.attempts.responded(status);
         ctx.phase = Phase::Body;
-        if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last())
-            && let Some(b) = pool.backends().get(a.backend)
-        {
-            b.metrics.response(status);
-            if let Some(header) = a.header {
-                b.metrics.header.observe(header);
-            }
-            let verdict = if pool.health.is_failure_status(status) {
-                Verdict::Failure
-            } else {
-                Verdict::Success
-            };
-            pool.health.record(a.backend, verdict, a.probe);
+        if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last()) {
+            pool.record_response(a.backend, a.probe, status, a.header);
         }
         let Some(route) = ctx.route.clone() else {
             return Ok(());

@@ -19,9 +19,10 @@ use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Selection, UpstreamConfig};
+use crate::failure::FailureKind;
 use crate::metrics::{BackendMetrics, BackendView, UpstreamMetrics, UpstreamView};
 use budget::RetryBudget;
-use health::{PassiveHealth, State};
+use health::{PassiveHealth, State, Verdict};
 
 /// The position of a backend in its pool, stored in the Pingora `Backend`'s extensions so a
 /// selection maps back to faultline's own per-backend state without a lookup.
@@ -263,6 +264,50 @@ impl Pool {
             }
         }
         Some(peer)
+    }
+
+    /// Records a failed attempt on backend `i`: its counters and, when the kind is the
+    /// backend's fault, its passive health.
+    pub fn record_failure(&self, i: usize, probe: bool, kind: FailureKind) {
+        if let Some(b) = self.backends.get(i) {
+            b.metrics.failure(kind);
+        }
+        let verdict = if kind.counts_against_backend() {
+            Verdict::Failure
+        } else {
+            Verdict::Neutral
+        };
+        self.health.record(i, verdict, probe);
+    }
+
+    /// Records a response header from backend `i`: its counters and its passive health (a
+    /// status listed in `failure_statuses` is a failure, any other a success).
+    pub fn record_response(
+        &self,
+        i: usize,
+        probe: bool,
+        status: u16,
+        header_time: Option<Duration>,
+    ) {
+        if let Some(b) = self.backends.get(i) {
+            b.metrics.response(status);
+            if let Some(t) = header_time {
+                b.metrics.header.observe(t);
+            }
+        }
+        let verdict = if self.health.is_failure_status(status) {
+            Verdict::Failure
+        } else {
+            Verdict::Success
+        };
+        self.health.record(i, verdict, probe);
+    }
+
+    /// Records the connect time of a new connection to backend `i`.
+    pub fn record_connect(&self, i: usize, connect: Duration) {
+        if let Some(b) = self.backends.get(i) {
+            b.metrics.connect.observe(connect);
+        }
     }
 
     /// Whether backend `i` takes traffic now (not ejected, and passing its active check).
