@@ -211,8 +211,8 @@ pub struct BackendView<'a> {
     pub metrics: &'a BackendMetrics,
     /// Whether it takes traffic now.
     pub up: bool,
-    /// Passive-health ejections so far.
-    pub ejections: u64,
+    /// Passive-health ejections so far, by reason.
+    pub ejections: [(&'static str, u64); 3],
 }
 
 /// One upstream as the exposition sees it.
@@ -367,11 +367,13 @@ pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     out.push_str("# TYPE faultline_backend_ejections_total counter\n");
     for u in upstreams {
         for b in &u.backends {
-            let _ = writeln!(
-                out,
-                "faultline_backend_ejections_total{{upstream=\"{}\",backend=\"{}\",reason=\"consecutive_failures\"}} {}",
-                u.name, b.name, b.ejections
-            );
+            for (reason, n) in b.ejections {
+                let _ = writeln!(
+                    out,
+                    "faultline_backend_ejections_total{{upstream=\"{}\",backend=\"{}\",reason=\"{reason}\"}} {n}",
+                    u.name, b.name
+                );
+            }
         }
     }
 
@@ -430,7 +432,11 @@ mod tests {
                     name: "127.0.0.1:1",
                     metrics: &backend,
                     up: false,
-                    ejections: 2,
+                    ejections: [
+                        ("consecutive_failures", 2),
+                        ("failure_rate", 0),
+                        ("probe_failed", 1),
+                    ],
                 }],
             }],
         );
@@ -449,6 +455,7 @@ mod tests {
             "faultline_upstream_connect_seconds_count{upstream=\"app\",backend=\"127.0.0.1:1\"} 1",
             "faultline_backend_up{upstream=\"app\",backend=\"127.0.0.1:1\"} 0",
             "faultline_backend_ejections_total{upstream=\"app\",backend=\"127.0.0.1:1\",reason=\"consecutive_failures\"} 2",
+            "faultline_backend_ejections_total{upstream=\"app\",backend=\"127.0.0.1:1\",reason=\"probe_failed\"} 1",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -208,6 +208,27 @@ pub struct PassiveHealthFile {
     /// Origin statuses that count as failures.
     #[serde(default)]
     pub failure_statuses: Vec<u16>,
+    /// Eject on a failure rate over a window, too.
+    #[serde(default)]
+    pub failure_rate: Option<FailureRateFile>,
+}
+
+/// Failure-rate ejection.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailureRateFile {
+    /// Failure share (percent) that ejects.
+    pub percent: u8,
+    /// The window the share is taken over.
+    #[serde(deserialize_with = "duration", default = "thirty_seconds")]
+    pub window: Duration,
+    /// Fewer attempts than this in the window never eject.
+    #[serde(default = "twenty")]
+    pub min_requests: u64,
+}
+
+fn twenty() -> u64 {
+    20
 }
 
 fn five() -> u32 {

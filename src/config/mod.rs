@@ -101,6 +101,19 @@ pub struct PassiveHealth {
     pub max_ejected_percent: u8,
     /// Origin statuses that count as failures.
     pub failure_statuses: Vec<u16>,
+    /// Failure-rate ejection, when configured.
+    pub failure_rate: Option<FailureRate>,
+}
+
+/// Failure-rate ejection settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FailureRate {
+    /// Failure share (percent) that ejects.
+    pub percent: u8,
+    /// The window the share is taken over.
+    pub window: Duration,
+    /// Fewer attempts than this in the window never eject.
+    pub min_requests: u64,
 }
 
 /// Active health check settings.

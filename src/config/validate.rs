@@ -3,13 +3,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
 
 use super::file::{self, FileConfig};
 use super::{
-    ActiveHealth, BackendConfig, Config, DemoOrigin, ErrorPages, FieldError, HostMatch,
-    PassiveHealth, RetryPolicy, RouteConfig, Timeouts, UpstreamConfig,
+    ActiveHealth, BackendConfig, Config, DemoOrigin, ErrorPages, FailureRate, FieldError,
+    HostMatch, PassiveHealth, RetryPolicy, RouteConfig, Timeouts, UpstreamConfig,
 };
 
 /// Collects errors while walking the file.
@@ -368,12 +369,31 @@ fn passive(at: &str, p: file::PassiveHealthFile, errors: &mut Errors) -> Passive
         p.max_ejected_percent,
     );
     errors.statuses(&format!("{path}.failure_statuses"), &p.failure_statuses);
+    let failure_rate = p.failure_rate.map(|r| {
+        let at = format!("{path}.failure_rate");
+        if r.percent == 0 {
+            errors.push(format!("{at}.percent"), "must be more than 0");
+        }
+        errors.percent(&format!("{at}.percent"), r.percent);
+        if r.window < Duration::from_secs(1) {
+            errors.push(format!("{at}.window"), "must be at least 1s");
+        }
+        if r.min_requests == 0 {
+            errors.push(format!("{at}.min_requests"), "must be at least 1");
+        }
+        FailureRate {
+            percent: r.percent,
+            window: r.window,
+            min_requests: r.min_requests,
+        }
+    });
     PassiveHealth {
         consecutive_failures: p.consecutive_failures,
         base_ejection: p.base_ejection,
         max_ejection: p.max_ejection,
         max_ejected_percent: p.max_ejected_percent,
         failure_statuses: p.failure_statuses,
+        failure_rate,
     }
 }
 

@@ -1,8 +1,9 @@
 //! Passive health (outlier detection) of the backends of one pool, fed by every attempt.
 //!
-//! `consecutive_failures` gateway failures in a row eject a backend for `base_ejection` × the
-//! number of its ejections, capped at `max_ejection`, lengthened by up to a tenth at random so
-//! that ejected backends do not all return at once. No more than `max_ejected_percent` of the
+//! `consecutive_failures` gateway failures in a row, or (when configured) a failure rate over a
+//! window with a minimum number of attempts, eject a backend for `base_ejection` × the number of
+//! its ejections, capped at `max_ejection`, lengthened by up to a tenth at random so that
+//! ejected backends do not all return at once. No more than `max_ejected_percent` of the
 //! pool is ever ejected. When an ejection ends, the backend is half-open: one probe request is
 //! let through, and its outcome either closes the breaker or ejects it again, for longer. An
 //! active health-check success ends an ejection early. Origin statuses count as failures only
@@ -17,7 +18,37 @@ use std::time::{Duration, Instant};
 
 use rand::Rng;
 
+use super::window::Window;
 use crate::config::PassiveHealth as Settings;
+
+/// Why a backend was ejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `consecutive_failures` in a row.
+    ConsecutiveFailures,
+    /// The failure rate over the window.
+    FailureRate,
+    /// The half-open probe failed.
+    ProbeFailed,
+}
+
+impl Reason {
+    /// Every reason, in index order.
+    pub const ALL: [Reason; 3] = [
+        Reason::ConsecutiveFailures,
+        Reason::FailureRate,
+        Reason::ProbeFailed,
+    ];
+
+    /// The metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::ConsecutiveFailures => "consecutive_failures",
+            Reason::FailureRate => "failure_rate",
+            Reason::ProbeFailed => "probe_failed",
+        }
+    }
+}
 
 /// Milliseconds since the process started (never 0, which means "not ejected").
 fn now_ms() -> u64 {
@@ -56,7 +87,9 @@ struct Backend {
     /// When the last ejection was closed by a success, to forget old ejections.
     recovered_at: AtomicU64,
     probing: AtomicBool,
-    ejections_total: AtomicU64,
+    ejections_by: [AtomicU64; Reason::ALL.len()],
+    /// (attempts, failures) over the failure-rate window, when configured.
+    window: Option<Window>,
 }
 
 /// What an attempt meant for its backend.
@@ -80,9 +113,18 @@ pub struct PassiveHealth {
 impl PassiveHealth {
     /// State for `n` backends; without settings every backend stays healthy.
     pub fn new(settings: Option<Settings>, n: usize) -> Self {
+        let window = settings
+            .as_ref()
+            .and_then(|s| s.failure_rate.as_ref())
+            .map(|r| r.window);
         PassiveHealth {
             settings,
-            backends: (0..n).map(|_| Backend::default()).collect(),
+            backends: (0..n)
+                .map(|_| Backend {
+                    window: window.map(Window::new),
+                    ..Backend::default()
+                })
+                .collect(),
         }
     }
 
@@ -120,9 +162,14 @@ impl PassiveHealth {
 
     /// Ejections of backend `i` since it started.
     pub fn ejections_total(&self, i: usize) -> u64 {
-        self.backends
-            .get(i)
-            .map_or(0, |b| b.ejections_total.load(Ordering::Relaxed))
+        Reason::ALL.iter().map(|r| self.ejections(i, *r)).sum()
+    }
+
+    /// Ejections of backend `i` for `reason`.
+    pub fn ejections(&self, i: usize, reason: Reason) -> u64 {
+        self.backends.get(i).map_or(0, |b| {
+            b.ejections_by[reason as usize].load(Ordering::Relaxed)
+        })
     }
 
     /// Whether backend `i` may take this request. Returns `Some(true)` when the request is the
@@ -149,6 +196,9 @@ impl PassiveHealth {
         };
         let ejected = match verdict {
             Verdict::Success => {
+                if let Some(w) = &b.window {
+                    w.add(1, 0);
+                }
                 b.consecutive.store(0, Ordering::Relaxed);
                 if probe {
                     self.close(b);
@@ -156,14 +206,19 @@ impl PassiveHealth {
                 false
             }
             Verdict::Failure => {
+                if let Some(w) = &b.window {
+                    w.add(1, 1);
+                }
                 let n = b.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
                 if probe {
                     // The probe failed: straight back out, for longer.
-                    self.eject(s, b, true)
-                } else if n >= s.consecutive_failures
-                    && b.ejected_until.load(Ordering::Acquire) == 0
-                {
-                    self.eject(s, b, false)
+                    self.eject(s, b, Reason::ProbeFailed)
+                } else if b.ejected_until.load(Ordering::Acquire) != 0 {
+                    false
+                } else if n >= s.consecutive_failures {
+                    self.eject(s, b, Reason::ConsecutiveFailures)
+                } else if Self::rate_breached(s, b) {
+                    self.eject(s, b, Reason::FailureRate)
                 } else {
                     false
                 }
@@ -215,7 +270,16 @@ impl PassiveHealth {
             .count()
     }
 
-    fn eject(&self, s: &Settings, b: &Backend, already_out: bool) -> bool {
+    fn rate_breached(s: &Settings, b: &Backend) -> bool {
+        let (Some(rate), Some(w)) = (&s.failure_rate, &b.window) else {
+            return false;
+        };
+        let (attempts, failures) = w.totals();
+        attempts >= rate.min_requests && failures * 100 >= u64::from(rate.percent) * attempts
+    }
+
+    fn eject(&self, s: &Settings, b: &Backend, reason: Reason) -> bool {
+        let already_out = reason == Reason::ProbeFailed;
         // The cap counts this backend as ejected already when it is half-open.
         let others = self
             .ejected_count()
@@ -240,7 +304,11 @@ impl PassiveHealth {
         let span = (base + jitter).min(s.max_ejection.max(base));
         let until = now + u64::try_from(span.as_millis()).unwrap_or(u64::MAX);
         b.ejected_until.store(until, Ordering::Release);
-        b.ejections_total.fetch_add(1, Ordering::Relaxed);
+        b.ejections_by[reason as usize].fetch_add(1, Ordering::Relaxed);
+        // The rate starts over: a returning backend is judged on its new attempts.
+        if let Some(w) = &b.window {
+            w.clear();
+        }
         true
     }
 }
@@ -256,6 +324,7 @@ mod tests {
             max_ejection: Duration::from_secs(300),
             max_ejected_percent: percent,
             failure_statuses: vec![503],
+            failure_rate: None,
         }
     }
 
@@ -356,6 +425,57 @@ mod tests {
         }
         assert!(matches!(h.state(0), State::Ejected(_)));
         h.active_success(0);
+        assert_eq!(h.state(0), State::Healthy);
+    }
+
+    #[test]
+    fn failure_rate_ejects_with_enough_attempts() {
+        let s = Settings {
+            consecutive_failures: 100,
+            failure_rate: Some(crate::config::FailureRate {
+                percent: 50,
+                window: Duration::from_secs(60),
+                min_requests: 10,
+            }),
+            ..settings(100)
+        };
+        let h = PassiveHealth::new(Some(s), 1);
+        // Alternating: 50% failures, but below the minimum until the tenth attempt.
+        for i in 0..9 {
+            let v = if i % 2 == 0 {
+                Verdict::Failure
+            } else {
+                Verdict::Success
+            };
+            assert!(!h.record(0, v, false), "attempt {i}");
+        }
+        // The tenth attempt fails: 6 of 10.
+        assert!(h.record(0, Verdict::Failure, false));
+        assert!(matches!(h.state(0), State::Ejected(_)));
+        assert_eq!(h.ejections(0, Reason::FailureRate), 1);
+        assert_eq!(h.ejections(0, Reason::ConsecutiveFailures), 0);
+    }
+
+    #[test]
+    fn a_low_failure_rate_never_ejects() {
+        let s = Settings {
+            consecutive_failures: 100,
+            failure_rate: Some(crate::config::FailureRate {
+                percent: 50,
+                window: Duration::from_secs(60),
+                min_requests: 10,
+            }),
+            ..settings(100)
+        };
+        let h = PassiveHealth::new(Some(s), 1);
+        for i in 0..100 {
+            let v = if i % 3 == 0 {
+                Verdict::Failure
+            } else {
+                Verdict::Success
+            };
+            assert!(!h.record(0, v, false));
+        }
         assert_eq!(h.state(0), State::Healthy);
     }
 

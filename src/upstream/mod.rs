@@ -6,6 +6,7 @@ pub mod active;
 pub mod attempt;
 pub mod budget;
 pub mod health;
+pub mod window;
 
 use std::cell::Cell;
 use std::net::SocketAddr;
@@ -22,7 +23,7 @@ use crate::config::{Selection, UpstreamConfig};
 use crate::failure::FailureKind;
 use crate::metrics::{BackendMetrics, BackendView, UpstreamMetrics, UpstreamView};
 use budget::RetryBudget;
-use health::{PassiveHealth, State, Verdict};
+use health::{PassiveHealth, Reason, State, Verdict};
 
 /// The position of a backend in its pool, stored in the Pingora `Backend`'s extensions so a
 /// selection maps back to faultline's own per-backend state without a lookup.
@@ -328,7 +329,7 @@ impl Pool {
                     name: &b.name,
                     metrics: &b.metrics,
                     up: self.is_up(i),
-                    ejections: self.health.ejections_total(i),
+                    ejections: Reason::ALL.map(|r| (r.as_str(), self.health.ejections(i, r))),
                 })
                 .collect(),
         }

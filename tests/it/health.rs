@@ -72,15 +72,14 @@ fn failing_backend_is_ejected_then_probed_then_ejected_for_longer() {
 
     let m = proxy.metrics();
     let labels = format!("upstream=\"app\",backend=\"{}\"", bad.addr);
-    assert_eq!(
-        metric_value(
-            &m,
-            &format!(
-                "faultline_backend_ejections_total{{{labels},reason=\"consecutive_failures\"}}"
-            )
-        ),
-        2
-    );
+    for (reason, n) in [
+        ("consecutive_failures", 1),
+        ("probe_failed", 1),
+        ("failure_rate", 0),
+    ] {
+        let series = format!("faultline_backend_ejections_total{{{labels},reason=\"{reason}\"}}");
+        assert_eq!(metric_value(&m, &series), n, "{series}");
+    }
     assert_eq!(
         metric_value(&m, &format!("faultline_backend_up{{{labels}}}")),
         0
@@ -444,5 +443,31 @@ fn admin_endpoints() {
     assert_eq!(
         client::send_one(proxy.admin, "POST", "/metrics", &[("content-length", "0")]).status,
         405
+    );
+}
+
+#[test]
+fn failure_rate_ejects_a_backend_that_fails_half_the_time() {
+    // Never three in a row, but half of all attempts fail.
+    let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
+    let flaky = Origin::start(Behavior::Cycle(vec![Behavior::Raw(ok), Behavior::Reset]));
+    let good = Origin::start(Behavior::Named("good"));
+    let health = "    health:\n      passive: { consecutive_failures: 3, base_ejection: 10s, failure_rate: { percent: 40, window: 30s, min_requests: 6 } }\n";
+    let proxy = Proxy::start(&one_upstream(&[flaky.addr, good.addr], health, ""));
+    for _ in 0..40 {
+        let resp = client::get(proxy.addr, "/", &[]);
+        assert_eq!(resp.status, 200, "failover hides every failure");
+    }
+    let s = backend_status(&wait_for_status(&proxy, "status", |_| true), flaky.addr);
+    assert_eq!(s["state"], "ejected", "{s}");
+    let series = format!(
+        "faultline_backend_ejections_total{{upstream=\"app\",backend=\"{}\",reason=\"failure_rate\"}}",
+        flaky.addr
+    );
+    assert_eq!(proxy.metric(&series), 1);
+    assert!(
+        flaky.requests() <= 8,
+        "ejected after about 6 attempts: {}",
+        flaky.requests()
     );
 }

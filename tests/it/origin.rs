@@ -26,8 +26,8 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 pub enum Behavior {
     /// Answers with these exact response bytes, keeping the connection open.
     Raw(Vec<u8>),
-    /// Answers request number n (counted across connections) with `responses[n % len]`.
-    Sequence(Vec<Vec<u8>>),
+    /// Behaves for request number n (counted across connections) as `behaviors[n % len]`.
+    Cycle(Vec<Behavior>),
     /// Answers `200` with a body naming the origin (`origin <tag>`), keep-alive.
     Named(&'static str),
     /// Reads the request, then resets the connection (RST) without a byte.
@@ -197,14 +197,12 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
         if let Ok(mut heads) = stats.heads.lock() {
             heads.push(head.clone());
         }
-        match &current(&behavior) {
+        let now = match current(&behavior) {
+            Behavior::Cycle(list) if !list.is_empty() => list[n % list.len()].clone(),
+            other => other,
+        };
+        match &now {
             Behavior::Raw(bytes) => {
-                if stream.write_all(bytes).await.is_err() {
-                    return;
-                }
-            }
-            Behavior::Sequence(responses) => {
-                let bytes = &responses[n % responses.len()];
                 if stream.write_all(bytes).await.is_err() {
                     return;
                 }
@@ -238,7 +236,7 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
                 }
                 return;
             }
-            Behavior::NoRead => return,
+            Behavior::NoRead | Behavior::Cycle(_) => return,
         }
     }
 }

@@ -253,9 +253,9 @@ fn hanging_backend_fails_over_within_the_timeout() {
 
 #[test]
 fn status_503_then_200_gives_200() {
-    let origin = Origin::start(Behavior::Sequence(vec![
-        ORIGIN_503.to_vec(),
-        ok_response("second try"),
+    let origin = Origin::start(Behavior::Cycle(vec![
+        Behavior::Raw(ORIGIN_503.to_vec()),
+        Behavior::Raw(ok_response("second try")),
     ]));
     let proxy = Proxy::start(&one_upstream(
         &[origin.addr],
@@ -310,9 +310,9 @@ fn status_retries_exhausted_give_the_last_origin_response() {
 
 #[test]
 fn status_retries_never_repeat_a_post() {
-    let origin = Origin::start(Behavior::Sequence(vec![
-        ORIGIN_503.to_vec(),
-        ok_response("second"),
+    let origin = Origin::start(Behavior::Cycle(vec![
+        Behavior::Raw(ORIGIN_503.to_vec()),
+        Behavior::Raw(ok_response("second")),
     ]));
     let proxy = Proxy::start(&one_upstream(
         &[origin.addr],
@@ -329,7 +329,10 @@ fn long_retry_after_is_not_waited_for() {
     let busy =
         b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 120\r\nContent-Length: 4\r\n\r\nbusy"
             .to_vec();
-    let origin = Origin::start(Behavior::Sequence(vec![busy, ok_response("second")]));
+    let origin = Origin::start(Behavior::Cycle(vec![
+        Behavior::Raw(busy),
+        Behavior::Raw(ok_response("second")),
+    ]));
     let proxy = Proxy::start(&one_upstream(
         &[origin.addr],
         "",
