@@ -428,9 +428,9 @@ mod tests {
         assert_eq!(h.state(0), State::Healthy);
     }
 
-    #[test]
-    fn failure_rate_ejects_with_enough_attempts() {
-        let s = Settings {
+    /// Only the failure rate can eject: 50% over a minute, from 10 attempts.
+    fn rate_settings() -> Settings {
+        Settings {
             consecutive_failures: 100,
             failure_rate: Some(crate::config::FailureRate {
                 percent: 50,
@@ -438,7 +438,12 @@ mod tests {
                 min_requests: 10,
             }),
             ..settings(100)
-        };
+        }
+    }
+
+    #[test]
+    fn failure_rate_ejects_with_enough_attempts() {
+        let s = rate_settings();
         let h = PassiveHealth::new(Some(s), 1);
         // Alternating: 50% failures, but below the minimum until the tenth attempt.
         for i in 0..9 {
@@ -458,15 +463,7 @@ mod tests {
 
     #[test]
     fn a_low_failure_rate_never_ejects() {
-        let s = Settings {
-            consecutive_failures: 100,
-            failure_rate: Some(crate::config::FailureRate {
-                percent: 50,
-                window: Duration::from_secs(60),
-                min_requests: 10,
-            }),
-            ..settings(100)
-        };
+        let s = rate_settings();
         let h = PassiveHealth::new(Some(s), 1);
         for i in 0..100 {
             let v = if i % 3 == 0 {

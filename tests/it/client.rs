@@ -43,14 +43,7 @@ pub struct Client {
 impl Client {
     /// Connects to `addr`.
     pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).expect("connect to proxy");
-        stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
-            .expect("timeout");
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
+        Client::from_stream(TcpStream::connect(addr).expect("connect to proxy"))
     }
 
     /// Wraps an already connected stream.

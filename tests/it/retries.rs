@@ -6,6 +6,19 @@ use crate::client;
 use crate::harness::{Proxy, access_entry, one_upstream};
 use crate::origin::{Behavior, Origin, refused_addr};
 
+/// A pool of a backend that never answers and a healthy one, with this response-header timeout
+/// (milliseconds) and these extra route lines.
+fn hanging_and_good(timeout_ms: u64, route: &str) -> (Origin, Origin, Proxy) {
+    let hang = Origin::start(Behavior::Hang);
+    let good = Origin::start(Behavior::Named("good"));
+    let proxy = Proxy::start(&one_upstream(
+        &[hang.addr, good.addr],
+        &format!("    timeouts: {{ response_header: {timeout_ms}ms }}\n"),
+        route,
+    ));
+    (hang, good, proxy)
+}
+
 /// The outcomes of every attempt of a request, from the access log.
 fn outcomes(rid: &str) -> Vec<String> {
     access_entry(rid)["attempts"]
@@ -55,13 +68,7 @@ fn refused_backend_is_failed_over_for_every_method() {
 
 #[test]
 fn post_to_a_hanging_backend_is_not_sent_twice() {
-    let hang = Origin::start(Behavior::Hang);
-    let good = Origin::start(Behavior::Named("good"));
-    let proxy = Proxy::start(&one_upstream(
-        &[hang.addr, good.addr],
-        "    timeouts: { response_header: 300ms }\n",
-        "",
-    ));
+    let (hang, good, proxy) = hanging_and_good(300, "");
     let mut timed_out = 0;
     for i in 0..4 {
         let rid = format!("post-hang-{i}");
@@ -98,13 +105,7 @@ fn post_to_a_hanging_backend_is_not_sent_twice() {
 
 #[test]
 fn get_to_a_hanging_backend_fails_over() {
-    let hang = Origin::start(Behavior::Hang);
-    let good = Origin::start(Behavior::Named("good"));
-    let proxy = Proxy::start(&one_upstream(
-        &[hang.addr, good.addr],
-        "    timeouts: { response_header: 300ms }\n",
-        "",
-    ));
+    let (hang, good, proxy) = hanging_and_good(300, "");
     for i in 0..4 {
         let rid = format!("get-hang-{i}");
         let resp = client::get(proxy.addr, "/", &[("x-request-id", &rid)]);
@@ -199,13 +200,8 @@ fn three_backends_one_refusing_every_request_succeeds() {
 
 #[test]
 fn post_with_idempotency_key_is_retried_when_the_route_allows() {
-    let hang = Origin::start(Behavior::Hang);
-    let good = Origin::start(Behavior::Named("good"));
-    let proxy = Proxy::start(&one_upstream(
-        &[hang.addr, good.addr],
-        "    timeouts: { response_header: 300ms }\n",
-        "    retry: { attempts: 3, idempotency_key: true }\n",
-    ));
+    let (hang, good, proxy) =
+        hanging_and_good(300, "    retry: { attempts: 3, idempotency_key: true }\n");
     for i in 0..4 {
         let rid = format!("idem-{i}");
         let resp = client::send_one(
@@ -231,13 +227,7 @@ fn post_with_idempotency_key_is_retried_when_the_route_allows() {
 
 #[test]
 fn hanging_backend_fails_over_within_the_timeout() {
-    let hang = Origin::start(Behavior::Hang);
-    let good = Origin::start(Behavior::Named("good"));
-    let proxy = Proxy::start(&one_upstream(
-        &[hang.addr, good.addr],
-        "    timeouts: { response_header: 500ms }\n",
-        "",
-    ));
+    let (hang, _good, proxy) = hanging_and_good(500, "");
     for _ in 0..4 {
         let started = std::time::Instant::now();
         assert_eq!(client::get(proxy.addr, "/", &[]).status, 200);
@@ -346,13 +336,8 @@ fn long_retry_after_is_not_waited_for() {
 
 #[test]
 fn body_larger_than_the_replay_buffer_is_not_retried_once_sent() {
-    let hang = Origin::start(Behavior::Hang);
-    let good = Origin::start(Behavior::Named("good"));
-    let proxy = Proxy::start(&one_upstream(
-        &[hang.addr, good.addr],
-        "    timeouts: { response_header: 300ms }\n",
-        "    retry: { attempts: 3, idempotency_key: true }\n",
-    ));
+    let (_hang, good, proxy) =
+        hanging_and_good(300, "    retry: { attempts: 3, idempotency_key: true }\n");
     let body = vec![b'b'; 200 * 1024];
     let mut timed_out = 0;
     for i in 0..4 {
