@@ -1,81 +1,87 @@
 //! The admin listener: `/metrics` (Prometheus text), `/status` (JSON state of every upstream and
-//! backend) and `/healthz` (the proxy itself is up). Read-only; bind it to a private address.
+//! backend), `/healthz` (the proxy itself is up) and `POST /reload` (re-read the configuration
+//! file). Bind it to a private address.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
 use crate::failure::FailureKind;
-use crate::metrics::{self, RouteTable};
+use crate::metrics;
+use crate::state::Shared;
+use crate::upstream::Pool;
 use crate::upstream::health::State;
-use crate::upstream::{Pool, Upstreams};
 
-/// The admin application, sharing the gateway's pools and counters.
+/// The admin application, sharing the gateway's state.
 #[derive(Debug, Clone)]
 pub struct Admin {
-    pub(crate) upstreams: Arc<Upstreams>,
-    pub(crate) routes: Arc<RouteTable>,
+    pub(crate) shared: Arc<Shared>,
 }
 
 impl Admin {
     /// Every metric series in the Prometheus text format.
     pub fn metrics(&self) -> String {
-        let views: Vec<_> = self.upstreams.iter().map(Pool::view).collect();
-        metrics::render(&self.routes, &views)
+        let snapshot = self.shared.current();
+        let views: Vec<_> = snapshot.upstreams.iter().map(Pool::view).collect();
+        let mut text = metrics::render(&snapshot.routes, &views);
+        let (ok, failed) = self.shared.reload_counts();
+        text.push_str("# HELP faultline_config_reloads_total Configuration reloads by result.\n");
+        text.push_str("# TYPE faultline_config_reloads_total counter\n");
+        text.push_str(&format!(
+            "faultline_config_reloads_total{{result=\"success\"}} {ok}\nfaultline_config_reloads_total{{result=\"failure\"}} {failed}\n"
+        ));
+        text
     }
 
     /// The state of every upstream and backend, as JSON.
     pub fn status(&self) -> serde_json::Value {
-        let upstreams: Vec<_> = self
-            .upstreams
-            .iter()
-            .map(|pool| {
-                let backends: Vec<_> = pool
-                    .backends()
-                    .iter()
-                    .enumerate()
-                    .map(|(i, b)| {
-                        let mut outcomes = serde_json::Map::new();
-                        let responses = b.metrics.attempts(None);
-                        outcomes.insert("response".into(), responses.into());
-                        for kind in FailureKind::ALL {
-                            let n = b.metrics.attempts(Some(*kind));
-                            if n > 0 {
-                                outcomes.insert(kind.as_str().into(), n.into());
-                            }
-                        }
-                        let state = pool.health.state(i);
-                        let ejected_for_ms = match state {
-                            State::Ejected(left) => {
-                                Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX))
-                            }
-                            _ => None,
-                        };
-                        json!({
-                            "backend": b.name,
-                            "up": pool.is_up(i),
-                            "state": state.as_str(),
-                            "ejected_for_ms": ejected_for_ms,
-                            "active_check": if pool.has_active_checks() {
-                                if pool.actively_healthy(i) { "up" } else { "down" }
-                            } else {
-                                "off"
-                            },
-                            "consecutive_failures": pool.health.consecutive_failures(i),
-                            "ejections": pool.health.ejections_total(i),
-                            "attempts": outcomes,
-                        })
-                    })
-                    .collect();
-                json!({ "upstream": pool.name(), "backends": backends })
-            })
-            .collect();
+        let snapshot = self.shared.current();
+        let upstreams: Vec<_> = snapshot.upstreams.iter().map(pool_status).collect();
         json!({ "upstreams": upstreams })
     }
+}
+
+fn pool_status(pool: &Pool) -> serde_json::Value {
+    let backends: Vec<_> = pool
+        .backends()
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let mut outcomes = serde_json::Map::new();
+            outcomes.insert("response".into(), b.metrics.attempts(None).into());
+            for kind in FailureKind::ALL {
+                let n = b.metrics.attempts(Some(*kind));
+                if n > 0 {
+                    outcomes.insert(kind.as_str().into(), n.into());
+                }
+            }
+            let state = pool.health.state(i);
+            let ejected_for_ms = match state {
+                State::Ejected(left) => Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
+                _ => None,
+            };
+            let active = match (pool.active_interval(), pool.actively_healthy(i)) {
+                (None, _) => "off",
+                (Some(_), true) => "up",
+                (Some(_), false) => "down",
+            };
+            json!({
+                "backend": b.name,
+                "up": pool.is_up(i),
+                "state": state.as_str(),
+                "ejected_for_ms": ejected_for_ms,
+                "active_check": active,
+                "consecutive_failures": pool.health.consecutive_failures(i),
+                "ejections": pool.health.ejections_total(i),
+                "attempts": outcomes,
+            })
+        })
+        .collect();
+    json!({ "upstream": pool.name(), "backends": backends })
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -85,37 +91,50 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
         .header(http::header::CONTENT_LENGTH, body.len())
         .header(http::header::CACHE_CONTROL, "no-store");
     if status == StatusCode::METHOD_NOT_ALLOWED {
-        builder = builder.header(http::header::ALLOW, "GET, HEAD");
+        builder = builder.header(http::header::ALLOW, "GET, HEAD, POST");
     }
     builder
         .body(body)
         .unwrap_or_else(|_| Response::new(Vec::new()))
 }
 
+fn text(status: StatusCode, body: &str) -> Response<Vec<u8>> {
+    reply(status, "text/plain", body.as_bytes().to_vec())
+}
+
 #[async_trait]
 impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
-        if req.method != http::Method::GET && req.method != http::Method::HEAD {
-            return reply(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "text/plain",
-                b"method not allowed\n".to_vec(),
-            );
-        }
-        match req.uri.path() {
-            "/metrics" => reply(
+        let read = req.method == Method::GET || req.method == Method::HEAD;
+        match (req.uri.path(), read, req.method == Method::POST) {
+            ("/metrics", true, _) => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
                 self.metrics().into_bytes(),
             ),
-            "/status" => {
+            ("/status", true, _) => {
                 let mut body = self.status().to_string().into_bytes();
                 body.push(b'\n');
                 reply(StatusCode::OK, "application/json", body)
             }
-            "/healthz" => reply(StatusCode::OK, "text/plain", b"ok\n".to_vec()),
-            _ => reply(StatusCode::NOT_FOUND, "text/plain", b"not found\n".to_vec()),
+            ("/healthz", true, _) => text(StatusCode::OK, "ok\n"),
+            ("/reload", _, true) => {
+                // Reading and validating a file is blocking work: keep it off the event loop.
+                let shared = self.shared.clone();
+                match tokio::task::spawn_blocking(move || shared.reload()).await {
+                    Ok(Ok(())) => text(StatusCode::OK, "reloaded\n"),
+                    Ok(Err(e)) => text(
+                        StatusCode::UNPROCESSABLE_ENTITY,
+                        &format!("reload failed, the running configuration stays:\n{e}\n"),
+                    ),
+                    Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
+                }
+            }
+            ("/metrics" | "/status" | "/healthz" | "/reload", _, _) => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 }

@@ -7,12 +7,17 @@ use std::time::Instant;
 use crate::failure::{FailureKind, Phase};
 use crate::metrics::RouteMetrics;
 use crate::routing::Route;
+use crate::state::Snapshot;
 use crate::upstream::Selected;
 use crate::upstream::attempt::{Attempts, Outcome};
 
 /// One request's state (Pingora's `CTX`).
 #[derive(Debug)]
 pub struct RequestCtx {
+    /// The configuration the request runs on, from start to end.
+    pub snapshot: Arc<Snapshot>,
+    /// The route's pool in the snapshot.
+    pub pool_index: Option<usize>,
     /// When the request header was read.
     pub started: Instant,
     /// The request id.
@@ -53,9 +58,12 @@ impl RequestCtx {
     }
 }
 
-impl Default for RequestCtx {
-    fn default() -> Self {
+impl RequestCtx {
+    /// A request starting now on `snapshot`.
+    pub fn new(snapshot: Arc<Snapshot>) -> Self {
         RequestCtx {
+            snapshot,
+            pool_index: None,
             started: Instant::now(),
             request_id: String::new(),
             route: None,

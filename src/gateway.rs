@@ -3,6 +3,7 @@
 //! selection, [`classify`](crate::failure::classify), [`retry`], error pages, metrics and the
 //! access log.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,74 +18,107 @@ use crate::access_log::{self, Source};
 use crate::admin::Admin;
 use crate::config::Config;
 use crate::context::RequestCtx;
-use crate::error_page::{self, Cause, ErrorPages};
+use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Phase, Progress, classify};
 use crate::forwarding;
-use crate::metrics::RouteTable;
 use crate::request_id;
 use crate::retry::{self, Trigger};
-use crate::routing::{ConfigRouter, Router, request_host};
-use crate::upstream::{Pool, PoolError, Selected, Upstreams};
+use crate::routing::{Router, request_host};
+use crate::state::Shared;
+use crate::upstream::{Pool, PoolError, Selected};
 
 /// The error type used to unwind Pingora's flow when faultline already decided what happens.
 const DECIDED: ErrorType = ErrorType::new("FaultlineDecided");
 
 /// The faultline proxy: routing, per-backend failure semantics, retries, error pages.
+///
+/// Build one with [`Gateway::new`] (the configuration's routes) or [`Gateway::builder`] (a
+/// custom [`Router`]), then hand it to Pingora's `http_proxy_service`.
 pub struct Gateway {
-    router: Arc<dyn Router>,
-    upstreams: Arc<Upstreams>,
-    routes: Arc<RouteTable>,
-    pages: ErrorPages,
+    shared: Arc<Shared>,
 }
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("upstreams", &self.upstreams)
-            .finish_non_exhaustive()
+            .field("shared", &self.shared)
+            .finish()
+    }
+}
+
+/// Builds a [`Gateway`]: the configuration, and optionally a custom router and the file that
+/// reloads read.
+pub struct GatewayBuilder<'a> {
+    config: &'a Config,
+    router: Option<Arc<dyn Router>>,
+    source: Option<PathBuf>,
+}
+
+impl GatewayBuilder<'_> {
+    /// Routes with `router` instead of the configuration's routes. Its routes name the
+    /// configuration's upstreams; a name that does not exist is answered with a 500
+    /// (`proxy_configuration_error`). A closure `Fn(&RequestHeader) -> Option<Arc<Route>>` works.
+    pub fn router(mut self, router: impl Router + 'static) -> Self {
+        self.router = Some(Arc::new(router));
+        self
+    }
+
+    /// The file `SIGHUP` and `POST /reload` re-read.
+    pub fn reload_from(mut self, path: impl Into<PathBuf>) -> Self {
+        self.source = Some(path.into());
+        self
+    }
+
+    /// Builds the pools and the gateway.
+    pub fn build(self) -> Result<Gateway, PoolError> {
+        Ok(Gateway {
+            shared: Arc::new(Shared::new(self.config, self.router, self.source)?),
+        })
     }
 }
 
 impl Gateway {
     /// A gateway routing with the configuration's own routes.
     pub fn new(config: &Config) -> Result<Gateway, PoolError> {
-        Self::with_router(config, Arc::new(ConfigRouter::new(&config.routes)))
+        Self::builder(config).build()
     }
 
-    /// A gateway with a custom router; the routes it returns refer to the configured upstreams
-    /// by index.
-    pub fn with_router(config: &Config, router: Arc<dyn Router>) -> Result<Gateway, PoolError> {
-        Ok(Gateway {
-            router,
-            upstreams: Arc::new(Upstreams::new(&config.upstreams)?),
-            routes: Arc::new(RouteTable::new(
-                config.routes.iter().map(|r| r.name.as_str()),
-            )),
-            pages: ErrorPages::new(config.error_pages.clone()),
-        })
+    /// A builder, to embed faultline with a custom router.
+    pub fn builder(config: &Config) -> GatewayBuilder<'_> {
+        GatewayBuilder {
+            config,
+            router: None,
+            source: None,
+        }
+    }
+
+    /// The state shared with the admin listener and the background services.
+    pub fn shared(&self) -> Arc<Shared> {
+        self.shared.clone()
     }
 
     /// The admin application over this gateway's pools and counters.
     pub fn admin(&self) -> Admin {
         Admin {
-            upstreams: self.upstreams.clone(),
-            routes: self.routes.clone(),
+            shared: self.shared.clone(),
         }
     }
 
-    fn pool(&self, ctx: &RequestCtx) -> Option<&Pool> {
-        ctx.route
-            .as_ref()
-            .and_then(|r| self.upstreams.get(r.upstream))
+    fn pool(ctx: &RequestCtx) -> Option<&Pool> {
+        ctx.snapshot.upstreams.get(ctx.pool_index?)
     }
 
-    fn select(&self, pool: &Pool, req: &RequestHeader, ctx: &RequestCtx) -> Option<Selected> {
-        let key = if pool.uses_key() {
-            req.uri
+    fn select(pool: &Pool, req: &RequestHeader, ctx: &RequestCtx) -> Option<Selected> {
+        let key = match (
+            pool.uses_key(),
+            ctx.route.as_ref().and_then(|r| r.hash_header.as_ref()),
+        ) {
+            (false, _) => &b""[..],
+            (true, Some(header)) => req.headers.get(header).map_or(&b""[..], |v| v.as_bytes()),
+            (true, None) => req
+                .uri
                 .path_and_query()
-                .map_or(&b""[..], |p| p.as_str().as_bytes())
-        } else {
-            b""
+                .map_or(&b""[..], |p| p.as_str().as_bytes()),
         };
         pool.select(key, |i| ctx.attempts.tried(i))
     }
@@ -99,7 +133,7 @@ impl Gateway {
     /// may have processed, the upstream's retry budget must have room. Counts the retry, or the
     /// refusal by the budget.
     fn may_retry(&self, session: &Session, ctx: &RequestCtx, trigger: Trigger) -> bool {
-        let (Some(route), Some(pool)) = (ctx.route.as_deref(), self.pool(ctx)) else {
+        let (Some(route), Some(pool)) = (ctx.route.as_deref(), Self::pool(ctx)) else {
             return false;
         };
         let req = session.req_header();
@@ -145,7 +179,7 @@ impl Gateway {
         let progress = phase.progress();
         ctx.attempts.failed(kind, progress);
         ctx.failure = Some(kind);
-        if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last()) {
+        if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last()) {
             pool.record_failure(a.backend, a.probe, kind);
         }
         let retry =
@@ -173,23 +207,22 @@ impl Gateway {
         keepalive: bool,
     ) -> Result<()> {
         let req = session.req_header();
-        let next_hop = if self.pages.reveal_backends() {
+        let next_hop = if ctx.snapshot.pages.reveal_backends() {
             ctx.attempts
                 .last()
-                .and_then(|a| self.pool(ctx)?.backends().get(a.backend))
+                .and_then(|a| Self::pool(ctx)?.backends().get(a.backend))
                 .map(|b| b.name.as_str())
         } else {
             None
         };
-        let rendered = self.pages.render(
+        let rendered = ctx.snapshot.pages.render(
             cause,
             error_page::Request {
                 request_id: &ctx.request_id,
                 accept: req.headers.get(http::header::ACCEPT).map(|v| v.as_bytes()),
                 head: req.method == http::Method::HEAD,
                 next_hop,
-                retry_after: self
-                    .pool(ctx)
+                retry_after: Self::pool(ctx)
                     .and_then(|p| p.health.next_return())
                     .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
             },
@@ -233,7 +266,7 @@ impl ProxyHttp for Gateway {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
-        RequestCtx::default()
+        RequestCtx::new(self.shared.current())
     }
 
     async fn early_request_filter(
@@ -252,24 +285,29 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let route = self.router.route(session.req_header());
-        ctx.metrics = Some(self.routes.get(route.as_deref().map(|r| r.name.as_str())));
+        let route = ctx.snapshot.router.route(session.req_header());
+        ctx.metrics = Some(
+            ctx.snapshot
+                .routes
+                .get(route.as_deref().map(|r| r.name.as_str())),
+        );
         let Some(route) = route else {
             return self
                 .answer_early(session, ctx, FailureKind::DestinationNotFound)
                 .await;
         };
+        ctx.pool_index = ctx.snapshot.upstreams.index_of(&route.upstream);
         ctx.route = Some(route);
-        let Some(pool) = self.pool(ctx) else {
+        let Some(pool) = Self::pool(ctx) else {
             return self
                 .answer_early(session, ctx, FailureKind::ProxyConfigurationError)
                 .await;
         };
         // Selecting here lets "no backend" answer on a connection that stays open.
-        match self.select(pool, session.req_header(), ctx) {
+        pool.budget.record_request();
+        match Self::select(pool, session.req_header(), ctx) {
             Some(backend) => {
                 ctx.preselected = Some(backend);
-                pool.budget.record_request();
                 Ok(false)
             }
             None => {
@@ -295,10 +333,11 @@ impl ProxyHttp for Gateway {
                 "the route's deadline passed",
             ));
         }
-        let pool = self.pool(ctx);
-        let chosen = match (ctx.preselected.take(), pool) {
+        let preselected = ctx.preselected.take();
+        let pool = Self::pool(ctx);
+        let chosen = match (preselected, pool) {
             (Some(backend), _) => Some(backend),
-            (None, Some(pool)) => self.select(pool, session.req_header(), ctx),
+            (None, Some(pool)) => Self::select(pool, session.req_header(), ctx),
             (None, None) => None,
         };
         let peer = chosen.and_then(|b| Some((b, pool?.peer(b.index, time_left)?)));
@@ -328,7 +367,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.attempts.connected(reused);
         ctx.phase = Phase::Exchange;
-        if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last())
+        if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last())
             && let (Some(connect), false) = (a.connect, reused)
         {
             pool.record_connect(a.backend, connect);
@@ -368,7 +407,7 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         ctx.attempts.responded(status);
         ctx.phase = Phase::Body;
-        if let (Some(pool), Some(a)) = (self.pool(ctx), ctx.attempts.last()) {
+        if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last()) {
             pool.record_response(a.backend, a.probe, status, a.header);
         }
         let Some(route) = ctx.route.clone() else {
@@ -405,10 +444,10 @@ impl ProxyHttp for Gateway {
         &self,
         _session: &mut Session,
         upstream_response: &mut ResponseHeader,
-        _ctx: &mut RequestCtx,
+        ctx: &mut RequestCtx,
     ) -> Result<()> {
         let status = upstream_response.status.as_u16();
-        if status >= 400 && self.pages.proxy_status_enabled() {
+        if status >= 400 && ctx.snapshot.pages.proxy_status_enabled() {
             // RFC 9209: each intermediary appends its member to the list.
             let ours = error_page::proxy_status_received(status, None);
             let value = match upstream_response
@@ -512,7 +551,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let (Some(i), Some(pool)) = (ctx.unreported_probe(), self.pool(ctx)) {
+        if let (Some(i), Some(pool)) = (ctx.unreported_probe(), Self::pool(ctx)) {
             pool.health.release_probe(i);
         }
         if let (Some(kind), Some(e)) = (ctx.failure, e)
@@ -546,7 +585,7 @@ impl ProxyHttp for Gateway {
             source,
             failure: ctx.failure,
             route: ctx.route.as_deref().map(|r| r.name.as_str()),
-            pool: self.pool(ctx),
+            pool: Self::pool(ctx),
             attempts: &ctx.attempts,
             duration: ctx.started.elapsed(),
         }

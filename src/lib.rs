@@ -40,6 +40,7 @@ pub mod request_id;
 pub mod retry;
 pub mod routing;
 pub mod server;
+pub mod state;
 pub mod upstream;
 
 pub use config::Config;

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         conf: None,
     };
     let listeners = config.listeners.clone();
-    let server = match faultline::server::build(config, Some(opt)) {
+    let server = match faultline::server::build(config, Some(opt), Some(args.conf.clone())) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("faultline: {e}");

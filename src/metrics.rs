@@ -174,13 +174,19 @@ pub struct RouteTable {
 }
 
 impl RouteTable {
-    /// Counters for these route names.
-    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+    /// Counters for these route names; routes `previous` (the table before a reload) also had
+    /// keep their counts.
+    pub fn new<'a>(
+        names: impl IntoIterator<Item = &'a str>,
+        previous: Option<&RouteTable>,
+    ) -> Self {
         let mut by_name = HashMap::new();
         let mut order = Vec::new();
         for name in names {
             if !by_name.contains_key(name) {
-                let m = Arc::new(RouteMetrics::new(name));
+                let m = previous
+                    .and_then(|p| p.by_name.get(name).cloned())
+                    .unwrap_or_else(|| Arc::new(RouteMetrics::new(name)));
                 by_name.insert(name.to_string(), m.clone());
                 order.push(m);
             }
@@ -188,7 +194,10 @@ impl RouteTable {
         RouteTable {
             by_name,
             order,
-            unmatched: Arc::new(RouteMetrics::new("none")),
+            unmatched: previous.map_or_else(
+                || Arc::new(RouteMetrics::new("none")),
+                |p| p.unmatched.clone(),
+            ),
         }
     }
 
@@ -411,7 +420,7 @@ mod tests {
 
     #[test]
     fn renders_what_was_counted() {
-        let routes = RouteTable::new(["api"]);
+        let routes = RouteTable::new(["api"], None);
         let api = routes.get(Some("api"));
         api.request(502, Source::Proxy);
         api.request(200, Source::Origin);

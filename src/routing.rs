@@ -88,15 +88,26 @@ impl ConfigRouter {
         router
     }
 
-    fn first_prefix<'a>(list: &'a [Arc<Route>], path: &str) -> Option<&'a Arc<Route>> {
-        list.iter()
-            .find(|r| path.starts_with(r.path_prefix.as_str()))
+    /// The first route of `list` (longest prefix first) whose prefix, methods and headers
+    /// all match.
+    fn first_match<'a>(list: &'a [Arc<Route>], req: &RequestHeader) -> Option<&'a Arc<Route>> {
+        let path = req.uri.path();
+        list.iter().find(|r| {
+            path.starts_with(r.path_prefix.as_str())
+                && (r.methods.is_empty() || r.methods.contains(&req.method))
+                && r.headers
+                    .iter()
+                    .all(|(name, value)| match (req.headers.get(name), value) {
+                        (Some(_), None) => true,
+                        (Some(got), Some(want)) => got == want,
+                        (None, _) => false,
+                    })
+        })
     }
 }
 
 impl Router for ConfigRouter {
     fn route(&self, req: &RequestHeader) -> Option<Arc<Route>> {
-        let path = req.uri.path();
         if let Some(host) = request_host(req) {
             let lower;
             let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
@@ -109,41 +120,31 @@ impl Router for ConfigRouter {
             if let Some(r) = self
                 .exact
                 .get(host)
-                .and_then(|list| Self::first_prefix(list, path))
+                .and_then(|list| Self::first_match(list, req))
             {
                 return Some(r.clone());
             }
             for (suffix, list) in &self.suffix {
                 if host.ends_with(suffix.as_str())
-                    && let Some(r) = Self::first_prefix(list, path)
+                    && let Some(r) = Self::first_match(list, req)
                 {
                     return Some(r.clone());
                 }
             }
         }
-        Self::first_prefix(&self.any, path).cloned()
+        Self::first_match(&self.any, req).cloned()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::RetryPolicy;
 
     fn route(name: &str, host: Option<HostMatch>, prefix: &str) -> RouteConfig {
         RouteConfig {
-            name: name.into(),
             host,
             path_prefix: prefix.into(),
-            upstream: 0,
-            deadline: None,
-            retry: RetryPolicy {
-                attempts: 1,
-                on_status: vec![],
-                idempotency_key: false,
-                budget_percent: 20,
-            },
-            intercept_origin_errors: vec![],
+            ..RouteConfig::to_upstream(name, "app")
         }
     }
 
@@ -206,6 +207,47 @@ mod tests {
         )]);
         assert!(router.route(&req("api.example.com", "/v2")).is_none());
         assert!(router.route(&req("other.com", "/v1")).is_none());
+    }
+
+    #[test]
+    fn methods_and_headers_narrow_a_route() {
+        let writes = RouteConfig {
+            methods: vec![http::Method::POST, http::Method::PUT],
+            ..route("writes", None, "/api")
+        };
+        let beta = RouteConfig {
+            headers: vec![(
+                http::HeaderName::from_static("x-beta"),
+                Some(http::HeaderValue::from_static("1")),
+            )],
+            ..route("beta", None, "/api/v2")
+        };
+        let tenant = RouteConfig {
+            headers: vec![(http::HeaderName::from_static("x-tenant"), None)],
+            ..route("tenant", None, "/api")
+        };
+        let router = ConfigRouter::new(&[writes, beta, tenant, route("reads", None, "/api")]);
+        let name = |method: &str, path: &str, headers: &[(&str, &str)]| {
+            let mut r = RequestHeader::build(method, path.as_bytes(), None).unwrap();
+            for (n, v) in headers {
+                r.insert_header(n.to_string(), *v).unwrap();
+            }
+            router.route(&r).map(|r| r.name.clone())
+        };
+        assert_eq!(name("POST", "/api/x", &[]).as_deref(), Some("writes"));
+        assert_eq!(name("GET", "/api/x", &[]).as_deref(), Some("reads"));
+        assert_eq!(
+            name("GET", "/api/v2/x", &[("x-beta", "1")]).as_deref(),
+            Some("beta")
+        );
+        assert_eq!(
+            name("GET", "/api/v2/x", &[("x-beta", "2")]).as_deref(),
+            Some("reads")
+        );
+        assert_eq!(
+            name("GET", "/api/x", &[("x-tenant", "acme")]).as_deref(),
+            Some("tenant")
+        );
     }
 
     #[test]

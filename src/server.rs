@@ -1,35 +1,42 @@
 //! Assembling a Pingora `Server` from a validated [`Config`]: the gateway service on every
-//! listener, and the admin service when configured. The binary and the integration tests both
-//! start faultline through here.
+//! listener, the admin service when configured, the active health checks and, when the
+//! configuration came from a file, reloading on `SIGHUP`. The binary and the integration tests
+//! both start faultline through here.
 
-use pingora::proxy::http_proxy_service_with_name;
-use pingora::server::Server;
-use pingora::server::configuration::Opt;
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pingora::server::ShutdownWatch;
+use pingora::proxy::http_proxy_service_with_name;
+use pingora::server::configuration::Opt;
+use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
+use crate::state::Shared;
 use crate::upstream::PoolError;
 
-/// Builds the server, bootstrapped and ready for `run_forever`.
-pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, PoolError> {
-    let gateway = Gateway::new(&config)?;
+/// Builds the server, bootstrapped and ready for `run_forever`. With `source`, `SIGHUP` and the
+/// admin `POST /reload` re-read that file.
+pub fn build(
+    config: Config,
+    opt: Option<Opt>,
+    source: Option<PathBuf>,
+) -> Result<Server, PoolError> {
+    let mut builder = Gateway::builder(&config);
+    if let Some(path) = &source {
+        builder = builder.reload_from(path.clone());
+    }
+    let gateway = builder.build()?;
+    let shared = gateway.shared();
     let admin = config.admin.map(|address| {
         let mut service = Service::new("faultline admin".to_string(), gateway.admin());
         service.add_tcp(&address.to_string());
         service
     });
-    let checks: Vec<_> = gateway
-        .admin()
-        .upstreams
-        .iter()
-        .filter_map(|p| Some((p.name().to_string(), p.active_checks()?)))
-        .collect();
     let listeners = config.listeners;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
@@ -41,21 +48,81 @@ pub fn build(config: Config, opt: Option<Opt>) -> Result<Server, PoolError> {
     if let Some(admin) = admin {
         server.add_service(admin);
     }
-    for (name, task) in checks {
+    server.add_service(background_service(
+        "faultline active health checks",
+        ActiveChecks(shared.clone()),
+    ));
+    if source.is_some() {
         server.add_service(background_service(
-            &format!("active health checks of {name}"),
-            ActiveChecks(task),
+            "faultline reload on SIGHUP",
+            ReloadOnHangup(shared),
         ));
     }
     Ok(server)
 }
 
-/// Runs a pool's Pingora load balancer in the background: its active health checks.
-struct ActiveChecks(Arc<dyn BackgroundService + Send + Sync>);
+/// Runs the active health checks of every pool of the current configuration, each at its own
+/// interval; pools that a reload brings in are picked up on the next round.
+struct ActiveChecks(Arc<Shared>);
 
 #[async_trait]
 impl BackgroundService for ActiveChecks {
-    async fn start(&self, shutdown: ShutdownWatch) {
-        self.0.start(shutdown).await;
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut due: std::collections::HashMap<String, Instant> = Default::default();
+        loop {
+            let snapshot = self.0.current();
+            let now = Instant::now();
+            let mut next = now + Duration::from_secs(1);
+            for pool in snapshot.upstreams.iter() {
+                let Some(interval) = pool.active_interval() else {
+                    continue;
+                };
+                let at = *due.entry(pool.name().to_string()).or_insert(now);
+                if at <= now {
+                    pool.run_active_checks().await;
+                    let again = Instant::now() + interval;
+                    due.insert(pool.name().to_string(), again);
+                    next = next.min(again);
+                } else {
+                    next = next.min(at);
+                }
+            }
+            drop(snapshot);
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// Reloads the configuration file on every `SIGHUP`.
+struct ReloadOnHangup(Arc<Shared>);
+
+#[async_trait]
+impl BackgroundService for ReloadOnHangup {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut hangup = match signal(SignalKind::hangup()) {
+            Ok(s) => s,
+            Err(e) => {
+                log::error!(
+                    "cannot listen for SIGHUP, reload only through the admin listener: {e}"
+                );
+                return;
+            }
+        };
+        loop {
+            tokio::select! {
+                received = hangup.recv() => {
+                    if received.is_none() {
+                        return;
+                    }
+                    let shared = self.0.clone();
+                    let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
+                }
+                _ = shutdown.changed() => return,
+            }
+        }
     }
 }

@@ -271,6 +271,9 @@ pub struct RouteFile {
     /// Origin statuses replaced by the proxy's own error page.
     #[serde(default)]
     pub intercept_origin_errors: Vec<u16>,
+    /// For `consistent_hash` pools: hash on this request header instead of the path.
+    #[serde(default)]
+    pub hash_header: Option<String>,
 }
 
 /// Route matching.
@@ -283,6 +286,12 @@ pub struct MatchFile {
     /// Path prefix; the longest matching prefix wins.
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Request methods the route takes; any when empty.
+    #[serde(default)]
+    pub methods: Vec<String>,
+    /// Request headers that must be present with exactly these values (`"*"`: any value).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
 }
 
 /// Retry policy of a route.

@@ -151,14 +151,45 @@ pub struct RouteConfig {
     pub host: Option<HostMatch>,
     /// Path prefix, always starting with `/`.
     pub path_prefix: String,
-    /// Index into [`Config::upstreams`].
-    pub upstream: usize,
+    /// Methods the route takes; any when empty.
+    pub methods: Vec<http::Method>,
+    /// Headers that must be present: with exactly this value, or any value for `None`.
+    pub headers: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
+    /// The name of the upstream it sends to.
+    pub upstream: String,
     /// Bound on the whole request.
     pub deadline: Option<Duration>,
     /// Retry policy.
     pub retry: RetryPolicy,
     /// Origin statuses replaced by the proxy's page.
     pub intercept_origin_errors: Vec<u16>,
+    /// For `consistent_hash` pools: the request header hashed instead of the path.
+    pub hash_header: Option<http::HeaderName>,
+}
+
+impl RouteConfig {
+    /// A route named `name` to upstream `upstream` that matches every request, with the default
+    /// policy: three attempts, no status retries, no deadline. A starting point for custom
+    /// routers.
+    pub fn to_upstream(name: &str, upstream: &str) -> RouteConfig {
+        RouteConfig {
+            name: name.to_string(),
+            host: None,
+            path_prefix: "/".to_string(),
+            methods: Vec::new(),
+            headers: Vec::new(),
+            upstream: upstream.to_string(),
+            deadline: None,
+            retry: RetryPolicy {
+                attempts: 3,
+                on_status: Vec::new(),
+                idempotency_key: false,
+                budget_percent: 20,
+            },
+            intercept_origin_errors: Vec::new(),
+            hash_header: None,
+        }
+    }
 }
 
 /// Retry policy of a route.

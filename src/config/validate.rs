@@ -404,8 +404,7 @@ fn route(
     errors: &mut Errors,
 ) -> Option<RouteConfig> {
     let at = format!("routes[{i}]");
-    let upstream = upstreams.iter().position(|u| u.name == r.upstream);
-    if upstream.is_none() {
+    if !upstreams.iter().any(|u| u.name == r.upstream) {
         errors.push(
             format!("{at}.upstream"),
             format!("no upstream named \"{}\"", r.upstream),
@@ -442,11 +441,49 @@ fn route(
     {
         errors.push(format!("{at}.deadline"), "must be more than zero");
     }
+    let mut methods = Vec::with_capacity(r.matcher.methods.len());
+    for (j, m) in r.matcher.methods.iter().enumerate() {
+        match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
+            Ok(method) => methods.push(method),
+            Err(_) => errors.push(
+                format!("{at}.match.methods[{j}]"),
+                format!("\"{m}\" is not an HTTP method"),
+            ),
+        }
+    }
+    let mut headers = Vec::with_capacity(r.matcher.headers.len());
+    for (name, value) in &r.matcher.headers {
+        let path = format!("{at}.match.headers.{name}");
+        let Ok(header) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            errors.push(path, format!("\"{name}\" is not a header name"));
+            continue;
+        };
+        if value == "*" {
+            headers.push((header, None));
+        } else {
+            match http::HeaderValue::from_str(value) {
+                Ok(v) => headers.push((header, Some(v))),
+                Err(_) => errors.push(path, format!("\"{value}\" is not a header value")),
+            }
+        }
+    }
+    let hash_header = r.hash_header.as_deref().and_then(|h| {
+        http::HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| {
+                errors.push(
+                    format!("{at}.hash_header"),
+                    format!("\"{h}\" is not a header name"),
+                )
+            })
+            .ok()
+    });
     Some(RouteConfig {
         name: r.name.unwrap_or_else(|| format!("route{i}")),
         host,
         path_prefix,
-        upstream: upstream?,
+        methods,
+        headers,
+        upstream: r.upstream,
         deadline: r.deadline,
         retry: RetryPolicy {
             attempts: r.retry.attempts,
@@ -455,6 +492,7 @@ fn route(
             budget_percent: r.retry.budget_percent,
         },
         intercept_origin_errors: r.intercept_origin_errors,
+        hash_header,
     })
 }
 

@@ -12,8 +12,8 @@
 //! The state is a handful of atomics per backend: selection reads it on every request without a
 //! lock.
 
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use rand::Rng;
@@ -78,8 +78,10 @@ impl State {
     }
 }
 
+/// The passive-health state of one backend. Shared through an `Arc`, so a reload that keeps
+/// the backend keeps its state (an ejected backend stays ejected).
 #[derive(Debug, Default)]
-struct Backend {
+pub struct BackendState {
     consecutive: AtomicU32,
     ejections: AtomicU32,
     /// `now_ms()` at which the ejection ends; 0 when not ejected.
@@ -107,25 +109,38 @@ pub enum Verdict {
 #[derive(Debug)]
 pub struct PassiveHealth {
     settings: Option<Settings>,
-    backends: Vec<Backend>,
+    backends: Vec<Arc<BackendState>>,
 }
 
 impl PassiveHealth {
-    /// State for `n` backends; without settings every backend stays healthy.
+    /// Fresh state for `n` backends; without settings every backend stays healthy.
     pub fn new(settings: Option<Settings>, n: usize) -> Self {
+        Self::with_states(settings, (0..n).map(|_| None).collect())
+    }
+
+    /// State for backends that keep the given state (`Some`) or start fresh (`None`).
+    pub fn with_states(settings: Option<Settings>, states: Vec<Option<Arc<BackendState>>>) -> Self {
         let window = settings
             .as_ref()
             .and_then(|s| s.failure_rate.as_ref())
             .map(|r| r.window);
-        PassiveHealth {
-            settings,
-            backends: (0..n)
-                .map(|_| Backend {
-                    window: window.map(Window::new),
-                    ..Backend::default()
+        let backends = states
+            .into_iter()
+            .map(|kept| {
+                kept.unwrap_or_else(|| {
+                    Arc::new(BackendState {
+                        window: window.map(Window::new),
+                        ..BackendState::default()
+                    })
                 })
-                .collect(),
-        }
+            })
+            .collect();
+        PassiveHealth { settings, backends }
+    }
+
+    /// The state of backend `i`, to carry over into a reloaded pool.
+    pub fn backend_state(&self, i: usize) -> Option<Arc<BackendState>> {
+        self.backends.get(i).cloned()
     }
 
     /// Whether origin `status` counts as a failure of its backend.
@@ -258,7 +273,7 @@ impl PassiveHealth {
             .min()
     }
 
-    fn close(&self, b: &Backend) {
+    fn close(&self, b: &BackendState) {
         b.ejected_until.store(0, Ordering::Release);
         b.recovered_at.store(now_ms(), Ordering::Relaxed);
     }
@@ -270,7 +285,7 @@ impl PassiveHealth {
             .count()
     }
 
-    fn rate_breached(s: &Settings, b: &Backend) -> bool {
+    fn rate_breached(s: &Settings, b: &BackendState) -> bool {
         let (Some(rate), Some(w)) = (&s.failure_rate, &b.window) else {
             return false;
         };
@@ -278,7 +293,7 @@ impl PassiveHealth {
         attempts >= rate.min_requests && failures * 100 >= u64::from(rate.percent) * attempts
     }
 
-    fn eject(&self, s: &Settings, b: &Backend, reason: Reason) -> bool {
+    fn eject(&self, s: &Settings, b: &BackendState, reason: Reason) -> bool {
         let already_out = reason == Reason::ProbeFailed;
         // The cap counts this backend as ejected already when it is half-open.
         let others = self

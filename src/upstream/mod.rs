@@ -16,7 +16,6 @@ use std::time::Duration;
 use futures::FutureExt;
 use pingora::lb::selection::{Consistent, Random, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer, discovery};
-use pingora::services::background::BackgroundService;
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Selection, UpstreamConfig};
@@ -60,14 +59,6 @@ impl Balancer {
             Balancer::Consistent(lb) => lb.backends(),
         }
     }
-
-    fn background(&self) -> Arc<dyn BackgroundService + Send + Sync> {
-        match self {
-            Balancer::RoundRobin(lb) => lb.clone(),
-            Balancer::Random(lb) => lb.clone(),
-            Balancer::Consistent(lb) => lb.clone(),
-        }
-    }
 }
 
 /// One backend as the rest of faultline sees it.
@@ -77,8 +68,8 @@ pub struct BackendInfo {
     pub address: SocketAddr,
     /// Its label in logs and metrics (the configured address).
     pub name: String,
-    /// Its counters.
-    pub metrics: BackendMetrics,
+    /// Its counters (kept across reloads).
+    pub metrics: Arc<BackendMetrics>,
     peer: HttpPeer,
     lb_backend: Backend,
 }
@@ -98,13 +89,13 @@ pub struct Pool {
     balancer: Balancer,
     backends: Vec<BackendInfo>,
     hash_key: bool,
-    active_health: bool,
     /// Passive health of the backends.
     pub health: Arc<PassiveHealth>,
     /// Retries may be at most a share of this upstream's recent requests.
-    pub budget: RetryBudget,
+    pub budget: Arc<RetryBudget>,
     /// Upstream-wide counters.
-    pub metrics: UpstreamMetrics,
+    pub metrics: Arc<UpstreamMetrics>,
+    active_interval: Option<Duration>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -129,8 +120,16 @@ impl std::fmt::Display for PoolError {
 impl std::error::Error for PoolError {}
 
 impl Pool {
-    /// Builds the pool, its selector and, when configured, its active health check.
-    pub fn new(config: &UpstreamConfig) -> Result<Pool, PoolError> {
+    /// Builds the pool, its selector and, when configured, its active health check. Backends
+    /// that `previous` (the same upstream before a reload) also had keep their counters and
+    /// passive-health state; the upstream keeps its retry budget.
+    pub fn new(config: &UpstreamConfig, previous: Option<&Pool>) -> Result<Pool, PoolError> {
+        let kept = |address: SocketAddr| {
+            let p = previous?;
+            let i = p.backends.iter().position(|b| b.address == address)?;
+            Some((p.backends[i].metrics.clone(), p.health.backend_state(i)?))
+        };
+        let mut states = Vec::with_capacity(config.backends.len());
         let mut set = std::collections::BTreeSet::new();
         let mut backends = Vec::with_capacity(config.backends.len());
         for (i, b) in config.backends.iter().enumerate() {
@@ -150,17 +149,22 @@ impl Pool {
             peer.options.read_timeout = Some(t.response_header);
             peer.options.write_timeout = Some(t.write_idle);
             peer.options.idle_timeout = Some(t.keepalive_idle);
+            let (metrics, state) = match kept(b.address) {
+                Some((m, st)) => (m, Some(st)),
+                None => (Arc::new(BackendMetrics::default()), None),
+            };
+            states.push(state);
             backends.push(BackendInfo {
                 address: b.address,
                 name: b.address.to_string(),
-                metrics: BackendMetrics::default(),
+                metrics,
                 peer,
                 lb_backend: backend,
             });
         }
-        let health = Arc::new(PassiveHealth::new(
+        let health = Arc::new(PassiveHealth::with_states(
             config.passive_health.clone(),
-            backends.len(),
+            states,
         ));
         let discovery = discovery::Static::new(set);
         let balancer = match config.selection {
@@ -173,10 +177,10 @@ impl Pool {
             balancer,
             backends,
             hash_key: config.selection == Selection::ConsistentHash,
-            active_health: config.active_health.is_some(),
             health,
-            budget: RetryBudget::default(),
-            metrics: UpstreamMetrics::default(),
+            budget: previous.map_or_else(Default::default, |p| p.budget.clone()),
+            metrics: previous.map_or_else(Default::default, |p| p.metrics.clone()),
+            active_interval: config.active_health.as_ref().map(|a| a.interval),
         })
     }
 
@@ -195,14 +199,14 @@ impl Pool {
         self.hash_key
     }
 
-    /// Whether the pool has active health checks.
-    pub fn has_active_checks(&self) -> bool {
-        self.active_health
+    /// How often the active health checks run, when configured.
+    pub fn active_interval(&self) -> Option<Duration> {
+        self.active_interval
     }
 
-    /// The background service running this pool's active health checks, if configured.
-    pub fn active_checks(&self) -> Option<Arc<dyn BackgroundService + Send + Sync>> {
-        self.active_health.then(|| self.balancer.background())
+    /// Runs one round of active health checks on every backend, in parallel.
+    pub async fn run_active_checks(&self) {
+        self.balancer.backends().run_health_check(true).await;
     }
 
     /// Whether backend `i` passes its active health check (always, without one).
@@ -354,8 +358,6 @@ where
     }
     if let Some(active) = &config.active_health {
         lb.set_health_check(active::check(active, &config.name, health.clone()));
-        lb.health_check_frequency = Some(active.interval);
-        lb.parallel_health_check = true;
     }
     Ok(Arc::new(lb))
 }
@@ -367,15 +369,31 @@ pub struct Upstreams {
 }
 
 impl Upstreams {
-    /// Builds every pool.
-    pub fn new(configs: &[UpstreamConfig]) -> Result<Upstreams, PoolError> {
-        let pools = configs.iter().map(Pool::new).collect::<Result<_, _>>()?;
+    /// Builds every pool, carrying over the state of `previous` for upstreams and backends that
+    /// stay.
+    pub fn new(
+        configs: &[UpstreamConfig],
+        previous: Option<&Upstreams>,
+    ) -> Result<Upstreams, PoolError> {
+        let pools = configs
+            .iter()
+            .map(|c| Pool::new(c, previous.and_then(|p| p.by_name(&c.name))))
+            .collect::<Result<_, _>>()?;
         Ok(Upstreams { pools })
     }
 
     /// The pool at `index`.
     pub fn get(&self, index: usize) -> Option<&Pool> {
         self.pools.get(index)
+    }
+
+    /// The index of the pool named `name`.
+    pub fn index_of(&self, name: &str) -> Option<usize> {
+        self.pools.iter().position(|p| p.name == name)
+    }
+
+    fn by_name(&self, name: &str) -> Option<&Pool> {
+        self.pools.iter().find(|p| p.name == name)
     }
 
     /// Every pool, in configuration order.

@@ -30,7 +30,7 @@ impl Proxy {
         );
         let config = faultline::Config::from_yaml(&yaml)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
-        let server = faultline::server::build(config, None).expect("server builds");
+        let server = faultline::server::build(config, None, None).expect("server builds");
         std::thread::spawn(move || server.run_forever());
         // Readiness: both listeners accept connections.
         let deadline = Instant::now() + Duration::from_secs(10);

@@ -1,0 +1,169 @@
+//! The runtime state a request runs on, and its atomic replacement on reload.
+//!
+//! A [`Snapshot`] holds everything built from one configuration: the router, the pools, the
+//! route counters and the page settings. Each request takes the current snapshot when it starts
+//! and keeps it to the end, so a reload never changes a request in flight. A reload builds a new
+//! snapshot from a fully validated file, carrying over the counters and health state of routes,
+//! upstreams and backends that stay, and swaps it in; any error leaves the old one in place.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arc_swap::ArcSwap;
+
+use crate::config::Config;
+use crate::error_page::ErrorPages;
+use crate::metrics::RouteTable;
+use crate::routing::{ConfigRouter, Router};
+use crate::upstream::{PoolError, Upstreams};
+
+/// Everything built from one configuration.
+pub struct Snapshot {
+    /// Chooses the route of a request.
+    pub router: Arc<dyn Router>,
+    /// The pools.
+    pub upstreams: Upstreams,
+    /// Route counters.
+    pub routes: RouteTable,
+    /// Proxy-generated responses.
+    pub pages: ErrorPages,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("upstreams", &self.upstreams)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Snapshot {
+    fn build(
+        config: &Config,
+        custom_router: Option<&Arc<dyn Router>>,
+        previous: Option<&Snapshot>,
+    ) -> Result<Snapshot, PoolError> {
+        let router = match custom_router {
+            Some(r) => r.clone(),
+            None => Arc::new(ConfigRouter::new(&config.routes)) as Arc<dyn Router>,
+        };
+        Ok(Snapshot {
+            router,
+            upstreams: Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams))?,
+            routes: RouteTable::new(
+                config.routes.iter().map(|r| r.name.as_str()),
+                previous.map(|p| &p.routes),
+            ),
+            pages: ErrorPages::new(config.error_pages.clone()),
+        })
+    }
+}
+
+/// Why a reload did not happen.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// No file to reload from (an embedded gateway built from a `Config` value).
+    NoSource,
+    /// The file is unreadable or invalid.
+    Config(crate::config::ConfigError),
+    /// The pools could not be built.
+    Pools(PoolError),
+}
+
+impl std::fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ReloadError::NoSource => f.write_str("no configuration file to reload from"),
+            ReloadError::Config(e) => write!(f, "{e}"),
+            ReloadError::Pools(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+/// The gateway's state, shared with the admin listener and the background services.
+pub struct Shared {
+    current: ArcSwap<Snapshot>,
+    custom_router: Option<Arc<dyn Router>>,
+    source: Option<PathBuf>,
+    listeners: Vec<std::net::SocketAddr>,
+    reloads_ok: AtomicU64,
+    reloads_failed: AtomicU64,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// State built from `config`; `source` is the file reloads read.
+    pub fn new(
+        config: &Config,
+        custom_router: Option<Arc<dyn Router>>,
+        source: Option<PathBuf>,
+    ) -> Result<Shared, PoolError> {
+        let snapshot = Snapshot::build(config, custom_router.as_ref(), None)?;
+        Ok(Shared {
+            current: ArcSwap::from_pointee(snapshot),
+            custom_router,
+            source,
+            listeners: config.listeners.clone(),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        })
+    }
+
+    /// The snapshot new requests run on.
+    pub fn current(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Swaps in a snapshot built from `config`, keeping the state of what stays.
+    pub fn apply(&self, config: &Config) -> Result<(), PoolError> {
+        let old = self.current();
+        let next = Snapshot::build(config, self.custom_router.as_ref(), Some(&old))?;
+        if config.listeners != self.listeners {
+            log::warn!(
+                "reload: listener changes take effect on a restart or an upgrade (-u), not now"
+            );
+        }
+        self.current.store(Arc::new(next));
+        Ok(())
+    }
+
+    /// Re-reads the configuration file, validates it fully, and applies it; on any error the
+    /// running configuration stays. Counted either way.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let result = match &self.source {
+            None => Err(ReloadError::NoSource),
+            Some(path) => Config::load(path)
+                .map_err(ReloadError::Config)
+                .and_then(|c| self.apply(&c).map_err(ReloadError::Pools)),
+        };
+        match &result {
+            Ok(()) => {
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                log::info!("configuration reloaded");
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                log::error!("configuration reload failed, the running configuration stays:\n{e}");
+            }
+        }
+        result
+    }
+
+    /// Reloads so far: (succeeded, failed).
+    pub fn reload_counts(&self) -> (u64, u64) {
+        (
+            self.reloads_ok.load(Ordering::Relaxed),
+            self.reloads_failed.load(Ordering::Relaxed),
+        )
+    }
+}
