@@ -51,6 +51,7 @@ impl std::fmt::Debug for Gateway {
 pub struct GatewayBuilder<'a> {
     config: &'a Config,
     router: Option<Arc<dyn Router>>,
+    route_names: Vec<String>,
     source: Option<PathBuf>,
 }
 
@@ -63,6 +64,14 @@ impl GatewayBuilder<'_> {
         self
     }
 
+    /// Names of the routes a custom router returns, so that their requests are counted under
+    /// their own `route` label (requests of undeclared routes count under `none`, keeping the
+    /// label set bounded).
+    pub fn route_names<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.route_names.extend(names.into_iter().map(Into::into));
+        self
+    }
+
     /// The file `SIGHUP` and `POST /reload` re-read.
     pub fn reload_from(mut self, path: impl Into<PathBuf>) -> Self {
         self.source = Some(path.into());
@@ -72,7 +81,12 @@ impl GatewayBuilder<'_> {
     /// Builds the pools and the gateway.
     pub fn build(self) -> Result<Gateway, PoolError> {
         Ok(Gateway {
-            shared: Arc::new(Shared::new(self.config, self.router, self.source)?),
+            shared: Arc::new(Shared::new(
+                self.config,
+                self.router,
+                self.route_names,
+                self.source,
+            )?),
         })
     }
 }
@@ -88,6 +102,7 @@ impl Gateway {
         GatewayBuilder {
             config,
             router: None,
+            route_names: Vec::new(),
             source: None,
         }
     }

@@ -27,10 +27,17 @@ pub fn build(
     source: Option<PathBuf>,
 ) -> Result<Server, PoolError> {
     let mut builder = Gateway::builder(&config);
-    if let Some(path) = &source {
-        builder = builder.reload_from(path.clone());
+    if let Some(path) = source {
+        builder = builder.reload_from(path);
     }
     let gateway = builder.build()?;
+    Ok(serve(gateway, config, opt))
+}
+
+/// Builds the server around an already built gateway (say, one with a custom router): the
+/// proxy on every listener of `config`, the admin listener, the active health checks, and
+/// reloading on `SIGHUP` when the gateway has a file to reload from.
+pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     let shared = gateway.shared();
     let admin = config.admin.map(|address| {
         let mut service = Service::new("faultline admin".to_string(), gateway.admin());
@@ -52,13 +59,13 @@ pub fn build(
         "faultline active health checks",
         ActiveChecks(shared.clone()),
     ));
-    if source.is_some() {
+    if shared.reloadable() {
         server.add_service(background_service(
             "faultline reload on SIGHUP",
             ReloadOnHangup(shared),
         ));
     }
-    Ok(server)
+    server
 }
 
 /// Runs the active health checks of every pool of the current configuration, each at its own

@@ -42,6 +42,7 @@ impl Snapshot {
     fn build(
         config: &Config,
         custom_router: Option<&Arc<dyn Router>>,
+        route_names: &[String],
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, PoolError> {
         let router = match custom_router {
@@ -52,7 +53,11 @@ impl Snapshot {
             router,
             upstreams: Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams))?,
             routes: RouteTable::new(
-                config.routes.iter().map(|r| r.name.as_str()),
+                config
+                    .routes
+                    .iter()
+                    .map(|r| r.name.as_str())
+                    .chain(route_names.iter().map(String::as_str)),
                 previous.map(|p| &p.routes),
             ),
             pages: ErrorPages::new(config.error_pages.clone()),
@@ -87,6 +92,7 @@ impl std::error::Error for ReloadError {}
 pub struct Shared {
     current: ArcSwap<Snapshot>,
     custom_router: Option<Arc<dyn Router>>,
+    route_names: Vec<String>,
     source: Option<PathBuf>,
     listeners: Vec<std::net::SocketAddr>,
     reloads_ok: AtomicU64,
@@ -102,16 +108,19 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// State built from `config`; `source` is the file reloads read.
+    /// State built from `config`; a custom router's `route_names` get their own counters;
+    /// `source` is the file reloads read.
     pub fn new(
         config: &Config,
         custom_router: Option<Arc<dyn Router>>,
+        route_names: Vec<String>,
         source: Option<PathBuf>,
     ) -> Result<Shared, PoolError> {
-        let snapshot = Snapshot::build(config, custom_router.as_ref(), None)?;
+        let snapshot = Snapshot::build(config, custom_router.as_ref(), &route_names, None)?;
         Ok(Shared {
             current: ArcSwap::from_pointee(snapshot),
             custom_router,
+            route_names,
             source,
             listeners: config.listeners.clone(),
             reloads_ok: AtomicU64::new(0),
@@ -127,7 +136,12 @@ impl Shared {
     /// Swaps in a snapshot built from `config`, keeping the state of what stays.
     pub fn apply(&self, config: &Config) -> Result<(), PoolError> {
         let old = self.current();
-        let next = Snapshot::build(config, self.custom_router.as_ref(), Some(&old))?;
+        let next = Snapshot::build(
+            config,
+            self.custom_router.as_ref(),
+            &self.route_names,
+            Some(&old),
+        )?;
         if config.listeners != self.listeners {
             log::warn!(
                 "reload: listener changes take effect on a restart or an upgrade (-u), not now"
@@ -157,6 +171,11 @@ impl Shared {
             }
         }
         result
+    }
+
+    /// Whether there is a file to reload from.
+    pub fn reloadable(&self) -> bool {
+        self.source.is_some()
     }
 
     /// Reloads so far: (succeeded, failed).

@@ -22,15 +22,27 @@ impl Proxy {
     /// Starts faultline with `body` (upstreams, routes, error_pages …) plus a generated
     /// `server` and `listeners` section; returns once the listener accepts connections.
     pub fn start(body: &str) -> Proxy {
+        Self::start_with(body, |b| b)
+    }
+
+    /// Like [`Proxy::start`], with the gateway builder adjusted by `customize` (a custom router,
+    /// a file to reload from).
+    pub fn start_with(
+        body: &str,
+        customize: impl FnOnce(
+            faultline::gateway::GatewayBuilder<'_>,
+        ) -> faultline::gateway::GatewayBuilder<'_>,
+    ) -> Proxy {
         init_log_capture();
         let addr = free_addr();
         let admin = free_addr();
-        let yaml = format!(
-            "server: {{ threads: 1 }}\nlisteners:\n  - {{ address: \"{addr}\" }}\nadmin: {{ address: \"{admin}\" }}\n{body}"
-        );
+        let yaml = proxy_yaml(addr, admin, body);
         let config = faultline::Config::from_yaml(&yaml)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
-        let server = faultline::server::build(config, None, None).expect("server builds");
+        let gateway = customize(faultline::Gateway::builder(&config))
+            .build()
+            .expect("gateway builds");
+        let server = faultline::server::serve(gateway, config, None);
         std::thread::spawn(move || server.run_forever());
         // Readiness: both listeners accept connections.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -68,6 +80,13 @@ pub fn metric_value(text: &str, series: &str) -> u64 {
                 .parse()
                 .unwrap_or_else(|_| panic!("{series} = {v}"))
         })
+}
+
+/// A whole configuration: one thread, a listener, an admin listener, and `body`.
+pub fn proxy_yaml(addr: SocketAddr, admin: SocketAddr, body: &str) -> String {
+    format!(
+        "server: {{ threads: 1 }}\nlisteners:\n  - {{ address: \"{addr}\" }}\nadmin: {{ address: \"{admin}\" }}\n{body}"
+    )
 }
 
 /// A config body with one upstream `app` of these backends and one catch-all route to it.

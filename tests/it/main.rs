@@ -8,8 +8,10 @@ mod harness;
 mod origin;
 
 mod config_errors;
+mod edge;
 mod failures;
 mod health;
+mod lifecycle;
 mod pages;
 mod proxying;
 mod retries;

@@ -30,6 +30,8 @@ pub enum Behavior {
     Cycle(Vec<Behavior>),
     /// Answers `200` with a body naming the origin (`origin <tag>`), keep-alive.
     Named(&'static str),
+    /// Waits this many milliseconds after reading the request, then answers these bytes.
+    Delayed(u64, Vec<u8>),
     /// Reads the request, then resets the connection (RST) without a byte.
     Reset,
     /// Reads the request, then closes cleanly without a byte.
@@ -203,6 +205,12 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
         };
         match &now {
             Behavior::Raw(bytes) => {
+                if stream.write_all(bytes).await.is_err() {
+                    return;
+                }
+            }
+            Behavior::Delayed(ms, bytes) => {
+                tokio::time::sleep(Duration::from_millis(*ms)).await;
                 if stream.write_all(bytes).await.is_err() {
                     return;
                 }

@@ -1,0 +1,153 @@
+//! The `faultline` binary as an operator runs it: reload on `SIGHUP`, drain on `SIGTERM`.
+
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client;
+use crate::harness::{free_addr, metric_value, proxy_yaml};
+use crate::origin::{Behavior, Origin};
+
+/// A running binary; killed on drop if the test did not stop it.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+    admin: SocketAddr,
+    dir: std::path::PathBuf,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Running {
+    fn start(tag: &str, server: &str, body: &str) -> Running {
+        let dir = std::env::temp_dir().join(format!("faultline-bin-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let (addr, admin) = (free_addr(), free_addr());
+        let file = dir.join("faultline.yaml");
+        let yaml = proxy_yaml(addr, admin, body).replacen("server: { threads: 1 }", server, 1);
+        std::fs::write(&file, yaml).expect("write config");
+        let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
+            .arg("-c")
+            .arg(&file)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start faultline");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for a in [addr, admin] {
+            while TcpStream::connect(a).is_err() {
+                assert!(Instant::now() < deadline, "faultline did not start on {a}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        Running {
+            child,
+            addr,
+            admin,
+            dir,
+        }
+    }
+
+    fn file(&self) -> std::path::PathBuf {
+        self.dir.join("faultline.yaml")
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.id().to_string())
+            .status()
+            .expect("kill");
+        assert!(status.success());
+    }
+
+    fn metric(&self, series: &str) -> u64 {
+        metric_value(&client::get(self.admin, "/metrics", &[]).text(), series)
+    }
+}
+
+fn route_to(origin: &Origin) -> String {
+    format!(
+        "upstreams:\n  app: {{ backends: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ upstream: app }}\n",
+        origin.addr
+    )
+}
+
+#[test]
+fn sighup_reloads_the_file() {
+    let a = Origin::start(Behavior::Named("a"));
+    let b = Origin::start(Behavior::Named("b"));
+    let running = Running::start("hup", "server: { threads: 1 }", &route_to(&a));
+    assert_eq!(client::get(running.addr, "/", &[]).text(), "origin a");
+
+    // A broken file: reported, counted, nothing changes.
+    std::fs::write(running.file(), "listeners: [").expect("write");
+    running.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while running.metric("faultline_config_reloads_total{result=\"failure\"}") == 0 {
+        assert!(Instant::now() < deadline, "the reload was not attempted");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client::get(running.addr, "/", &[]).text(), "origin a");
+
+    let yaml = proxy_yaml(running.addr, running.admin, &route_to(&b));
+    std::fs::write(running.file(), yaml).expect("write");
+    running.signal("HUP");
+    while running.metric("faultline_config_reloads_total{result=\"success\"}") == 0 {
+        assert!(Instant::now() < deadline, "the reload did not happen");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(client::get(running.addr, "/", &[]).text(), "origin b");
+}
+
+#[test]
+fn sigterm_lets_slow_requests_finish() {
+    let slow = Origin::start(Behavior::Delayed(
+        1000,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished".to_vec(),
+    ));
+    let mut running = Running::start(
+        "term",
+        "server: { threads: 1, grace_period_seconds: 3, graceful_shutdown_timeout_seconds: 2 }",
+        &route_to(&slow),
+    );
+    let clients: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = running.addr;
+            std::thread::spawn(move || client::get(addr, "/", &[]))
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while slow.requests() < 3 {
+        assert!(Instant::now() < deadline, "the slow requests never arrived");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    running.signal("TERM");
+    for c in clients {
+        let resp = c.join().expect("client thread");
+        assert_eq!(resp.status, 200);
+        assert_eq!(resp.text(), "finished");
+        assert!(resp.complete);
+    }
+    // The process then exits by itself, cleanly, after the grace period.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = running.child.try_wait().expect("wait") {
+            assert!(status.success(), "{status}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "faultline did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
