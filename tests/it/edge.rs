@@ -35,14 +35,16 @@ fn a_closure_routes_requests() {
         })
         .route_names(["blue-route"])
     });
-    assert_eq!(
-        client::get(proxy.addr, "/", &[("x-color", "blue")]).text(),
-        "origin blue"
-    );
-    assert_eq!(
-        client::get(proxy.addr, "/", &[("x-color", "green")]).text(),
-        "origin green"
-    );
+    for color in ["blue", "green"] {
+        let rid = format!("color-{color}");
+        let resp = client::get(
+            proxy.addr,
+            "/",
+            &[("x-color", color), ("x-request-id", &rid)],
+        );
+        assert_eq!(resp.text(), format!("origin {color}"));
+        crate::harness::access_entry(&rid);
+    }
     let none = client::get(proxy.addr, "/", &[("x-request-id", "no-color")]);
     assert_eq!(none.status, 404);
     assert!(
