@@ -236,6 +236,7 @@ pub fn classify(error: &Error, phase: Phase) -> FailureKind {
         Phase::Connect => match etype {
             ConnectTimedout => FailureKind::ConnectionTimeout,
             InvalidCert | TLSWantX509Lookup => FailureKind::TlsCertificateError,
+            TLSHandshakeFailure if certificate_rejected(error) => FailureKind::TlsCertificateError,
             TLSHandshakeFailure | TLSHandshakeTimedout | HandshakeError => {
                 FailureKind::TlsProtocolError
             }
@@ -296,6 +297,15 @@ fn header_bytes_read(error: &Error) -> bool {
         }
         None => false,
     }
+}
+
+/// Pingora 0.9 (rustls) reports a certificate that failed verification as a handshake failure;
+/// only rustls' message (`invalid peer certificate: …`) tells it apart from a protocol error.
+fn certificate_rejected(error: &Error) -> bool {
+    error
+        .context
+        .as_ref()
+        .is_some_and(|c| c.as_str().contains("invalid peer certificate"))
 }
 
 /// Pingora 0.9 signals an oversized header section as `InvalidHTTPHeader`, either with its own
@@ -384,6 +394,13 @@ mod tests {
                 None,
                 Phase::Connect,
                 FailureKind::TlsProtocolError,
+                502,
+            ),
+            (
+                TLSHandshakeFailure,
+                Some("TLS connect() failed: invalid peer certificate: UnknownIssuer, SNI: a"),
+                Phase::Connect,
+                FailureKind::TlsCertificateError,
                 502,
             ),
             (

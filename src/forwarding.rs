@@ -28,6 +28,8 @@ pub struct Client<'a> {
     pub proto: &'static str,
     /// The request id.
     pub request_id: &'a str,
+    /// The HTTP version the client spoke (the upstream request may use another).
+    pub version: http::Version,
 }
 
 /// Rewrites the upstream request header in place.
@@ -52,7 +54,7 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()>
         req.insert_header(X_FORWARDED_HOST.clone(), host)?;
     }
 
-    let version = match req.version {
+    let version = match client.version {
         http::Version::HTTP_10 => "1.0",
         http::Version::HTTP_2 => "2",
         _ => "1.1",
@@ -107,6 +109,7 @@ mod tests {
             ip: Some("10.1.2.3".parse().unwrap()),
             proto: "http",
             request_id: "rid",
+            version: http::Version::HTTP_11,
         }
     }
 

@@ -400,11 +400,13 @@ impl ProxyHttp for Gateway {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
+        let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         forwarding::apply(
             upstream_request,
             forwarding::Client {
                 ip,
-                proto: "http",
+                proto: if tls { "https" } else { "http" },
+                version: session.req_header().version,
                 request_id: &ctx.request_id,
             },
         )

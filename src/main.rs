@@ -87,7 +87,8 @@ fn main() -> ExitCode {
         }
     };
     for l in &listeners {
-        log::info!("faultline listening on http://{l}");
+        let scheme = if l.tls.is_some() { "https" } else { "http" };
+        log::info!("faultline listening on {scheme}://{}", l.address);
     }
     server.run_forever()
 }

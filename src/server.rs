@@ -8,11 +8,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::http_proxy_service_with_name;
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
+use pingora::tls::sign::SingleCertAndKey;
 
 use crate::config::Config;
 use crate::gateway::Gateway;
@@ -48,8 +50,23 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
     let mut service = http_proxy_service_with_name(&server.configuration, gateway, "faultline");
-    for address in &listeners {
-        service.add_tcp(&address.to_string());
+    for listener in &listeners {
+        let address = listener.address.to_string();
+        match &listener.tls {
+            None => service.add_tcp(&address),
+            Some(key) => match TlsSettings::intermediate("", "") {
+                Ok(mut settings) => {
+                    // The certificate was loaded and checked with the configuration; Pingora
+                    // never reads the files again.
+                    settings.set_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
+                    if listener.http2 {
+                        settings.enable_h2();
+                    }
+                    service.add_tls_with_settings(&address, None, settings);
+                }
+                Err(e) => log::error!("listener {address}: TLS settings: {e}"),
+            },
+        }
     }
     server.add_service(service);
     if let Some(admin) = admin {

@@ -122,7 +122,7 @@ impl Shared {
             custom_router,
             route_names,
             source,
-            listeners: config.listeners.clone(),
+            listeners: config.listeners.iter().map(|l| l.address).collect(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
         })
@@ -142,7 +142,12 @@ impl Shared {
             &self.route_names,
             Some(&old),
         )?;
-        if config.listeners != self.listeners {
+        if !config
+            .listeners
+            .iter()
+            .map(|l| l.address)
+            .eq(self.listeners.iter().copied())
+        {
             log::warn!(
                 "reload: listener changes take effect on a restart or an upgrade (-u), not now"
             );

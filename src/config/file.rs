@@ -40,6 +40,26 @@ pub struct FileConfig {
 pub struct ListenerFile {
     /// `IP:port`.
     pub address: String,
+    /// Terminate TLS here (HTTP/2 and HTTP/1.1 negotiated by ALPN).
+    #[serde(default)]
+    pub tls: Option<ListenerTlsFile>,
+}
+
+/// A TLS listener's certificate.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerTlsFile {
+    /// PEM certificate chain, leaf first.
+    pub cert: String,
+    /// PEM private key.
+    pub key: String,
+    /// Offer HTTP/2 by ALPN; default true.
+    #[serde(default = "yes")]
+    pub http2: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The admin listener.
@@ -90,6 +110,16 @@ pub struct UpstreamFile {
     /// Health checking.
     #[serde(default)]
     pub health: Option<HealthFile>,
+    /// Connect to the backends over TLS.
+    #[serde(default)]
+    pub tls: bool,
+    /// The TLS server name (SNI, and the name the certificate must carry); required with `tls`.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the backends' certificates (against `server.ca_file`, or the system roots);
+    /// default true.
+    #[serde(default = "yes")]
+    pub verify_cert: bool,
 }
 
 /// One backend.

@@ -11,9 +11,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
+use pingora::tls::sign::CertifiedKey;
 
 pub use file::{DemoBehavior, Selection};
 
@@ -22,8 +24,8 @@ pub use file::{DemoBehavior, Selection};
 pub struct Config {
     /// Pingora's server settings (`server:`).
     pub server: ServerConf,
-    /// Client-facing listener addresses.
-    pub listeners: Vec<SocketAddr>,
+    /// Client-facing listeners.
+    pub listeners: Vec<Listener>,
     /// The admin listener address, if any.
     pub admin: Option<SocketAddr>,
     /// How proxy-generated responses look.
@@ -34,6 +36,17 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Built-in demo origins to start before the proxy.
     pub demo: Vec<DemoOrigin>,
+}
+
+/// A client-facing listener.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    /// Its address.
+    pub address: SocketAddr,
+    /// Its certificate and key, loaded and checked, when it terminates TLS.
+    pub tls: Option<Arc<CertifiedKey>>,
+    /// Whether HTTP/2 is offered by ALPN (TLS listeners).
+    pub http2: bool,
 }
 
 /// Settings of proxy-generated responses.
@@ -64,6 +77,17 @@ pub struct UpstreamConfig {
     pub passive_health: Option<PassiveHealth>,
     /// Active health settings, when configured.
     pub active_health: Option<ActiveHealth>,
+    /// TLS towards the backends, when configured.
+    pub tls: Option<UpstreamTls>,
+}
+
+/// TLS towards an upstream's backends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamTls {
+    /// Server name sent and verified.
+    pub sni: String,
+    /// Whether certificates are verified.
+    pub verify_cert: bool,
 }
 
 /// One backend of a pool.

@@ -10,8 +10,79 @@ use pingora::server::configuration::ServerConf;
 use super::file::{self, FileConfig};
 use super::{
     ActiveHealth, BackendConfig, Config, DemoOrigin, ErrorPages, FailureRate, FieldError,
-    HostMatch, PassiveHealth, RetryPolicy, RouteConfig, Timeouts, UpstreamConfig,
+    HostMatch, Listener, PassiveHealth, RetryPolicy, RouteConfig, Timeouts, UpstreamConfig,
+    UpstreamTls,
 };
+
+mod tls {
+    //! Certificates and keys, loaded and checked while validating so that starting a listener
+    //! can never fail on them.
+
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use pingora::tls::sign::CertifiedKey;
+    use pingora::tls::{CryptoProvider, RootCertStore};
+
+    use super::Errors;
+
+    /// The certificate chain and key of a TLS listener, checked to belong together.
+    pub(super) fn certified_key(
+        at: &str,
+        cert: &Path,
+        key: &Path,
+        errors: &mut Errors,
+    ) -> Option<Arc<CertifiedKey>> {
+        let (Some(cert_text), Some(key_text)) = (cert.to_str(), key.to_str()) else {
+            errors.push(at, "certificate and key paths must be UTF-8");
+            return None;
+        };
+        let loaded = match pingora::tls::load_certs_and_key_files(cert_text, key_text) {
+            Ok(Some(pair)) => pair,
+            Ok(None) => {
+                errors.push(
+                    format!("{at}.cert"),
+                    format!(
+                        "no PEM certificate in {cert_text} or no PEM private key in {key_text}"
+                    ),
+                );
+                return None;
+            }
+            Err(e) => {
+                errors.push(
+                    format!("{at}.cert"),
+                    format!("cannot read {cert_text} or {key_text}: {e}"),
+                );
+                return None;
+            }
+        };
+        pingora::tls::install_default_crypto_provider();
+        let Some(provider) = CryptoProvider::get_default() else {
+            errors.push(at, "no TLS crypto provider");
+            return None;
+        };
+        match CertifiedKey::from_der(loaded.0, loaded.1, provider) {
+            Ok(k) => Some(Arc::new(k)),
+            Err(e) => {
+                errors.push(
+                    format!("{at}.key"),
+                    format!("does not fit the certificate: {e}"),
+                );
+                None
+            }
+        }
+    }
+
+    /// The CA file that verifies upstream certificates.
+    pub(super) fn check_ca_file(at: &str, path: &str, errors: &mut Errors) {
+        let mut store = RootCertStore::empty();
+        if let Err(e) = pingora::tls::load_ca_file_into_store(path, &mut store) {
+            errors.push(at, format!("cannot load CA certificates from {path}: {e}"));
+        } else if store.is_empty() {
+            errors.push(at, format!("no CA certificate in {path}"));
+        }
+    }
+}
 
 /// Collects errors while walking the file.
 #[derive(Default)]
@@ -101,6 +172,9 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
     let mut errors = Errors::default();
 
     let server = server_conf(file.server, &mut errors);
+    if let Some(ca) = &server.ca_file {
+        tls::check_ca_file("server.ca_file", ca, &mut errors);
+    }
 
     if file.listeners.is_empty() {
         errors.push("listeners", "at least one listener is required");
@@ -109,11 +183,26 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
     let mut seen = HashSet::new();
     for (i, l) in file.listeners.iter().enumerate() {
         let path = format!("listeners[{i}].address");
-        if let Some(addr) = errors.address(&path, &l.address) {
-            if !seen.insert(addr) {
-                errors.push(path, format!("{addr} is already used by another listener"));
+        let tls = l.tls.as_ref().and_then(|t| {
+            tls::certified_key(
+                &format!("listeners[{i}].tls"),
+                &base.join(&t.cert),
+                &base.join(&t.key),
+                &mut errors,
+            )
+        });
+        if let Some(address) = errors.address(&path, &l.address) {
+            if !seen.insert(address) {
+                errors.push(
+                    path,
+                    format!("{address} is already used by another listener"),
+                );
             }
-            listeners.push(addr);
+            listeners.push(Listener {
+                address,
+                tls,
+                http2: l.tls.as_ref().is_some_and(|t| t.http2),
+            });
         }
     }
     let admin = file.admin.as_ref().and_then(|a| {
@@ -146,7 +235,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
 
     let demo = file
         .demo
-        .map(|d| demo_origins(d, &listeners, &mut errors))
+        .map(|d| demo_origins(d, &seen, &mut errors))
         .unwrap_or_default();
 
     if !errors.0.is_empty() {
@@ -291,6 +380,30 @@ fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> Upstrea
         write_idle: t.write_idle,
         keepalive_idle: t.keepalive_idle,
     };
+    let tls = match (u.tls, u.sni) {
+        (true, Some(sni)) if pingora::tls::ServerName::try_from(sni.clone()).is_ok() => {
+            Some(UpstreamTls {
+                sni,
+                verify_cert: u.verify_cert,
+            })
+        }
+        (true, Some(sni)) => {
+            errors.push(
+                format!("{at}.sni"),
+                format!("\"{sni}\" is not a server name"),
+            );
+            None
+        }
+        (true, None) => {
+            errors.push(format!("{at}.sni"), "required when tls is true");
+            None
+        }
+        (false, Some(_)) => {
+            errors.push(format!("{at}.sni"), "only used with tls: true");
+            None
+        }
+        (false, None) => None,
+    };
     let (active_health, passive_health) = match u.health {
         None => (None, None),
         Some(h) => (
@@ -305,6 +418,7 @@ fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> Upstrea
         timeouts,
         passive_health,
         active_health,
+        tls,
     }
 }
 
@@ -524,7 +638,7 @@ fn host_match(host: &str) -> Result<HostMatch, String> {
 
 fn demo_origins(
     d: file::DemoFile,
-    listeners: &[SocketAddr],
+    listeners: &HashSet<SocketAddr>,
     errors: &mut Errors,
 ) -> Vec<DemoOrigin> {
     let mut out = Vec::with_capacity(d.origins.len());

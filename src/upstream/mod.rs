@@ -142,7 +142,15 @@ impl Pool {
                 })?;
             backend.ext.insert(BackendIndex(i));
             set.insert(backend.clone());
-            let mut peer = HttpPeer::new(b.address, false, String::new());
+            let mut peer = match &config.tls {
+                Some(tls) => {
+                    let mut p = HttpPeer::new(b.address, true, tls.sni.clone());
+                    p.options.verify_cert = tls.verify_cert;
+                    p.options.verify_hostname = tls.verify_cert;
+                    p
+                }
+                None => HttpPeer::new(b.address, false, String::new()),
+            };
             let t = &config.timeouts;
             peer.options.connection_timeout = Some(t.connect);
             peer.options.total_connection_timeout = Some(t.connect);

@@ -33,11 +33,26 @@ impl Proxy {
             faultline::gateway::GatewayBuilder<'_>,
         ) -> faultline::gateway::GatewayBuilder<'_>,
     ) -> Proxy {
-        init_log_capture();
         let addr = free_addr();
         let admin = free_addr();
-        let yaml = proxy_yaml(addr, admin, body);
-        let config = faultline::Config::from_yaml(&yaml)
+        Self::start_full(addr, admin, &proxy_yaml(addr, admin, body), customize)
+    }
+
+    /// Starts faultline from a whole configuration whose listener is `addr` and admin `admin`.
+    pub fn start_yaml(addr: SocketAddr, admin: SocketAddr, yaml: &str) -> Proxy {
+        Self::start_full(addr, admin, yaml, |b| b)
+    }
+
+    fn start_full(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        yaml: &str,
+        customize: impl FnOnce(
+            faultline::gateway::GatewayBuilder<'_>,
+        ) -> faultline::gateway::GatewayBuilder<'_>,
+    ) -> Proxy {
+        init_log_capture();
+        let config = faultline::Config::from_yaml(yaml)
             .unwrap_or_else(|e| panic!("test config invalid:\n{e}\n---\n{yaml}"));
         let gateway = customize(faultline::Gateway::builder(&config))
             .build()

@@ -15,3 +15,4 @@ mod lifecycle;
 mod pages;
 mod proxying;
 mod retries;
+mod tls;

@@ -1,0 +1,334 @@
+//! TLS at the edge (HTTP/1.1 and HTTP/2 by ALPN) and towards upstreams, with certificates made
+//! at run time.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use pingora::tls::{
+    ClientConfig, PrivateKeyDer, RootCertStore, ServerConfig, ServerName, TlsAcceptor, TlsConnector,
+};
+use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::harness::Proxy;
+use crate::origin::{Behavior, Origin, runtime};
+
+/// A test CA, the proxy's certificate, a good origin certificate and a rogue one.
+struct Pki {
+    dir: PathBuf,
+    ca: Certificate,
+    origin: (Certificate, KeyPair),
+    rogue: (Certificate, KeyPair),
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn leaf(names: &[&str], ca: Option<(&Certificate, &KeyPair)>) -> (Certificate, KeyPair) {
+    let key = KeyPair::generate().expect("key");
+    let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+        .expect("params");
+    let cert = match ca {
+        Some((ca, ca_key)) => params.signed_by(&key, ca, ca_key),
+        None => params.self_signed(&key),
+    }
+    .expect("sign");
+    (cert, key)
+}
+
+impl Pki {
+    fn new(tag: &str) -> Pki {
+        pingora::tls::install_default_crypto_provider();
+        let dir = std::env::temp_dir().join(format!("faultline-tls-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let ca_key = KeyPair::generate().expect("key");
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "faultline test CA");
+        let ca = params.self_signed(&ca_key).expect("ca");
+        let proxy = leaf(&["localhost", "127.0.0.1"], Some((&ca, &ca_key)));
+        let origin = leaf(&["origin.test"], Some((&ca, &ca_key)));
+        let rogue = leaf(&["origin.test"], None);
+        std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
+        std::fs::write(dir.join("proxy.pem"), proxy.0.pem()).expect("write");
+        std::fs::write(dir.join("proxy.key"), proxy.1.serialize_pem()).expect("write");
+        Pki {
+            dir,
+            ca,
+            origin,
+            rogue,
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.join(name).display().to_string()
+    }
+
+    fn roots(&self) -> RootCertStore {
+        let mut roots = RootCertStore::empty();
+        roots.add(self.ca.der().clone()).expect("root");
+        roots
+    }
+}
+
+/// An HTTPS origin answering `origin tls` on keep-alive connections.
+fn tls_origin((cert, key): &(Certificate, KeyPair)) -> SocketAddr {
+    let key = PrivateKeyDer::try_from(key.serialize_der()).expect("key der");
+    let config = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .expect("server config");
+    let acceptor = TlsAcceptor::from(Arc::new(config));
+    let listener = runtime()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    runtime().spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                loop {
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        let mut chunk = [0u8; 4096];
+                        match tls.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\norigin tls";
+                    if tls.write_all(resp).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+fn connector(pki: &Pki, alpn: &[u8]) -> TlsConnector {
+    let mut config = ClientConfig::builder()
+        .with_root_certificates(pki.roots())
+        .with_no_client_auth();
+    config.alpn_protocols = vec![alpn.to_vec()];
+    TlsConnector::from(Arc::new(config))
+}
+
+/// An HTTPS/1.1 request; returns the status line, the raw head and the body.
+fn https1(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, String, String) {
+    let connector = connector(pki, b"http/1.1");
+    runtime().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+        let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+        tls.write_all(req.as_bytes()).await.expect("write");
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        let text = String::from_utf8_lossy(&raw).to_string();
+        let (head, body) = text.split_once("\r\n\r\n").expect("a response");
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .expect("status");
+        (status, head.to_ascii_lowercase(), body.to_string())
+    })
+}
+
+/// An HTTP/2 request over TLS (ALPN h2); returns status, headers and body.
+fn https2(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, String) {
+    let connector = connector(pki, b"h2");
+    let path = path.to_string();
+    runtime().block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let tls = connector.connect(name, tcp).await.expect("handshake");
+        assert_eq!(
+            tls.get_ref().1.alpn_protocol(),
+            Some(&b"h2"[..]),
+            "ALPN chose HTTP/2"
+        );
+        let (mut send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::builder()
+            .uri(format!("https://localhost{path}"))
+            .body(())
+            .expect("request");
+        let (resp, _) = send.send_request(req, true).expect("send");
+        let resp = resp.await.expect("response");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let mut body = resp.into_body();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = body.data().await {
+            let chunk = chunk.expect("data");
+            let _ = body.flow_control().release_capacity(chunk.len());
+            bytes.extend_from_slice(&chunk);
+        }
+        (status, headers, String::from_utf8_lossy(&bytes).to_string())
+    })
+}
+
+fn edge_config(plain: SocketAddr, secure: SocketAddr) -> String {
+    format!(
+        "upstreams:
+  plain: {{ backends: [{{ address: \"{plain}\" }}] }}
+  secure: {{ backends: [{{ address: \"{secure}\" }}], tls: true, sni: origin.test }}
+routes:
+  - {{ match: {{ path_prefix: /plain }}, upstream: plain }}
+  - {{ match: {{ path_prefix: /secure }}, upstream: secure }}
+"
+    )
+}
+
+/// Starts faultline with a TLS listener (and the test CA for upstream verification).
+fn tls_proxy(pki: &Pki, body: &str) -> Proxy {
+    let addr = crate::harness::free_addr();
+    let admin = crate::harness::free_addr();
+    let yaml = format!(
+        "server: {{ threads: 1, ca_file: \"{}\" }}\nlisteners:\n  - {{ address: \"{addr}\", tls: {{ cert: \"{}\", key: \"{}\" }} }}\nadmin: {{ address: \"{admin}\" }}\n{body}",
+        pki.path("ca.pem"),
+        pki.path("proxy.pem"),
+        pki.path("proxy.key")
+    );
+    Proxy::start_yaml(addr, admin, &yaml)
+}
+
+#[test]
+fn https_with_http1_and_http2_to_plain_and_tls_origins() {
+    let pki = Pki::new("edge");
+    let plain = Origin::start(Behavior::Named("plain"));
+    let secure = tls_origin(&pki.origin);
+    let proxy = tls_proxy(&pki, &edge_config(plain.addr, secure));
+
+    let (status, _, body) = https1(&pki, proxy.addr, "/plain");
+    assert_eq!((status, body.as_str()), (200, "origin plain"));
+    let (status, _, body) = https1(&pki, proxy.addr, "/secure");
+    assert_eq!((status, body.as_str()), (200, "origin tls"));
+
+    let (status, _, body) = https2(&pki, proxy.addr, "/plain");
+    assert_eq!((status, body.as_str()), (200, "origin plain"));
+    let (status, _, body) = https2(&pki, proxy.addr, "/secure");
+    assert_eq!((status, body.as_str()), (200, "origin tls"));
+
+    // The origin learns the client spoke HTTPS.
+    let heads = plain.heads();
+    assert!(
+        heads.iter().all(|h| h
+            .to_ascii_lowercase()
+            .contains("\r\nx-forwarded-proto: https\r\n")),
+        "{heads:?}"
+    );
+    assert!(
+        heads
+            .iter()
+            .any(|h| h.to_ascii_lowercase().contains("\r\nvia: 2 faultline\r\n")),
+        "{heads:?}"
+    );
+}
+
+#[test]
+fn http2_clients_get_the_same_failure_answers() {
+    let pki = Pki::new("h2fail");
+    let body = format!(
+        "upstreams:\n  dead: {{ backends: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ upstream: dead }}\n",
+        crate::origin::refused_addr()
+    );
+    let proxy = tls_proxy(&pki, &body);
+    let (status, headers, body) = https2(&pki, proxy.addr, "/");
+    assert_eq!(status, 502);
+    assert_eq!(
+        headers.get("proxy-status").and_then(|v| v.to_str().ok()),
+        Some(
+            "faultline; error=connection_refused; details=\"the upstream server refused the connection\""
+        )
+    );
+    assert!(body.starts_with("502 Bad Gateway: "), "{body}");
+}
+
+#[test]
+fn an_upstream_with_a_bad_certificate_is_502_tls_certificate_error() {
+    let pki = Pki::new("rogue");
+    let plain = Origin::start(Behavior::Named("plain"));
+    let rogue = tls_origin(&pki.rogue);
+    let proxy = tls_proxy(&pki, &edge_config(plain.addr, rogue));
+    let (status, head, _) = https1(&pki, proxy.addr, "/secure");
+    assert_eq!(status, 502);
+    assert!(
+        head.contains("proxy-status: faultline; error=tls_certificate_error;"),
+        "{head}"
+    );
+}
+
+#[test]
+fn tls_configuration_errors_name_their_field() {
+    let pki = Pki::new("errors");
+    let base = |listener_tls: &str, upstream: &str| {
+        format!(
+            "listeners:\n  - {{ address: \"127.0.0.1:8443\"{listener_tls} }}\nupstreams:\n  app: {{ backends: [{{ address: \"127.0.0.1:9\" }}]{upstream} }}\nroutes: []\n"
+        )
+    };
+    let errors = |yaml: &str| match faultline::Config::from_yaml(yaml) {
+        Ok(_) => panic!("should be invalid:\n{yaml}"),
+        Err(e) => e.to_string(),
+    };
+    // A key that is not the certificate's.
+    std::fs::write(
+        pki.dir.join("other.key"),
+        KeyPair::generate().expect("key").serialize_pem(),
+    )
+    .expect("write");
+    let e = errors(&base(
+        &format!(
+            ", tls: {{ cert: \"{}\", key: \"{}\" }}",
+            pki.path("proxy.pem"),
+            pki.path("other.key")
+        ),
+        "",
+    ));
+    assert!(
+        e.starts_with("listeners[0].tls.key: does not fit the certificate"),
+        "{e}"
+    );
+    let e = errors(&base(
+        &format!(
+            ", tls: {{ cert: \"{}\", key: \"{}\" }}",
+            pki.path("missing.pem"),
+            pki.path("proxy.key")
+        ),
+        "",
+    ));
+    assert!(e.starts_with("listeners[0].tls.cert: cannot read "), "{e}");
+    let e = errors(&base("", ", tls: true"));
+    assert_eq!(e, "upstreams.app.sni: required when tls is true");
+    let e = errors(&format!(
+        "server: {{ ca_file: \"{}\" }}\n{}",
+        pki.path("proxy.key"),
+        base("", "")
+    ));
+    assert!(e.starts_with("server.ca_file: "), "{e}");
+    let ok = base(
+        &format!(
+            ", tls: {{ cert: \"{}\", key: \"{}\" }}",
+            pki.path("proxy.pem"),
+            pki.path("proxy.key")
+        ),
+        ", tls: true, sni: origin.test",
+    );
+    assert!(faultline::Config::from_yaml(&ok).is_ok());
+}
