@@ -9,21 +9,23 @@
 //! One closed enum, [`failure::FailureKind`], decides the status, the `Proxy-Status` header
 //! (RFC 9209), the retry, the health signal and the log field of every failure.
 //!
-//! Embed it in your own Pingora server:
+//! Embed it in your own Pingora server, with your own routing if you like:
 //!
 //! ```no_run
-//! use faultline::{Config, Gateway};
-//! use pingora::proxy::http_proxy_service;
-//! use pingora::server::Server;
+//! use std::sync::Arc;
+//! use faultline::{Config, Gateway, Route};
+//! use pingora::http::RequestHeader;
 //!
 //! let config = Config::load("conf/faultline.yaml").expect("valid config");
-//! let gateway = Gateway::new(&config).expect("pools build");
-//! let mut server = Server::new(None).expect("server");
-//! server.bootstrap();
-//! let mut service = http_proxy_service(&server.configuration, gateway);
-//! service.add_tcp("127.0.0.1:8080");
-//! server.add_service(service);
-//! server.run_forever();
+//! let api = Arc::new(Route::to_upstream("api", "app"));
+//! let gateway = Gateway::builder(&config)
+//!     .router(move |req: &RequestHeader| {
+//!         req.uri.path().starts_with("/api").then(|| api.clone())
+//!     })
+//!     .route_names(["api"])
+//!     .build()
+//!     .expect("pools build");
+//! faultline::server::serve(gateway, config, None).run_forever();
 //! ```
 
 pub mod access_log;
