@@ -29,18 +29,10 @@ impl Running {
         let dir = std::env::temp_dir().join(format!("faultline-bin-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
         let (addr, admin) = (free_addr(), free_addr());
-        let file = dir.join("faultline.yaml");
-        let yaml = proxy_yaml(addr, admin, body).replacen("server: { threads: 1 }", server, 1);
-        std::fs::write(&file, yaml).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_faultline"))
-            .arg("-c")
-            .arg(&file)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start faultline");
+        let server = server.replace("{dir}", &dir.display().to_string());
+        let yaml = proxy_yaml(addr, admin, body).replacen("server: { threads: 1 }", &server, 1);
+        std::fs::write(dir.join("faultline.yaml"), yaml).expect("write config");
+        let child = Self::spawn(&dir, &[]);
         let deadline = Instant::now() + Duration::from_secs(10);
         for a in [addr, admin] {
             while TcpStream::connect(a).is_err() {
@@ -54,6 +46,20 @@ impl Running {
             admin,
             dir,
         }
+    }
+
+    /// Starts the binary on the configuration in `dir`.
+    fn spawn(dir: &std::path::Path, extra: &[&str]) -> Child {
+        Command::new(env!("CARGO_BIN_EXE_faultline"))
+            .arg("-c")
+            .arg(dir.join("faultline.yaml"))
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start faultline")
     }
 
     fn file(&self) -> std::path::PathBuf {
@@ -150,4 +156,69 @@ fn sigterm_lets_slow_requests_finish() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+#[test]
+fn upgrade_hands_the_listeners_over_without_a_failed_request() {
+    let origin = Origin::start(Behavior::Named("up"));
+    let mut old = Running::start(
+        "upgrade",
+        "server: { threads: 1, pid_file: \"{dir}/pid\", upgrade_sock: \"{dir}/upgrade.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1 }",
+        &route_to(&origin),
+    );
+    // A steady stream of requests, each on a new connection, bounded in count and time, that
+    // runs until the old process has gone.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let addr = old.addr;
+    let stream = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let (mut ok, mut failed) = (0, Vec::new());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            for i in 0..20_000 {
+                if stop.load(std::sync::atomic::Ordering::SeqCst) || Instant::now() > deadline {
+                    break;
+                }
+                match std::panic::catch_unwind(|| client::get(addr, "/", &[])) {
+                    Ok(r) if r.status == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("#{i}: {}", r.status)),
+                    Err(_) => failed.push(format!("#{i}: connection failed")),
+                }
+            }
+            (ok, failed)
+        })
+    };
+    // The new process waits on the upgrade socket for the old one's listeners.
+    let mut new = Running::spawn(&old.dir, &["-u"]);
+    let sock = old.dir.join("upgrade.sock");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !sock.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the new process never opened the upgrade socket"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    old.signal("QUIT");
+    let exited = loop {
+        if let Some(status) = old.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline + Duration::from_secs(10),
+            "the old process did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exited.success(), "{exited}");
+    // A few more requests, all to the new process.
+    std::thread::sleep(Duration::from_millis(200));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = stream.join().expect("stream");
+    assert!(failed.is_empty(), "failed during the upgrade: {failed:?}");
+    assert!(ok > 100, "only {ok} requests during the upgrade");
+    // The new process serves on the same address.
+    assert_eq!(client::get(old.addr, "/", &[]).text(), "origin up");
+    let _ = new.kill();
+    let _ = new.wait();
 }
