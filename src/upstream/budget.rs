@@ -9,8 +9,9 @@ use super::window::Window;
 /// The history the budget looks at.
 pub const WINDOW: Duration = Duration::from_secs(10);
 
-/// Retries always allowed per window, whatever the request count.
-pub const MIN_RETRIES_PER_WINDOW: u64 = 10;
+/// Retries always allowed per window, whatever the request count: ten a second, as Finagle's
+/// retry budget allows by default, so a cold start or a quiet upstream can still fail over.
+pub const MIN_RETRIES_PER_WINDOW: u64 = 100;
 
 /// Requests and retries of one upstream over the last [`WINDOW`].
 #[derive(Debug)]
@@ -53,14 +54,14 @@ mod tests {
     fn floor_then_share_of_requests() {
         let b = RetryBudget::default();
         // With no traffic, the floor still allows a few retries.
-        let floor = (0..100).filter(|_| b.try_withdraw(20)).count();
+        let floor = (0..500).filter(|_| b.try_withdraw(20)).count();
         assert_eq!(floor as u64, MIN_RETRIES_PER_WINDOW);
-        // 200 requests at 20% allow 40 retries in all; 10 are spent.
-        for _ in 0..200 {
+        // 1000 requests at 20% allow 200 retries in all; the floor's 100 are spent.
+        for _ in 0..1000 {
             b.record_request();
         }
-        let more = (0..100).filter(|_| b.try_withdraw(20)).count();
-        assert_eq!(more, 30);
+        let more = (0..500).filter(|_| b.try_withdraw(20)).count();
+        assert_eq!(more, 100);
     }
 
     #[test]
@@ -69,7 +70,7 @@ mod tests {
         for _ in 0..1000 {
             b.record_request();
         }
-        let n = (0..100).filter(|_| b.try_withdraw(0)).count();
+        let n = (0..500).filter(|_| b.try_withdraw(0)).count();
         assert_eq!(n as u64, MIN_RETRIES_PER_WINDOW);
     }
 }
