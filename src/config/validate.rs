@@ -226,12 +226,12 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
         upstreams.push(upstream(name, u, &mut errors));
     }
 
-    let mut routes = Vec::with_capacity(file.routes.len());
-    for (i, r) in file.routes.into_iter().enumerate() {
-        if let Some(route) = route(i, r, &upstreams, &mut errors) {
-            routes.push(route);
-        }
-    }
+    let routes: Vec<RouteConfig> = file
+        .routes
+        .into_iter()
+        .enumerate()
+        .map(|(i, r)| route(i, r, &upstreams, &mut errors))
+        .collect();
 
     let demo = file
         .demo
@@ -516,7 +516,7 @@ fn route(
     r: file::RouteFile,
     upstreams: &[UpstreamConfig],
     errors: &mut Errors,
-) -> Option<RouteConfig> {
+) -> RouteConfig {
     let at = format!("routes[{i}]");
     if !upstreams.iter().any(|u| u.name == r.upstream) {
         errors.push(
@@ -591,7 +591,7 @@ fn route(
             })
             .ok()
     });
-    Some(RouteConfig {
+    RouteConfig {
         name: r.name.unwrap_or_else(|| format!("route{i}")),
         host,
         path_prefix,
@@ -607,7 +607,7 @@ fn route(
         },
         intercept_origin_errors: r.intercept_origin_errors,
         hash_header,
-    })
+    }
 }
 
 /// `api.example.com` → exact; `*.example.com` → suffix `.example.com`. Hosts compare lowercase.

@@ -124,11 +124,15 @@ impl Origin {
     }
 }
 
-/// A loopback address where nothing listens: connecting is refused.
+/// A loopback address where nothing listens: connecting is refused. The port stays bound (not
+/// listening) for the life of the test process, so no other test's listener can take it.
 pub fn refused_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    drop(l);
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket
+        .bind("127.0.0.1:0".parse().expect("addr"))
+        .expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    std::mem::forget(socket);
     addr
 }
 
