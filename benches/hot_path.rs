@@ -81,6 +81,7 @@ fn bench(c: &mut Criterion) {
     incoming.insert_header("Accept", "*/*").expect("accept");
     let client = faultline::forwarding::Client {
         ip: Some("192.0.2.7".parse().expect("ip")),
+        trusted: false,
         proto: "http",
         request_id: "0123456789abcdef0123456789abcdef",
         version: http::Version::HTTP_11,

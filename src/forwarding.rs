@@ -26,6 +26,8 @@ const HOP_BY_HOP: [&str; 6] = [
 pub struct Client<'a> {
     /// The peer's IP, when the connection has one.
     pub ip: Option<IpAddr>,
+    /// The peer is a trusted proxy: its `X-Forwarded-For` is extended, not replaced.
+    pub trusted: bool,
     /// `http` or `https`.
     pub proto: &'static str,
     /// The request id.
@@ -44,15 +46,19 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()>
     strip_hop_by_hop(req);
 
     if let Some(ip) = client.ip {
-        let value = match req
+        // Only a trusted proxy may say who the client was; anyone else could claim any address.
+        let prior = req
             .headers
             .get(&X_FORWARDED_FOR)
             .and_then(|v| v.to_str().ok())
-        {
-            Some(prior) if !prior.trim().is_empty() => format!("{prior}, {ip}"),
-            _ => ip.to_string(),
+            .filter(|p| client.trusted && !p.trim().is_empty());
+        let value = match prior {
+            Some(prior) => format!("{prior}, {ip}"),
+            None => ip.to_string(),
         };
         req.insert_header("X-Forwarded-For", value)?;
+    } else {
+        req.remove_header(&X_FORWARDED_FOR);
     }
     let proto = if client.proto == "https" {
         HeaderValue::from_static("https")
@@ -128,6 +134,7 @@ mod tests {
     fn client() -> Client<'static> {
         Client {
             ip: Some("10.1.2.3".parse().unwrap()),
+            trusted: true,
             proto: "http",
             request_id: "rid",
             version: http::Version::HTTP_11,
@@ -155,6 +162,18 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["via"], "1.1 faultline");
         assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn untrusted_peers_cannot_extend_x_forwarded_for() {
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
+        let untrusted = Client {
+            trusted: false,
+            ..client()
+        };
+        apply(&mut r, untrusted).unwrap();
+        assert_eq!(r.headers["x-forwarded-for"], "10.1.2.3");
     }
 
     #[test]

@@ -405,6 +405,12 @@ impl ProxyHttp for Gateway {
             upstream_request,
             forwarding::Client {
                 ip,
+                trusted: ip.is_some_and(|ip| {
+                    ctx.snapshot
+                        .trusted_proxies
+                        .iter()
+                        .any(|net| net.contains(ip))
+                }),
                 proto: if tls { "https" } else { "http" },
                 version: session.req_header().version,
                 request_id: &ctx.request_id,

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::config::Config;
+use crate::config::{Config, IpNet};
 use crate::error_page::ErrorPages;
 use crate::metrics::RouteTable;
 use crate::routing::{ConfigRouter, Router};
@@ -28,6 +28,8 @@ pub struct Snapshot {
     pub routes: RouteTable,
     /// Proxy-generated responses.
     pub pages: ErrorPages,
+    /// Peers trusted to send `X-Forwarded-For`.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -61,6 +63,7 @@ impl Snapshot {
                 previous.map(|p| &p.routes),
             ),
             pages: ErrorPages::new(config.error_pages.clone()),
+            trusted_proxies: config.trusted_proxies.clone(),
         })
     }
 }

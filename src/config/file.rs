@@ -29,6 +29,9 @@ pub struct FileConfig {
     /// Routes, matched by host and longest path prefix.
     #[serde(default)]
     pub routes: Vec<RouteFile>,
+    /// Peers whose `X-Forwarded-For` is extended; every other client's is replaced.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
     /// Built-in demo origins, for trying faultline out without any server of your own.
     #[serde(default)]
     pub demo: Option<DemoFile>,

@@ -34,8 +34,62 @@ pub struct Config {
     pub upstreams: Vec<UpstreamConfig>,
     /// Routes in file order.
     pub routes: Vec<RouteConfig>,
+    /// Peers trusted to send `X-Forwarded-For`.
+    pub trusted_proxies: Vec<IpNet>,
     /// Built-in demo origins to start before the proxy.
     pub demo: Vec<DemoOrigin>,
+}
+
+/// An IP network: an address and a prefix length (`10.0.0.0/8`, `::1/128`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    /// The network address.
+    pub addr: std::net::IpAddr,
+    /// The prefix length in bits.
+    pub prefix: u8,
+}
+
+impl IpNet {
+    /// Parses `ADDR/PREFIX`, or a bare address (a single host).
+    pub fn parse(text: &str) -> Option<IpNet> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse().ok()?, p.parse().ok()?),
+            None => {
+                let addr: std::net::IpAddr = text.parse().ok()?;
+                (addr, if addr.is_ipv4() { 32 } else { 128 })
+            }
+        };
+        let max = if matches!(addr, std::net::IpAddr::V4(_)) {
+            32
+        } else {
+            128
+        };
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    /// Whether `ip` is inside the network.
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        use std::net::IpAddr::{V4, V6};
+        let ip = match ip {
+            V6(v6) => v6.to_ipv4_mapped().map_or(V6(v6), V4),
+            other => other,
+        };
+        match (self.addr, ip) {
+            (V4(net), V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (V6(net), V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
 }
 
 /// A client-facing listener.

@@ -10,7 +10,7 @@ use pingora::server::configuration::ServerConf;
 use super::file::{self, FileConfig};
 use super::{
     ActiveHealth, BackendConfig, Config, DemoOrigin, ErrorPages, FailureRate, FieldError,
-    HostMatch, Listener, PassiveHealth, RetryPolicy, RouteConfig, Timeouts, UpstreamConfig,
+    HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, RouteConfig, Timeouts, UpstreamConfig,
     UpstreamTls,
 };
 
@@ -233,6 +233,21 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
         .map(|(i, r)| route(i, r, &upstreams, &mut errors))
         .collect();
 
+    let trusted_proxies = file
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let net = IpNet::parse(t);
+            if net.is_none() {
+                errors.push(
+                    format!("trusted_proxies[{i}]"),
+                    format!("\"{t}\" is not an IP address or a network such as 10.0.0.0/8"),
+                );
+            }
+            net
+        })
+        .collect();
     let demo = file
         .demo
         .map(|d| demo_origins(d, &seen, &mut errors))
@@ -248,6 +263,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
         error_pages,
         upstreams,
         routes,
+        trusted_proxies,
         demo,
     })
 }

@@ -169,6 +169,31 @@ fn unparsable_durations() {
 }
 
 #[test]
+fn trusted_proxies_must_be_networks() {
+    let yaml = format!(
+        "trusted_proxies: [\"10.0.0.0/8\", \"::1\", \"10.0.0.0/33\", \"proxy.local\"]\n{VALID}"
+    );
+    assert_eq!(
+        errors(&yaml),
+        [
+            "trusted_proxies[2]: \"10.0.0.0/33\" is not an IP address or a network such as 10.0.0.0/8",
+            "trusted_proxies[3]: \"proxy.local\" is not an IP address or a network such as 10.0.0.0/8",
+        ]
+    );
+    let ok = format!("trusted_proxies: [\"10.0.0.0/8\", \"::1\", \"192.168.1.7\"]\n{VALID}");
+    let c = Config::from_yaml(&ok).expect("valid");
+    let net = c.trusted_proxies[0];
+    assert!(net.contains("10.200.3.4".parse().unwrap()));
+    assert!(!net.contains("11.0.0.1".parse().unwrap()));
+    assert!(
+        net.contains("::ffff:10.1.1.1".parse().unwrap()),
+        "IPv4-mapped IPv6 peers match"
+    );
+    assert!(c.trusted_proxies[1].contains("::1".parse().unwrap()));
+    assert!(!c.trusted_proxies[2].contains("192.168.1.8".parse().unwrap()));
+}
+
+#[test]
 fn two_listeners_on_one_address() {
     let yaml = VALID.replace(
         "  - { address: \"127.0.0.1:8080\" }",

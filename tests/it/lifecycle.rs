@@ -28,28 +28,41 @@ impl Running {
     fn start(tag: &str, server: &str, body: &str) -> Running {
         let dir = std::env::temp_dir().join(format!("faultline-bin-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
-        let (addr, admin) = (free_addr(), free_addr());
         let server = server.replace("{dir}", &dir.display().to_string());
-        let yaml = proxy_yaml(addr, admin, body).replacen("server: { threads: 1 }", &server, 1);
-        std::fs::write(dir.join("faultline.yaml"), yaml).expect("write config");
-        let child = Self::spawn(&dir, &[]);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        for a in [addr, admin] {
-            while TcpStream::connect(a).is_err() {
-                assert!(Instant::now() < deadline, "faultline did not start on {a}");
-                std::thread::sleep(Duration::from_millis(10));
+        // A port picked free can be taken by a parallel test before the binary binds it; the
+        // binary then exits, and a new pair of ports is tried.
+        for _ in 0..3 {
+            let (addr, admin) = (free_addr(), free_addr());
+            let yaml = proxy_yaml(addr, admin, body).replacen("server: { threads: 1 }", &server, 1);
+            std::fs::write(dir.join("faultline.yaml"), yaml).expect("write config");
+            let mut child = Self::spawn(&dir, &[]);
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let mut exited = false;
+            for a in [addr, admin] {
+                while !exited && TcpStream::connect(a).is_err() {
+                    exited = child.try_wait().expect("wait").is_some();
+                    assert!(Instant::now() < deadline, "faultline did not start on {a}");
+                    std::thread::sleep(Duration::from_millis(10));
+                }
             }
+            if !exited {
+                return Running {
+                    child,
+                    addr,
+                    admin,
+                    dir,
+                };
+            }
+            let _ = child.wait();
         }
-        Running {
-            child,
-            addr,
-            admin,
-            dir,
-        }
+        let log = std::fs::read_to_string(dir.join("faultline.log")).unwrap_or_default();
+        panic!("faultline exited at start three times; last log:\n{log}");
     }
 
-    /// Starts the binary on the configuration in `dir`.
+    /// Starts the binary on the configuration in `dir`, its output in `dir/faultline.log`.
     fn spawn(dir: &std::path::Path, extra: &[&str]) -> Child {
+        let log = std::fs::File::create(dir.join(format!("faultline{}.log", extra.join(""))))
+            .expect("log file");
         Command::new(env!("CARGO_BIN_EXE_faultline"))
             .arg("-c")
             .arg(dir.join("faultline.yaml"))
@@ -57,7 +70,7 @@ impl Running {
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(log)
             .spawn()
             .expect("start faultline")
     }

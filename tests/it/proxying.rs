@@ -156,8 +156,9 @@ fn forwarded_headers_and_hop_by_hop() {
     let heads = a.heads();
     let head = heads.last().expect("a request").to_ascii_lowercase();
     assert!(head.contains("\r\nhost: site.example:8443\r\n"), "{head}");
+    // The client is not a trusted proxy: its claim is replaced by the real peer address.
     assert!(
-        head.contains("\r\nx-forwarded-for: 192.0.2.9, 127.0.0.1\r\n"),
+        head.contains("\r\nx-forwarded-for: 127.0.0.1\r\n"),
         "{head}"
     );
     assert!(head.contains("\r\nx-forwarded-proto: http\r\n"), "{head}");
@@ -166,4 +167,22 @@ fn forwarded_headers_and_hop_by_hop() {
     assert!(!head.contains("x-drop-me"), "{head}");
     assert!(!head.contains("keep-alive: timeout"), "{head}");
     assert!(!head.contains("\r\nte:"), "{head}");
+}
+
+#[test]
+fn trusted_proxies_extend_x_forwarded_for() {
+    let a = Origin::start(Behavior::Named("a"));
+    let body = format!(
+        "trusted_proxies: [\"127.0.0.0/8\"]\n{}",
+        one_upstream(&[a.addr], "", "")
+    );
+    let proxy = Proxy::start(&body);
+    let resp = client::get(proxy.addr, "/", &[("x-forwarded-for", "192.0.2.9")]);
+    assert_eq!(resp.status, 200);
+    let heads = a.heads();
+    let head = heads.last().expect("a request").to_ascii_lowercase();
+    assert!(
+        head.contains("\r\nx-forwarded-for: 192.0.2.9, 127.0.0.1\r\n"),
+        "{head}"
+    );
 }
