@@ -142,6 +142,8 @@ failure_kinds! {
     DestinationNotFound => "destination_not_found", 404, Never, false;
     /// The client's request could not be forwarded as it is.
     HttpRequestError => "http_request_error", 400, Never, false;
+    /// The client's request header section was too large.
+    HttpRequestHeaderSectionSize => "http_request_header_section_size", 431, Never, false;
     /// A bug inside the proxy.
     ProxyInternalError => "proxy_internal_error", 500, Never, false;
     /// The proxy's configuration does not allow serving the request.
@@ -169,6 +171,7 @@ impl FailureKind {
             FailureKind::DestinationUnavailable
                 | FailureKind::DestinationNotFound
                 | FailureKind::HttpRequestError
+                | FailureKind::HttpRequestHeaderSectionSize
                 | FailureKind::ProxyInternalError
                 | FailureKind::ProxyConfigurationError
                 | FailureKind::ClientAborted
@@ -207,6 +210,7 @@ impl FailureKind {
             FailureKind::DestinationUnavailable => "no upstream server is available right now",
             FailureKind::DestinationNotFound => "no route serves this address",
             FailureKind::HttpRequestError => "the request could not be forwarded",
+            FailureKind::HttpRequestHeaderSectionSize => "the request header section is too large",
             FailureKind::ProxyInternalError => "the proxy failed to handle the request",
             FailureKind::ProxyConfigurationError => {
                 "the proxy is not configured to serve this request"
@@ -224,6 +228,8 @@ pub fn classify(error: &Error, phase: Phase) -> FailureKind {
         ErrorSource::Downstream => {
             return match error.etype() {
                 InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => FailureKind::HttpRequestError,
+                // A request body whose chunked framing is broken.
+                Custom(name) if *name == "InvalidChunk" => FailureKind::HttpRequestError,
                 _ => FailureKind::ClientAborted,
             };
         }

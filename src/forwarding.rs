@@ -44,6 +44,10 @@ pub struct Client<'a> {
 /// preserving map, about a quarter of a microsecond per header: four headers, no more.
 pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()> {
     strip_hop_by_hop(req);
+    // A client cannot speak for this proxy.
+    if req.headers.contains_key(&PROXY_STATUS) {
+        req.remove_header(&PROXY_STATUS);
+    }
 
     if let Some(ip) = client.ip {
         // Only a trusted proxy may say who the client was; anyone else could claim any address.
@@ -84,6 +88,7 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()>
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
@@ -151,12 +156,15 @@ mod tests {
         r.insert_header("x-secret", "1").unwrap();
         r.insert_header("te", "trailers").unwrap();
         r.insert_header("x-forwarded-for", "192.0.2.1").unwrap();
+        r.insert_header("proxy-status", "faultline; error=forged")
+            .unwrap();
         apply(&mut r, client()).unwrap();
         let h = &r.headers;
         assert!(h.get("connection").is_none());
         assert!(h.get("keep-alive").is_none());
         assert!(h.get("x-secret").is_none());
         assert!(h.get("te").is_none());
+        assert!(h.get("proxy-status").is_none());
         assert_eq!(h["host"], "app.example");
         assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
         assert_eq!(h["x-forwarded-proto"], "http");

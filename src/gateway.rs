@@ -21,6 +21,7 @@ use crate::context::RequestCtx;
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Phase, Progress, classify};
 use crate::forwarding;
+use crate::request_checks;
 use crate::request_id;
 use crate::retry::{self, Trigger};
 use crate::routing::{Router, request_host};
@@ -300,6 +301,17 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.as_downstream().as_http1().is_some()
+            && let Some(kind) = request_checks::check(&session.as_downstream().to_h1_raw())
+        {
+            // Framing that could be read two ways: answer, and close the connection so nothing
+            // after it on the stream is read at all.
+            ctx.metrics = Some(ctx.snapshot.routes.get(None));
+            ctx.failure = Some(kind);
+            self.respond(session, ctx, Cause::Failure(kind), false)
+                .await?;
+            return Ok(true);
+        }
         let route = ctx.snapshot.router.route(session.req_header());
         ctx.metrics = Some(
             ctx.snapshot

@@ -38,6 +38,7 @@ pub mod failure;
 pub mod forwarding;
 pub mod gateway;
 pub mod metrics;
+pub mod request_checks;
 pub mod request_id;
 pub mod retry;
 pub mod routing;

@@ -11,6 +11,7 @@ mod config_errors;
 mod edge;
 mod failures;
 mod health;
+mod hostile;
 mod lifecycle;
 mod pages;
 mod proxying;

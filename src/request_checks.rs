@@ -1,0 +1,85 @@
+//! Requests refused before routing: HTTP/1 framing that a server behind faultline could read
+//! differently (request smuggling), and header sections too large to be honest.
+//!
+//! Pingora already refuses differing duplicate `Content-Length`, obsolete line folding and CR in
+//! values. It accepts, and normalizes, `Content-Length` beside `Transfer-Encoding` and bare LF
+//! line ends; faultline refuses those outright, from the raw header bytes, because a request that
+//! two parsers may frame differently has no safe reading.
+
+use crate::failure::FailureKind;
+
+/// Largest request header section accepted (request line and headers).
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// Why the raw HTTP/1 request header `raw` must be refused, if it must.
+pub fn check(raw: &[u8]) -> Option<FailureKind> {
+    if raw.len() > MAX_HEADER_BYTES {
+        return Some(FailureKind::HttpRequestHeaderSectionSize);
+    }
+    // Every LF must end a CRLF.
+    if raw
+        .iter()
+        .enumerate()
+        .any(|(i, b)| *b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
+    {
+        return Some(FailureKind::HttpRequestError);
+    }
+    let mut content_length = false;
+    let mut transfer_encodings = 0usize;
+    let mut chunked_last = false;
+    for line in raw.split(|b| *b == b'\n').skip(1) {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let (name, value) = (&line[..colon], &line[colon + 1..]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            content_length = true;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            transfer_encodings += 1;
+            // Only plain `chunked` is framing faultline forwards unchanged.
+            let value = String::from_utf8_lossy(value);
+            chunked_last = value.trim().eq_ignore_ascii_case("chunked");
+        }
+    }
+    let bad_framing = (transfer_encodings > 0 && content_length)
+        || transfer_encodings > 1
+        || (transfer_encodings == 1 && !chunked_last);
+    bad_framing.then_some(FailureKind::HttpRequestError)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let cases: &[(&[u8], Option<FailureKind>)] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\n", None),
+            (b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+            (b"POST / HTTP/1.1\r\nHost: a\r\ntransfer-encoding:  Chunked \r\n\r\n", None),
+            (
+                b"POST / HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n",
+                Some(FailureKind::HttpRequestError),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+                Some(FailureKind::HttpRequestError),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
+                Some(FailureKind::HttpRequestError),
+            ),
+            (b"GET / HTTP/1.1\nHost: a\n\n", Some(FailureKind::HttpRequestError)),
+            (b"GET / HTTP/1.1\r\nHost: a\n\r\n", Some(FailureKind::HttpRequestError)),
+        ];
+        for (raw, want) in cases {
+            assert_eq!(check(raw), *want, "{}", String::from_utf8_lossy(raw));
+        }
+        let mut big = b"GET / HTTP/1.1\r\nX-Big: ".to_vec();
+        big.extend(std::iter::repeat_n(b'a', MAX_HEADER_BYTES));
+        big.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(check(&big), Some(FailureKind::HttpRequestHeaderSectionSize));
+    }
+}

@@ -1,0 +1,116 @@
+//! Hostile clients: request shapes that two HTTP parsers may frame differently are refused with
+//! 400 before anything reaches an origin; oversized header sections get 431.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use crate::harness::{Proxy, access_entry, one_upstream};
+use crate::origin::{Behavior, Origin};
+
+/// Sends raw bytes and returns the status line of the answer ("" when the connection closed).
+fn raw_exchange(proxy: &Proxy, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let _ = s.write_all(raw);
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = s.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        if out.windows(4).any(|w| w == b"\r\n\r\n") {
+            break;
+        }
+    }
+    String::from_utf8_lossy(&out)
+        .split("\r\n")
+        .next()
+        .unwrap_or("")
+        .to_string()
+}
+
+#[test]
+fn ambiguous_framing_is_refused_and_never_forwarded() {
+    let origin = Origin::start(Behavior::Named("o"));
+    let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
+    let cases: &[(&str, &[u8], &str)] = &[
+        (
+            "content-length with transfer-encoding",
+            b"POST / HTTP/1.1\r\nHost: a\r\nX-Request-Id: smug1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "differing duplicate content-length",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 5\r\n\r\nabcde",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "transfer-encoding other than chunked",
+            b"POST / HTTP/1.1\r\nHost: a\r\nX-Request-Id: smug2\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "obsolete line folding",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\r\n c\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "bare LF line ends",
+            b"GET / HTTP/1.1\nHost: a\nX-Request-Id: smug3\n\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            "CR inside a header value",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rX-Injected: c\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+    ];
+    for (name, raw, want) in cases {
+        assert_eq!(raw_exchange(&proxy, raw), *want, "{name}");
+    }
+    assert_eq!(origin.requests(), 0, "a refused request reached the origin");
+    assert_eq!(origin.connections(), 0);
+    let entry = access_entry("smug1");
+    assert_eq!(entry["status"], 400);
+    assert_eq!(entry["failure"], "http_request_error");
+}
+
+#[test]
+fn a_broken_chunked_body_is_400() {
+    let origin = Origin::start(Behavior::Named("o"));
+    let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
+    let status = raw_exchange(
+        &proxy,
+        b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
+    );
+    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert_eq!(
+        origin.requests(),
+        0,
+        "the origin never saw a complete request"
+    );
+}
+
+#[test]
+fn an_oversized_header_section_is_431() {
+    let origin = Origin::start(Behavior::Named("o"));
+    let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
+    let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: big431\r\nX-Big: ".to_vec();
+    raw.extend(std::iter::repeat_n(
+        b'a',
+        faultline::request_checks::MAX_HEADER_BYTES,
+    ));
+    raw.extend_from_slice(b"\r\n\r\n");
+    assert_eq!(
+        raw_exchange(&proxy, &raw),
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(origin.requests(), 0);
+    assert_eq!(
+        access_entry("big431")["failure"],
+        "http_request_header_section_size"
+    );
+}
