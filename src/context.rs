@@ -42,6 +42,8 @@ pub struct RequestCtx {
     pub retrying_status: bool,
     /// A pause to take before the next attempt.
     pub pause: Option<std::time::Duration>,
+    /// The request holds a place among its upstream's requests in flight.
+    pub in_flight: bool,
 }
 
 impl RequestCtx {
@@ -76,6 +78,7 @@ impl RequestCtx {
             metrics: None,
             retrying_status: false,
             pause: None,
+            in_flight: false,
         }
     }
 }

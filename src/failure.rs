@@ -136,6 +136,8 @@ failure_kinds! {
     ConnectionWriteTimeout => "connection_write_timeout", 504, IdempotentOnly, true;
     /// The response body stalled after the header was forwarded.
     ConnectionReadTimeout => "connection_read_timeout", 504, Never, true;
+    /// The upstream's limit of requests in flight is reached.
+    ConnectionLimitReached => "connection_limit_reached", 503, Never, false;
     /// No backend could be selected: all are down or ejected.
     DestinationUnavailable => "destination_unavailable", 503, Never, false;
     /// No route matches the request.
@@ -169,6 +171,7 @@ impl FailureKind {
         !matches!(
             self,
             FailureKind::DestinationUnavailable
+                | FailureKind::ConnectionLimitReached
                 | FailureKind::DestinationNotFound
                 | FailureKind::HttpRequestError
                 | FailureKind::HttpRequestHeaderSectionSize
@@ -208,6 +211,9 @@ impl FailureKind {
                 "the upstream server stopped sending the response"
             }
             FailureKind::DestinationUnavailable => "no upstream server is available right now",
+            FailureKind::ConnectionLimitReached => {
+                "the upstream servers are at their request limit"
+            }
             FailureKind::DestinationNotFound => "no route serves this address",
             FailureKind::HttpRequestError => "the request could not be forwarded",
             FailureKind::HttpRequestHeaderSectionSize => "the request header section is too large",

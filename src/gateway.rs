@@ -330,9 +330,16 @@ impl ProxyHttp for Gateway {
                 .answer_early(session, ctx, FailureKind::ProxyConfigurationError)
                 .await;
         };
+        if !pool.enter() {
+            return self
+                .answer_early(session, ctx, FailureKind::ConnectionLimitReached)
+                .await;
+        }
         // Selecting here lets "no backend" answer on a connection that stays open.
         pool.budget.record_request();
-        match Self::select(pool, session.req_header(), ctx) {
+        let selected = Self::select(pool, session.req_header(), ctx);
+        ctx.in_flight = true;
+        match selected {
             Some(backend) => {
                 ctx.preselected = Some(backend);
                 Ok(false)
@@ -588,6 +595,11 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let (Some(i), Some(pool)) = (ctx.unreported_probe(), Self::pool(ctx)) {
             pool.health.release_probe(i);
+        }
+        if std::mem::take(&mut ctx.in_flight)
+            && let Some(pool) = Self::pool(ctx)
+        {
+            pool.leave();
         }
         if let (Some(kind), Some(e)) = (ctx.failure, e)
             && kind.is_upstream()

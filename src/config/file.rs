@@ -113,6 +113,9 @@ pub struct UpstreamFile {
     /// Health checking.
     #[serde(default)]
     pub health: Option<HealthFile>,
+    /// Requests in flight to this upstream at most; beyond it, 503 at once.
+    #[serde(default)]
+    pub max_in_flight: Option<u32>,
     /// Connect to the backends over TLS.
     #[serde(default)]
     pub tls: bool,

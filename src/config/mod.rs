@@ -133,6 +133,8 @@ pub struct UpstreamConfig {
     pub active_health: Option<ActiveHealth>,
     /// TLS towards the backends, when configured.
     pub tls: Option<UpstreamTls>,
+    /// Requests in flight at most, when limited.
+    pub max_in_flight: Option<u32>,
 }
 
 /// TLS towards an upstream's backends.

@@ -396,6 +396,9 @@ fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> Upstrea
         write_idle: t.write_idle,
         keepalive_idle: t.keepalive_idle,
     };
+    if u.max_in_flight == Some(0) {
+        errors.push(format!("{at}.max_in_flight"), "must be at least 1");
+    }
     let tls = match (u.tls, u.sni) {
         (true, Some(sni)) if pingora::tls::ServerName::try_from(sni.clone()).is_ok() => {
             Some(UpstreamTls {
@@ -435,6 +438,7 @@ fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> Upstrea
         passive_health,
         active_health,
         tls,
+        max_in_flight: u.max_in_flight,
     }
 }
 

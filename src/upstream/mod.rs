@@ -11,6 +11,7 @@ pub mod window;
 use std::cell::Cell;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
@@ -96,6 +97,8 @@ pub struct Pool {
     /// Upstream-wide counters.
     pub metrics: Arc<UpstreamMetrics>,
     active_interval: Option<Duration>,
+    in_flight: Arc<AtomicU32>,
+    max_in_flight: Option<u32>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -189,6 +192,8 @@ impl Pool {
             budget: previous.map_or_else(Default::default, |p| p.budget.clone()),
             metrics: previous.map_or_else(Default::default, |p| p.metrics.clone()),
             active_interval: config.active_health.as_ref().map(|a| a.interval),
+            in_flight: previous.map_or_else(Default::default, |p| p.in_flight.clone()),
+            max_in_flight: config.max_in_flight,
         })
     }
 
@@ -254,6 +259,27 @@ impl Pool {
             index: index_of(&chosen)?,
             probe: probe.get(),
         })
+    }
+
+    /// Takes a place among the requests in flight; false when the upstream is at its limit.
+    /// Every `true` must be matched by one [`Pool::leave`].
+    pub fn enter(&self) -> bool {
+        let Some(max) = self.max_in_flight else {
+            return true;
+        };
+        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
+        if before >= max {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+
+    /// Gives back a place taken by [`Pool::enter`].
+    pub fn leave(&self) {
+        if self.max_in_flight.is_some() {
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
     }
 
     /// Whether some backend has not been tried yet.

@@ -114,3 +114,52 @@ fn an_oversized_header_section_is_431() {
         "http_request_header_section_size"
     );
 }
+
+#[test]
+fn an_upstream_at_its_in_flight_limit_answers_503_at_once() {
+    let slow = Origin::start(Behavior::Delayed(
+        800,
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow".to_vec(),
+    ));
+    let proxy = Proxy::start(&one_upstream(&[slow.addr], "    max_in_flight: 2\n", ""));
+    let addr = proxy.addr;
+    let held: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || crate::client::get(addr, "/", &[])))
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while slow.requests() < 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the held requests never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let started = std::time::Instant::now();
+    let refused = crate::client::get(addr, "/", &[("x-request-id", "limit1")]);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a refusal must not wait"
+    );
+    assert_eq!(refused.status, 503);
+    assert_eq!(
+        refused.header("proxy-status"),
+        Some(
+            "faultline; error=connection_limit_reached; details=\"the upstream servers are at their request limit\""
+        )
+    );
+    assert!(refused.header("retry-after").is_some());
+    assert_eq!(
+        slow.requests(),
+        2,
+        "the refused request never reached the origin"
+    );
+    for h in held {
+        assert_eq!(h.join().expect("held").status, 200);
+    }
+    // The places are given back.
+    assert_eq!(crate::client::get(addr, "/", &[]).status, 200);
+    assert_eq!(
+        access_entry("limit1")["failure"],
+        "connection_limit_reached"
+    );
+}
