@@ -45,9 +45,7 @@ pub struct Client<'a> {
 pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()> {
     strip_hop_by_hop(req);
     // A client cannot speak for this proxy.
-    if req.headers.contains_key(&PROXY_STATUS) {
-        req.remove_header(&PROXY_STATUS);
-    }
+    req.remove_header(&PROXY_STATUS);
 
     if let Some(ip) = client.ip {
         // Only a trusted proxy may say who the client was; anyone else could claim any address.

@@ -12,13 +12,13 @@
 //! The state is a handful of atomics per backend: selection reads it on every request without a
 //! lock.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 
-use super::window::Window;
+use super::window::{self, Window};
 use crate::config::PassiveHealth as Settings;
 
 /// Why a backend was ejected.
@@ -52,8 +52,7 @@ impl Reason {
 
 /// Milliseconds since the process started (never 0, which means "not ejected").
 fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX) + 1
+    window::now_ms() + 1
 }
 
 /// Where a backend stands.

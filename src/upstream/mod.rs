@@ -9,6 +9,7 @@ pub mod health;
 pub mod window;
 
 use std::cell::Cell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -400,6 +401,8 @@ where
 #[derive(Debug, Default)]
 pub struct Upstreams {
     pools: Vec<Pool>,
+    /// Name → index, built once: routes name their upstream and every request looks it up.
+    by_name: HashMap<String, usize>,
 }
 
 impl Upstreams {
@@ -412,8 +415,13 @@ impl Upstreams {
         let pools = configs
             .iter()
             .map(|c| Pool::new(c, previous.and_then(|p| p.by_name(&c.name))))
-            .collect::<Result<_, _>>()?;
-        Ok(Upstreams { pools })
+            .collect::<Result<Vec<_>, _>>()?;
+        let by_name = pools
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.name.clone(), i))
+            .collect();
+        Ok(Upstreams { pools, by_name })
     }
 
     /// The pool at `index`.
@@ -423,11 +431,11 @@ impl Upstreams {
 
     /// The index of the pool named `name`.
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.pools.iter().position(|p| p.name == name)
+        self.by_name.get(name).copied()
     }
 
     fn by_name(&self, name: &str) -> Option<&Pool> {
-        self.pools.iter().find(|p| p.name == name)
+        self.pools.get(self.index_of(name)?)
     }
 
     /// Every pool, in configuration order.

@@ -22,7 +22,8 @@ pub struct Window {
     slots: [Slot; SLOTS as usize],
 }
 
-fn now_ms() -> u64 {
+/// Milliseconds since the first call: the monotonic clock of the per-backend state.
+pub(crate) fn now_ms() -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
     u64::try_from(START.get_or_init(Instant::now).elapsed().as_millis()).unwrap_or(u64::MAX)
 }
