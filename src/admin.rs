@@ -28,6 +28,21 @@ impl Admin {
         let snapshot = self.shared.current();
         let views: Vec<_> = snapshot.upstreams.iter().map(Pool::view).collect();
         let mut text = metrics::render(&snapshot.routes, &views);
+        let clients = self.shared.clients();
+        text.push_str(&format!(
+            "# HELP faultline_client_connections Client connections open.\n\
+             # TYPE faultline_client_connections gauge\n\
+             faultline_client_connections {}\n\
+             # HELP faultline_client_connections_over_limit_total Client connections beyond clients.max_connections, answered 503 or closed.\n\
+             # TYPE faultline_client_connections_over_limit_total counter\n\
+             faultline_client_connections_over_limit_total {}\n\
+             # HELP faultline_client_header_timeouts_total Request headers not received within clients.header_timeout (408).\n\
+             # TYPE faultline_client_header_timeouts_total counter\n\
+             faultline_client_header_timeouts_total {}\n",
+            clients.open(),
+            clients.over_limit(),
+            clients.header_timeouts()
+        ));
         let (ok, failed) = self.shared.reload_counts();
         text.push_str("# HELP faultline_config_reloads_total Configuration reloads by result.\n");
         text.push_str("# TYPE faultline_config_reloads_total counter\n");

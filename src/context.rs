@@ -44,6 +44,8 @@ pub struct RequestCtx {
     pub pause: Option<std::time::Duration>,
     /// The request holds a place among its upstream's requests in flight.
     pub in_flight: bool,
+    /// Request body bytes the current attempt has forwarded.
+    pub body_bytes: u64,
 }
 
 impl RequestCtx {
@@ -79,6 +81,7 @@ impl RequestCtx {
             retrying_status: false,
             pause: None,
             in_flight: false,
+            body_bytes: 0,
         }
     }
 }

@@ -133,7 +133,7 @@ fn parse_q(v: &str) -> u16 {
 pub fn proxy_status_error(kind: FailureKind, next_hop: Option<&str>) -> String {
     let mut v = format!(
         "{PROXY_NAME}; error={}; details=\"{}\"",
-        kind.as_str(),
+        kind.proxy_status_type(),
         kind.detail()
     );
     push_next_hop(&mut v, next_hop);

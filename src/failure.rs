@@ -138,6 +138,8 @@ failure_kinds! {
     ConnectionReadTimeout => "connection_read_timeout", 504, Never, true;
     /// The upstream's limit of requests in flight is reached.
     ConnectionLimitReached => "connection_limit_reached", 503, Never, false;
+    /// The proxy holds as many client connections as it takes (`clients.max_connections`).
+    ClientConnectionLimit => "client_connection_limit", 503, Never, false;
     /// No backend could be selected: all are down or ejected.
     DestinationUnavailable => "destination_unavailable", 503, Never, false;
     /// No route matches the request.
@@ -146,6 +148,10 @@ failure_kinds! {
     HttpRequestError => "http_request_error", 400, Never, false;
     /// The client's request header section was too large.
     HttpRequestHeaderSectionSize => "http_request_header_section_size", 431, Never, false;
+    /// The client's request body is larger than the route takes.
+    HttpRequestBodySize => "http_request_body_size", 413, Never, false;
+    /// The client did not send its request (header, or body) in time.
+    HttpRequestTimeout => "http_request_timeout", 408, Never, false;
     /// A bug inside the proxy.
     ProxyInternalError => "proxy_internal_error", 500, Never, false;
     /// The proxy's configuration does not allow serving the request.
@@ -172,13 +178,29 @@ impl FailureKind {
             self,
             FailureKind::DestinationUnavailable
                 | FailureKind::ConnectionLimitReached
+                | FailureKind::ClientConnectionLimit
                 | FailureKind::DestinationNotFound
                 | FailureKind::HttpRequestError
                 | FailureKind::HttpRequestHeaderSectionSize
+                | FailureKind::HttpRequestBodySize
+                | FailureKind::HttpRequestTimeout
                 | FailureKind::ProxyInternalError
                 | FailureKind::ProxyConfigurationError
                 | FailureKind::ClientAborted
         )
+    }
+
+    /// The error type in `Proxy-Status`. RFC 9209 registers no type for a request body over a
+    /// limit, a client too slow to send its request, or a proxy full of client connections, so
+    /// those use the registered types that cover them; [`Self::as_str`] keeps them apart in
+    /// metrics and logs.
+    pub const fn proxy_status_type(self) -> &'static str {
+        match self {
+            FailureKind::ClientConnectionLimit => "connection_limit_reached",
+            FailureKind::HttpRequestBodySize => "http_request_denied",
+            FailureKind::HttpRequestTimeout => "http_request_error",
+            other => other.as_str(),
+        }
     }
 
     /// A short sentence for clients; never contains an address.
@@ -214,9 +236,14 @@ impl FailureKind {
             FailureKind::ConnectionLimitReached => {
                 "the upstream servers are at their request limit"
             }
+            FailureKind::ClientConnectionLimit => "the proxy holds as many connections as it takes",
             FailureKind::DestinationNotFound => "no route serves this address",
             FailureKind::HttpRequestError => "the request could not be forwarded",
             FailureKind::HttpRequestHeaderSectionSize => "the request header section is too large",
+            FailureKind::HttpRequestBodySize => {
+                "the request body is larger than this address takes"
+            }
+            FailureKind::HttpRequestTimeout => "the request was not received in time",
             FailureKind::ProxyInternalError => "the proxy failed to handle the request",
             FailureKind::ProxyConfigurationError => {
                 "the proxy is not configured to serve this request"
@@ -236,6 +263,8 @@ pub fn classify(error: &Error, phase: Phase) -> FailureKind {
                 InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => FailureKind::HttpRequestError,
                 // A request body whose chunked framing is broken.
                 Custom(name) if *name == "InvalidChunk" => FailureKind::HttpRequestError,
+                // A client too slow to send its body.
+                ReadTimedout => FailureKind::HttpRequestTimeout,
                 _ => FailureKind::ClientAborted,
             };
         }
@@ -655,7 +684,13 @@ mod tests {
             e.as_down();
             for phase in [Phase::Connect, Phase::Exchange, Phase::Body] {
                 let kind = classify(&e, phase);
-                assert_eq!(kind, FailureKind::ClientAborted, "{etype:?}");
+                let want = if etype == ReadTimedout {
+                    // A client too slow to send its body.
+                    FailureKind::HttpRequestTimeout
+                } else {
+                    FailureKind::ClientAborted
+                };
+                assert_eq!(kind, want, "{etype:?}");
                 assert!(!kind.counts_against_backend());
                 assert!(!kind.is_upstream());
             }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::Digest;
@@ -17,6 +18,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::access_log::{self, Source};
 use crate::admin::Admin;
 use crate::config::Config;
+use crate::connections;
 use crate::context::RequestCtx;
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Phase, Progress, classify};
@@ -263,6 +265,20 @@ impl Gateway {
         }
     }
 
+    /// Answers in `request_filter` with a proxy page and closes the connection: what the client
+    /// sent next (a body, or whatever follows framing that could be read two ways) is not read.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        kind: FailureKind,
+    ) -> Result<bool> {
+        ctx.failure = Some(kind);
+        self.respond(session, ctx, Cause::Failure(kind), false)
+            .await?;
+        Ok(true)
+    }
+
     /// Answers in `request_filter` with a proxy page, keeping the connection.
     async fn answer_early(
         &self,
@@ -301,16 +317,16 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        if session.as_downstream().as_http1().is_some()
-            && let Some(kind) = request_checks::check(&session.as_downstream().to_h1_raw())
-        {
-            // Framing that could be read two ways: answer, and close the connection so nothing
-            // after it on the stream is read at all.
+        let refused = if connections::over_limit() {
+            Some(FailureKind::ClientConnectionLimit)
+        } else if session.as_downstream().as_http1().is_some() {
+            request_checks::check(&session.as_downstream().to_h1_raw())
+        } else {
+            None
+        };
+        if let Some(kind) = refused {
             ctx.metrics = Some(ctx.snapshot.routes.get(None));
-            ctx.failure = Some(kind);
-            self.respond(session, ctx, Cause::Failure(kind), false)
-                .await?;
-            return Ok(true);
+            return self.refuse(session, ctx, kind).await;
         }
         let route = ctx.snapshot.router.route(session.req_header());
         ctx.metrics = Some(
@@ -323,8 +339,16 @@ impl ProxyHttp for Gateway {
                 .answer_early(session, ctx, FailureKind::DestinationNotFound)
                 .await;
         };
+        let too_large = route
+            .max_request_body
+            .is_some_and(|limit| declared_body_length(session.req_header()) > Some(limit));
         ctx.pool_index = ctx.snapshot.upstreams.index_of(&route.upstream);
         ctx.route = Some(route);
+        if too_large {
+            return self
+                .refuse(session, ctx, FailureKind::HttpRequestBodySize)
+                .await;
+        }
         let Some(pool) = Self::pool(ctx) else {
             return self
                 .answer_early(session, ctx, FailureKind::ProxyConfigurationError)
@@ -384,6 +408,7 @@ impl ProxyHttp for Gateway {
             ));
         };
         ctx.attempts.start(chosen.index, chosen.probe);
+        ctx.body_bytes = 0;
         ctx.phase = Phase::Connect;
         ctx.failure = None;
         Ok(peer)
@@ -405,6 +430,28 @@ impl ProxyHttp for Gateway {
             && let (Some(connect), false) = (a.connect, reused)
         {
             pool.record_connect(a.backend, connect);
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // A body without a declared length (chunked, or HTTP/2) is measured as it streams.
+        let limit = ctx.route.as_ref().and_then(|r| r.max_request_body);
+        if let (Some(limit), Some(chunk)) = (limit, body.as_ref()) {
+            ctx.body_bytes += chunk.len() as u64;
+            if ctx.body_bytes > limit {
+                return Err(Self::decide(
+                    ctx,
+                    FailureKind::HttpRequestBodySize,
+                    "the request body is over the route's limit",
+                ));
+            }
         }
         Ok(())
     }
@@ -531,6 +578,13 @@ impl ProxyHttp for Gateway {
             e.set_retry(false);
             return e;
         }
+        if ctx.failure == Some(FailureKind::HttpRequestBodySize) {
+            // The client's fault, not the backend's: recorded on the attempt, never retried.
+            ctx.attempts
+                .failed(FailureKind::HttpRequestBodySize, Progress::Sent);
+            e.set_retry(false);
+            return e;
+        }
         let phase = ctx.phase;
         self.attempt_failed(session, ctx, e, phase)
     }
@@ -638,6 +692,17 @@ impl ProxyHttp for Gateway {
         }
         .emit();
     }
+}
+
+/// The body length a request declares with `Content-Length`, when it does.
+fn declared_body_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.

@@ -31,6 +31,7 @@
 pub mod access_log;
 pub mod admin;
 pub mod config;
+pub mod connections;
 pub mod context;
 pub mod demo;
 pub mod error_page;

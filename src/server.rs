@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::listeners::tls::TlsSettings;
-use pingora::proxy::http_proxy_service_with_name;
+use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
@@ -17,6 +17,7 @@ use pingora::services::listening::Service;
 use pingora::tls::sign::SingleCertAndKey;
 
 use crate::config::Config;
+use crate::connections::ClientConnections;
 use crate::gateway::Gateway;
 use crate::state::Shared;
 use crate::upstream::PoolError;
@@ -49,7 +50,12 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     let listeners = config.listeners;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
-    let mut service = http_proxy_service_with_name(&server.configuration, gateway, "faultline");
+    let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
+    proxy.handle_init_modules();
+    let mut service = Service::new(
+        "faultline".to_string(),
+        ClientConnections::new(proxy, shared.clone()),
+    );
     for listener in &listeners {
         let address = listener.address.to_string();
         match &listener.tls {

@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
-use crate::config::{Config, IpNet};
+use crate::config::{ClientLimits, Config, IpNet};
+use crate::connections::ClientCounters;
 use crate::error_page::ErrorPages;
 use crate::metrics::RouteTable;
 use crate::routing::{ConfigRouter, Router};
@@ -30,6 +31,8 @@ pub struct Snapshot {
     pub pages: ErrorPages,
     /// Peers trusted to send `X-Forwarded-For`.
     pub trusted_proxies: Vec<IpNet>,
+    /// Limits on client connections.
+    pub clients: ClientLimits,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -64,6 +67,7 @@ impl Snapshot {
             ),
             pages: ErrorPages::new(config.error_pages.clone()),
             trusted_proxies: config.trusted_proxies.clone(),
+            clients: config.clients,
         })
     }
 }
@@ -100,6 +104,7 @@ pub struct Shared {
     listeners: Vec<std::net::SocketAddr>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    clients: ClientCounters,
 }
 
 impl std::fmt::Debug for Shared {
@@ -128,6 +133,7 @@ impl Shared {
             listeners: config.listeners.iter().map(|l| l.address).collect(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            clients: ClientCounters::default(),
         })
     }
 
@@ -184,6 +190,11 @@ impl Shared {
     /// Whether there is a file to reload from.
     pub fn reloadable(&self) -> bool {
         self.source.is_some()
+    }
+
+    /// Counters of client connections.
+    pub fn clients(&self) -> &ClientCounters {
+        &self.clients
     }
 
     /// Reloads so far: (succeeded, failed).

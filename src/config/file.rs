@@ -32,6 +32,9 @@ pub struct FileConfig {
     /// Peers whose `X-Forwarded-For` is extended; every other client's is replaced.
     #[serde(default)]
     pub trusted_proxies: Vec<String>,
+    /// Limits on client connections.
+    #[serde(default)]
+    pub clients: ClientsFile,
     /// Built-in demo origins, for trying faultline out without any server of your own.
     #[serde(default)]
     pub demo: Option<DemoFile>,
@@ -94,6 +97,32 @@ impl Default for ErrorPagesFile {
             proxy_status: true,
             reveal_backends: false,
             templates: BTreeMap::new(),
+        }
+    }
+}
+
+/// Limits on client connections, for every listener together.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientsFile {
+    /// Open client connections at most; beyond it, a new connection's first request gets a 503
+    /// and the connection is closed. Unlimited when absent.
+    pub max_connections: Option<usize>,
+    /// Time a client has to send a whole request header, from its first byte (from the
+    /// connection's start for the first request); then 408 and the connection closes.
+    #[serde(deserialize_with = "duration")]
+    pub header_timeout: Duration,
+    /// How long a kept-alive client connection may sit idle between requests.
+    #[serde(deserialize_with = "duration")]
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ClientsFile {
+    fn default() -> Self {
+        ClientsFile {
+            max_connections: None,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -310,6 +339,9 @@ pub struct RouteFile {
     /// For `consistent_hash` pools: hash on this request header instead of the path.
     #[serde(default)]
     pub hash_header: Option<String>,
+    /// Largest request body the route takes (`10MiB`, `512KiB`, `1000`); 413 beyond it.
+    #[serde(default, deserialize_with = "optional_byte_size")]
+    pub max_request_body: Option<u64>,
 }
 
 /// Route matching.
@@ -392,6 +424,49 @@ fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     duration(d).map(Some)
+}
+
+fn optional_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Size {
+        Bytes(u64),
+        Text(String),
+    }
+    match Size::deserialize(d)? {
+        Size::Bytes(n) => Ok(Some(n)),
+        Size::Text(text) => parse_byte_size(&text)
+            .map(Some)
+            .map_err(serde::de::Error::custom),
+    }
+}
+
+/// Parses a byte size: `1000`, `64KiB`, `10MiB`, `1GiB`, or the decimal `KB`/`MB`/`GB`.
+pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (digits, unit) = trimmed.split_at(split);
+    let multiplier: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KB" => 1_000,
+        "KiB" => 1 << 10,
+        "MB" => 1_000_000,
+        "MiB" => 1 << 20,
+        "GB" => 1_000_000_000,
+        "GiB" => 1 << 30,
+        other => {
+            return Err(format!(
+                "invalid size \"{text}\": unknown unit \"{other}\" (B, KB, KiB, MB, MiB, GB, GiB)"
+            ));
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(multiplier))
+        .ok_or_else(|| format!("invalid size \"{text}\": expected a number of bytes such as 10MiB"))
 }
 
 /// Parses `250ms`, `5s`, `1m30s`; a bare number is refused because its unit would be a guess.

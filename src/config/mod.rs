@@ -36,6 +36,8 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     /// Peers trusted to send `X-Forwarded-For`.
     pub trusted_proxies: Vec<IpNet>,
+    /// Limits on client connections.
+    pub clients: ClientLimits,
     /// Built-in demo origins to start before the proxy.
     pub demo: Vec<DemoOrigin>,
 }
@@ -101,6 +103,27 @@ pub struct Listener {
     pub tls: Option<Arc<CertifiedKey>>,
     /// Whether HTTP/2 is offered by ALPN (TLS listeners).
     pub http2: bool,
+}
+
+/// Limits on client connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientLimits {
+    /// Open client connections at most, when limited.
+    pub max_connections: Option<usize>,
+    /// Time to receive a whole request header.
+    pub header_timeout: Duration,
+    /// Idle time allowed between requests on a kept-alive connection.
+    pub keepalive_timeout: Duration,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            max_connections: None,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Settings of proxy-generated responses.
@@ -245,6 +268,8 @@ pub struct RouteConfig {
     pub intercept_origin_errors: Vec<u16>,
     /// For `consistent_hash` pools: the request header hashed instead of the path.
     pub hash_header: Option<http::HeaderName>,
+    /// Largest request body taken, in bytes, when limited.
+    pub max_request_body: Option<u64>,
 }
 
 impl RouteConfig {
@@ -268,6 +293,7 @@ impl RouteConfig {
             },
             intercept_origin_errors: Vec::new(),
             hash_header: None,
+            max_request_body: None,
         }
     }
 }

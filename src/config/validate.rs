@@ -9,9 +9,9 @@ use pingora::server::configuration::ServerConf;
 
 use super::file::{self, FileConfig};
 use super::{
-    ActiveHealth, BackendConfig, Config, DemoOrigin, ErrorPages, FailureRate, FieldError,
-    HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, RouteConfig, Timeouts, UpstreamConfig,
-    UpstreamTls,
+    ActiveHealth, BackendConfig, ClientLimits, Config, DemoOrigin, ErrorPages, FailureRate,
+    FieldError, HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, RouteConfig, Timeouts,
+    UpstreamConfig, UpstreamTls,
 };
 
 mod tls {
@@ -248,6 +248,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
             net
         })
         .collect();
+    let clients = clients(&file.clients, &mut errors);
     let demo = file
         .demo
         .map(|d| demo_origins(d, &seen, &mut errors))
@@ -264,8 +265,29 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
         upstreams,
         routes,
         trusted_proxies,
+        clients,
         demo,
     })
+}
+
+fn clients(c: &file::ClientsFile, errors: &mut Errors) -> ClientLimits {
+    if c.max_connections == Some(0) {
+        errors.push("clients.max_connections", "must be at least 1");
+    }
+    if c.header_timeout.is_zero() {
+        errors.push("clients.header_timeout", "must be more than zero");
+    }
+    if c.keepalive_timeout.is_zero() {
+        errors.push(
+            "clients.keepalive_timeout",
+            "must be more than zero (a kept-alive connection needs some idle time)",
+        );
+    }
+    ClientLimits {
+        max_connections: c.max_connections,
+        header_timeout: c.header_timeout,
+        keepalive_timeout: c.keepalive_timeout,
+    }
 }
 
 /// Pingora's `ServerConf` accepts unknown keys silently; faultline does not, so every key given
@@ -575,6 +597,12 @@ fn route(
     {
         errors.push(format!("{at}.deadline"), "must be more than zero");
     }
+    if r.max_request_body == Some(0) {
+        errors.push(
+            format!("{at}.max_request_body"),
+            "must be more than zero (a route that takes no body: limit its methods instead)",
+        );
+    }
     let mut methods = Vec::with_capacity(r.matcher.methods.len());
     for (j, m) in r.matcher.methods.iter().enumerate() {
         match http::Method::from_bytes(m.to_ascii_uppercase().as_bytes()) {
@@ -627,6 +655,7 @@ fn route(
         },
         intercept_origin_errors: r.intercept_origin_errors,
         hash_header,
+        max_request_body: r.max_request_body,
     }
 }
 

@@ -63,6 +63,11 @@ fn ambiguous_framing_is_refused_and_never_forwarded() {
             "HTTP/1.1 400 Bad Request",
         ),
         (
+            "NUL inside a header value",
+            b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\0X-Injected: c\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
             "CR inside a header value",
             b"GET / HTTP/1.1\r\nHost: a\r\nX-A: b\rX-Injected: c\r\n\r\n",
             "HTTP/1.1 400 Bad Request",

@@ -13,6 +13,7 @@ mod failures;
 mod health;
 mod hostile;
 mod lifecycle;
+mod limits;
 mod pages;
 mod proxying;
 mod retries;

@@ -1,0 +1,391 @@
+//! Client connections: how many may be open at once, and how long a client may take to send a
+//! request header.
+//!
+//! Pingora reads a request header under a timeout per read, so a client that trickles a byte
+//! now and then holds its connection for ever (slowloris), and a header that never completes
+//! ends without a word. [`ClientConnections`] wraps the HTTP application and reads each HTTP/1
+//! request header itself under one deadline for the whole header (`clients.header_timeout`): a
+//! client that misses it gets a 408 and the connection closes. The bytes read are handed to
+//! Pingora as the start of the request, so nothing is read twice and no extra read is made.
+//!
+//! It also counts open connections. Past `clients.max_connections`, an HTTP/1 connection's
+//! first request is answered 503 `connection_limit_reached` by the gateway (so it gets a request
+//! id, a log line and the usual page) and the connection closes; an HTTP/2 connection is closed
+//! at once, before its handshake.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::protocols::http::ServerSession;
+use pingora::protocols::{ALPN, Stream};
+use pingora::server::ShutdownWatch;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::access_log::{self, Source};
+use crate::config::ClientLimits;
+use crate::error_page::{self, Cause};
+use crate::failure::FailureKind;
+use crate::request_checks::MAX_HEADER_BYTES;
+use crate::request_id;
+use crate::state::Shared;
+use crate::upstream::attempt::Attempts;
+
+/// Time allowed to write a proxy answer on a connection that is being closed.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// After answering a client that may still be sending, its bytes are read and dropped for this
+/// long (or this many bytes) before closing, so that the close does not turn into a reset that
+/// destroys the answer before the client reads it.
+const LINGER: Duration = Duration::from_secs(1);
+const LINGER_BYTES: usize = 1 << 20;
+
+tokio::task_local! {
+    static OVER_LIMIT: bool;
+}
+
+/// Whether the request being handled came on a connection beyond `clients.max_connections`.
+pub fn over_limit() -> bool {
+    OVER_LIMIT.try_with(|over| *over).unwrap_or(false)
+}
+
+/// Counters of client connections, for the metrics.
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    open: AtomicUsize,
+    over_limit: AtomicU64,
+    header_timeouts: AtomicU64,
+}
+
+impl ClientCounters {
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused because `max_connections` were open.
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose header did not arrive in time.
+    pub fn header_timeouts(&self) -> u64 {
+        self.header_timeouts.load(Ordering::Relaxed)
+    }
+}
+
+/// Holds one place among the open connections until dropped.
+struct Open<'a>(&'a AtomicUsize);
+
+impl Drop for Open<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// How reading a request header ended.
+enum Head {
+    /// A whole header (and maybe more) is in the buffer, or more than the largest accepted.
+    Read(BytesMut),
+    /// The connection closed, stayed idle past its time, or the server is shutting down.
+    Gone,
+    /// The header started but did not complete in time.
+    TimedOut,
+}
+
+/// The HTTP application `A` (faultline's proxy) behind a connection limit and a header deadline.
+pub struct ClientConnections<A> {
+    app: Arc<A>,
+    shared: Arc<Shared>,
+}
+
+impl<A> ClientConnections<A> {
+    /// Wraps `app`; limits are read from `shared`'s current configuration for each connection.
+    pub fn new(app: A, shared: Arc<Shared>) -> Self {
+        ClientConnections {
+            app: Arc::new(app),
+            shared,
+        }
+    }
+}
+
+#[async_trait]
+impl<A> ServerApp for ClientConnections<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let counters = self.shared.clients();
+        let open = counters.open.fetch_add(1, Ordering::Relaxed) + 1;
+        let _open = Open(&counters.open);
+        let limits = self.shared.current().clients;
+        let over = limits.max_connections.is_some_and(|max| open > max);
+        if over {
+            counters.over_limit.fetch_add(1, Ordering::Relaxed);
+        }
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            if over {
+                return None;
+            }
+            return ServerApp::process_new(&self.app, stream, shutdown).await;
+        }
+        self.serve_http1(stream, limits, over, shutdown).await;
+        None
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(&*self.app).await;
+    }
+}
+
+impl<A> ClientConnections<A>
+where
+    A: HttpServerApp + Send + Sync + 'static,
+{
+    /// The HTTP/1 keep-alive loop of Pingora's own `ServerApp`, with each request header read
+    /// here first, under its deadline.
+    async fn serve_http1(
+        &self,
+        mut stream: Stream,
+        limits: ClientLimits,
+        over: bool,
+        shutdown: &ShutdownWatch,
+    ) {
+        let mut settings: Option<HttpPersistentSettings> = None;
+        let mut first = true;
+        loop {
+            let head = if first {
+                // From the connection's start, as nginx's client_header_timeout.
+                let deadline = Instant::now() + limits.header_timeout;
+                read_head(&mut stream, deadline, Some(deadline), limits, shutdown).await
+            } else {
+                let idle_until = Instant::now() + limits.keepalive_timeout;
+                read_head(&mut stream, idle_until, None, limits, shutdown).await
+            };
+            let prefix = match head {
+                Head::Read(prefix) => prefix,
+                Head::Gone => return,
+                Head::TimedOut => {
+                    self.shared
+                        .clients()
+                        .header_timeouts
+                        .fetch_add(1, Ordering::Relaxed);
+                    self.answer(stream, FailureKind::HttpRequestTimeout).await;
+                    return;
+                }
+            };
+            let mut session = ServerSession::new_http1(stream);
+            match settings.take() {
+                Some(previous) => previous.apply_to_session(&mut session),
+                None => {
+                    let keepalive =
+                        (!*shutdown.borrow()).then(|| limits.keepalive_timeout.as_secs().max(1));
+                    session.set_keepalive(keepalive);
+                    session.set_keepalive_reuses_remaining(
+                        self.app
+                            .server_options()
+                            .and_then(|o| o.keepalive_request_limit),
+                    );
+                }
+            }
+            session.set_pipelined_prefix(prefix);
+            let reused = if over {
+                OVER_LIMIT
+                    .scope(true, self.app.process_new_http(session, shutdown))
+                    .await
+            } else {
+                self.app.process_new_http(session, shutdown).await
+            };
+            let Some(reused) = reused else {
+                return;
+            };
+            (stream, settings) = reused.consume();
+            first = false;
+        }
+    }
+
+    /// Answers `kind` on a connection whose request never fully arrived, then closes it.
+    async fn answer(&self, mut stream: Stream, kind: FailureKind) {
+        let started = Instant::now();
+        let snapshot = self.shared.current();
+        let request_id = request_id::generate();
+        let rendered = snapshot.pages.render(
+            Cause::Failure(kind),
+            error_page::Request {
+                request_id: &request_id,
+                accept: None,
+                head: false,
+                next_hop: None,
+                retry_after: None,
+            },
+        );
+        if let Ok(page) = rendered {
+            let mut out = Vec::with_capacity(512 + page.body.len());
+            out.extend_from_slice(
+                format!("HTTP/1.1 {} {}\r\n", kind.status(), kind.reason()).as_bytes(),
+            );
+            for (name, value) in &page.header.headers {
+                out.extend_from_slice(name.as_str().as_bytes());
+                out.extend_from_slice(b": ");
+                out.extend_from_slice(value.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b"Connection: close\r\n\r\n");
+            out.extend_from_slice(&page.body);
+            let write = async {
+                stream.write_all(&out).await?;
+                stream.flush().await?;
+                stream.shutdown().await
+            };
+            if let Ok(Ok(())) = tokio::time::timeout(ANSWER_TIMEOUT, write).await {
+                linger(&mut stream).await;
+            }
+        }
+        snapshot
+            .routes
+            .get(None)
+            .request(kind.status(), Source::Proxy);
+        access_log::Entry {
+            request_id: &request_id,
+            method: "",
+            host: None,
+            path: "",
+            status: kind.status(),
+            source: Source::Proxy,
+            failure: Some(kind),
+            route: None,
+            pool: None,
+            attempts: &Attempts::default(),
+            duration: started.elapsed(),
+        }
+        .emit();
+    }
+}
+
+/// Reads the start of a request until its header is complete. The first bytes may take until
+/// `idle_until`; the whole header must be in by `deadline`, or, without one, within the header
+/// timeout from its first byte.
+async fn read_head(
+    stream: &mut Stream,
+    idle_until: Instant,
+    deadline: Option<Instant>,
+    limits: ClientLimits,
+    shutdown: &ShutdownWatch,
+) -> Head {
+    let mut shutdown = shutdown.clone();
+    let mut buf = BytesMut::with_capacity(4096);
+    // The wait for the first byte ends early when the server shuts down, like Pingora's own.
+    loop {
+        if *shutdown.borrow() {
+            return Head::Gone;
+        }
+        tokio::select! {
+            biased;
+            read = tokio::time::timeout_at(idle_until.into(), stream.read_buf(&mut buf)) => {
+                match read {
+                    Ok(Ok(n)) if n > 0 => break,
+                    _ => return Head::Gone,
+                }
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    return Head::Gone;
+                }
+            }
+        }
+    }
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + limits.header_timeout);
+    let mut scanned = 0;
+    loop {
+        if head_complete(&buf, &mut scanned) || buf.len() > MAX_HEADER_BYTES {
+            return Head::Read(buf);
+        }
+        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)).await {
+            Err(_) => return Head::TimedOut,
+            Ok(Ok(n)) if n > 0 => {}
+            Ok(_) => return Head::Gone,
+        }
+    }
+}
+
+/// Whether `buf` holds a whole request header: an empty line after the request line. Leading
+/// empty lines are skipped (RFC 9112 §2.2); a bare LF counts as a line end, so that framing the
+/// request checks refuse is refused rather than waited on. `scanned` carries the position
+/// already searched between calls.
+fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
+    let start = buf
+        .iter()
+        .position(|b| *b != b'\r' && *b != b'\n')
+        .unwrap_or(buf.len());
+    let from = (*scanned).max(start);
+    for i in from..buf.len() {
+        if buf[i] == b'\n' {
+            let rest = &buf[i + 1..];
+            if rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n") {
+                return true;
+            }
+        }
+    }
+    // The last two bytes may start an empty line that the next read completes.
+    *scanned = buf.len().saturating_sub(2).max(start);
+    false
+}
+
+/// Reads and drops what the client still sends, for a bounded time and size.
+async fn linger(stream: &mut Stream) {
+    let mut sink = [0u8; 8192];
+    let mut total = 0;
+    let until = tokio::time::Instant::now() + LINGER;
+    while total < LINGER_BYTES {
+        match tokio::time::timeout_at(until, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => total += n,
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_complete;
+
+    #[test]
+    fn finds_the_end_of_a_header() {
+        let complete: &[&[u8]] = &[
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\n\r\n",
+            b"\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\nbody",
+            b"GET / HTTP/1.1\nHost: a\n\n",
+            b"GET / HTTP/1.1\r\nHost: a\n\r\n",
+        ];
+        for c in complete {
+            assert!(head_complete(c, &mut 0), "{}", String::from_utf8_lossy(c));
+        }
+        let partial: &[&[u8]] = &[
+            b"",
+            b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"GET / HTT",
+        ];
+        for p in partial {
+            assert!(!head_complete(p, &mut 0), "{}", String::from_utf8_lossy(p));
+        }
+    }
+
+    #[test]
+    fn a_header_split_across_reads_is_found() {
+        let whole = b"GET / HTTP/1.1\r\nHost: a\r\nX-Long: 0123456789\r\n\r\n";
+        for cut in 1..whole.len() {
+            let mut scanned = 0;
+            assert!(!head_complete(&whole[..cut], &mut scanned), "cut {cut}");
+            assert!(head_complete(whole, &mut scanned), "cut {cut}");
+        }
+    }
+}

@@ -1,0 +1,302 @@
+//! Client limits: a request header must arrive in time (408), a body must fit its route (413),
+//! and connections beyond `clients.max_connections` are answered 503 and closed.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::client::{self, Client};
+use crate::harness::{Proxy, access_entry, one_upstream};
+use crate::origin::{Behavior, Origin};
+
+/// Reads until the peer closes (or 5 s pass) and returns everything read.
+fn read_to_close(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("the proxy did not close the connection: {e}"),
+        }
+    }
+}
+
+/// Sends `raw`, then the bytes of `trickle` one at a time every `every`, stopping as soon as
+/// the proxy answers or closes; returns what came back and when.
+fn trickle_until_answered(
+    s: &mut TcpStream,
+    raw: &[u8],
+    trickle: &[u8],
+    every: Duration,
+) -> (Vec<u8>, Duration) {
+    let started = Instant::now();
+    s.write_all(raw).expect("write");
+    s.set_read_timeout(Some(every)).expect("timeout");
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    for b in trickle.iter().cycle().take(200) {
+        match s.read(&mut buf) {
+            Ok(0) => return (out, started.elapsed()),
+            Ok(n) => {
+                out.extend_from_slice(&buf[..n]);
+                let rest = read_to_close(s);
+                out.extend_from_slice(&rest);
+                return (out, started.elapsed());
+            }
+            Err(_) => {}
+        }
+        if s.write_all(std::slice::from_ref(b)).is_err() {
+            break;
+        }
+    }
+    let rest = read_to_close(s);
+    out.extend_from_slice(&rest);
+    (out, started.elapsed())
+}
+
+fn header_of<'a>(response: &'a str, name: &str) -> Option<&'a str> {
+    response
+        .split("\r\n\r\n")
+        .next()?
+        .split("\r\n")
+        .find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+}
+
+#[test]
+fn a_header_trickled_past_the_deadline_gets_408_and_the_connection_closes() {
+    let origin = Origin::start(Behavior::Named("o"));
+    let proxy = Proxy::start(&format!(
+        "clients: {{ header_timeout: 400ms }}\n{}",
+        one_upstream(&[origin.addr], "", "")
+    ));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    // A byte every 50 ms: each read is quick, only the whole header is late (slowloris).
+    let (out, took) = trickle_until_answered(
+        &mut s,
+        b"GET / HTTP/1.1\r\nHost: a\r\n",
+        b"X-Slow: yes\r\n",
+        Duration::from_millis(50),
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 408 Request Timeout\r\n"),
+        "got: {text}"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "the deadline is for the whole header, not each read: took {took:?}"
+    );
+    assert_eq!(
+        header_of(&text, "proxy-status"),
+        Some(
+            "faultline; error=http_request_error; details=\"the request was not received in time\""
+        )
+    );
+    assert_eq!(header_of(&text, "connection"), Some("close"));
+    let id = header_of(&text, "x-request-id").expect("a request id");
+    let entry = access_entry(id);
+    assert_eq!(entry["status"], 408);
+    assert_eq!(entry["failure"], "http_request_timeout");
+    assert_eq!(origin.requests(), 0);
+    assert_eq!(proxy.metric("faultline_client_header_timeouts_total"), 1);
+    assert_eq!(
+        proxy.metric("faultline_requests_total{route=\"none\",status=\"408\",source=\"proxy\"}"),
+        1
+    );
+}
+
+#[test]
+fn a_connection_that_sends_nothing_is_closed_without_a_word() {
+    let proxy = Proxy::start(&format!(
+        "clients: {{ header_timeout: 300ms }}\n{}",
+        one_upstream(&[crate::origin::refused_addr()], "", "")
+    ));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    let started = Instant::now();
+    let out = read_to_close(&mut s);
+    assert!(out.is_empty(), "got: {}", String::from_utf8_lossy(&out));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    assert_eq!(proxy.metric("faultline_client_header_timeouts_total"), 0);
+}
+
+#[test]
+fn on_a_kept_alive_connection_the_next_header_has_its_own_deadline() {
+    let origin = Origin::start(Behavior::Named("o"));
+    let proxy = Proxy::start(&format!(
+        "clients: {{ header_timeout: 300ms, keepalive_timeout: 5s }}\n{}",
+        one_upstream(&[origin.addr], "", "")
+    ));
+    let mut c = Client::connect(proxy.addr);
+    c.send(&client::request("GET", "/", "a", &[]));
+    assert_eq!(c.read_response("GET").status, 200);
+    // Idle longer than the header timeout: idle time between requests is the keep-alive's.
+    std::thread::sleep(Duration::from_millis(600));
+    c.send(&client::request("GET", "/", "a", &[]));
+    assert_eq!(c.read_response("GET").status, 200);
+    // Then a header that starts and stalls.
+    let mut s = c.into_stream();
+    let (out, _) = trickle_until_answered(
+        &mut s,
+        b"GET / HTTP/1.1\r\n",
+        b"X",
+        Duration::from_millis(100),
+    );
+    assert!(
+        String::from_utf8_lossy(&out).starts_with("HTTP/1.1 408 "),
+        "got: {}",
+        String::from_utf8_lossy(&out)
+    );
+    assert_eq!(origin.requests(), 2);
+}
+
+#[test]
+fn a_declared_body_over_the_route_limit_is_413_before_any_byte_is_forwarded() {
+    let origin = Origin::start(Behavior::Named("o"));
+    let proxy = Proxy::start(&one_upstream(
+        &[origin.addr],
+        "",
+        "    max_request_body: 1KiB\n",
+    ));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nHost: a\r\nX-Request-Id: big413\r\nAccept: application/problem+json\r\nContent-Length: 2048\r\n\r\n",
+    )
+    .expect("write");
+    let _ = s.write_all(&[b'x'; 2048]);
+    let out = read_to_close(&mut s);
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.starts_with("HTTP/1.1 413 Payload Too Large\r\n")
+            || text.starts_with("HTTP/1.1 413 Content Too Large\r\n"),
+        "got: {text}"
+    );
+    assert_eq!(
+        header_of(&text, "proxy-status"),
+        Some(
+            "faultline; error=http_request_denied; details=\"the request body is larger than this address takes\""
+        )
+    );
+    assert!(text.contains("\"status\":413"), "got: {text}");
+    assert_eq!(origin.requests(), 0, "nothing was forwarded");
+    let entry = access_entry("big413");
+    assert_eq!(entry["failure"], "http_request_body_size");
+    assert_eq!(entry["route"], "main");
+    // A body that fits goes through.
+    let mut c = Client::connect(proxy.addr);
+    let mut fits = client::request("POST", "/upload", "a", &[("content-length", "5")]);
+    fits.extend_from_slice(b"hello");
+    c.send(&fits);
+    assert_eq!(c.read_response("POST").status, 200);
+}
+
+#[test]
+fn a_chunked_body_growing_past_the_limit_is_413_and_not_the_backends_fault() {
+    // The origin reads the request head and waits, so the only possible answer is the proxy's.
+    let origin = Origin::start(Behavior::Hang);
+    let proxy = Proxy::start(&one_upstream(
+        &[origin.addr],
+        "    health: { passive: { consecutive_failures: 1 } }\n",
+        "    max_request_body: 1000\n",
+    ));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nX-Request-Id: chunk413\r\nTransfer-Encoding: chunked\r\n\r\n",
+    )
+    .expect("write");
+    for _ in 0..3 {
+        let mut chunk = b"258\r\n".to_vec(); // 600 bytes
+        chunk.extend_from_slice(&[b'y'; 600]);
+        chunk.extend_from_slice(b"\r\n");
+        if s.write_all(&chunk).is_err() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = s.write_all(b"0\r\n\r\n");
+    let out = read_to_close(&mut s);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 413 "), "got: {text}");
+    let entry = access_entry("chunk413");
+    assert_eq!(entry["status"], 413);
+    assert_eq!(entry["failure"], "http_request_body_size");
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
+            origin.addr
+        )),
+        1,
+        "a client's oversized body never ejects a backend"
+    );
+}
+
+#[test]
+fn connections_beyond_the_limit_get_503_and_are_closed() {
+    let origin = Origin::start(Behavior::Named("o"));
+    let proxy = Proxy::start(&format!(
+        "clients: {{ max_connections: 2 }}\n{}",
+        one_upstream(&[origin.addr], "", "")
+    ));
+    // The harness's readiness probes were connections too; wait until they are gone.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("faultline_client_connections") != 0 {
+        assert!(Instant::now() < deadline, "probe connections stayed open");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut held: Vec<Client> = (0..2).map(|_| Client::connect(proxy.addr)).collect();
+    for c in &mut held {
+        c.send(&client::request("GET", "/", "a", &[]));
+        assert_eq!(c.read_response("GET").status, 200);
+    }
+    assert_eq!(proxy.metric("faultline_client_connections"), 2);
+
+    let mut extra = Client::connect(proxy.addr);
+    extra.send(&client::request(
+        "GET",
+        "/",
+        "a",
+        &[("x-request-id", "connlimit1")],
+    ));
+    let refused = extra.read_response("GET");
+    assert_eq!(refused.status, 503);
+    assert_eq!(
+        refused.header("proxy-status"),
+        Some(
+            "faultline; error=connection_limit_reached; details=\"the proxy holds as many connections as it takes\""
+        )
+    );
+    assert!(refused.header("retry-after").is_some());
+    assert!(extra.is_closed(), "the connection over the limit is closed");
+    assert_eq!(
+        origin.requests(),
+        2,
+        "the refused request was not forwarded"
+    );
+    assert_eq!(
+        access_entry("connlimit1")["failure"],
+        "client_connection_limit"
+    );
+    assert_eq!(
+        proxy.metric("faultline_client_connections_over_limit_total"),
+        1
+    );
+
+    // The held connections still work, and a place freed is a place taken.
+    held[0].send(&client::request("GET", "/", "a", &[]));
+    assert_eq!(held[0].read_response("GET").status, 200);
+    drop(held.pop());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while proxy.metric("faultline_client_connections") > 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the closed connection was not counted out"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(client::get(proxy.addr, "/", &[]).status, 200);
+}
