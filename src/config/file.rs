@@ -115,6 +115,9 @@ pub struct ClientsFile {
     /// How long a kept-alive client connection may sit idle between requests.
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
+    /// How long a client may pause while sending a request body; then 408.
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
 }
 
 impl Default for ClientsFile {
@@ -123,6 +126,7 @@ impl Default for ClientsFile {
             max_connections: None,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -114,6 +114,8 @@ pub struct ClientLimits {
     pub header_timeout: Duration,
     /// Idle time allowed between requests on a kept-alive connection.
     pub keepalive_timeout: Duration,
+    /// Longest pause in the middle of a request body.
+    pub body_timeout: Duration,
 }
 
 impl Default for ClientLimits {
@@ -122,6 +124,7 @@ impl Default for ClientLimits {
             max_connections: None,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -283,7 +283,11 @@ fn clients(c: &file::ClientsFile, errors: &mut Errors) -> ClientLimits {
             "must be more than zero (a kept-alive connection needs some idle time)",
         );
     }
+    if c.body_timeout.is_zero() {
+        errors.push("clients.body_timeout", "must be more than zero");
+    }
     ClientLimits {
+        body_timeout: c.body_timeout,
         max_connections: c.max_connections,
         header_timeout: c.header_timeout,
         keepalive_timeout: c.keepalive_timeout,

@@ -324,3 +324,50 @@ fn the_binary_validates_with_dash_t() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn client_limits_and_body_sizes_are_checked() {
+    let yaml = format!(
+        "{VALID}clients: {{ max_connections: 0, header_timeout: 10, keepalive_timeout: 0s }}\n"
+    );
+    assert_eq!(
+        errors(&yaml),
+        [
+            "clients.header_timeout: invalid duration \"10\": a unit is required (\"10s\", \"10ms\") (line 10, column 10)"
+        ]
+    );
+    let yaml = format!("{VALID}clients: {{ max_connections: 0, keepalive_timeout: 0s }}\n");
+    assert_eq!(
+        errors(&yaml),
+        [
+            "clients.max_connections: must be at least 1",
+            "clients.keepalive_timeout: must be more than zero (a kept-alive connection needs some idle time)",
+        ]
+    );
+    let yaml = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, max_request_body: 10XB }",
+    );
+    assert_eq!(
+        one_error(&yaml),
+        "routes[0].max_request_body: invalid size \"10XB\": unknown unit \"XB\" (B, KB, KiB, MB, MiB, GB, GiB) (line 9, column 5)"
+    );
+    let yaml = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, max_request_body: 0 }",
+    );
+    assert_eq!(
+        one_error(&yaml),
+        "routes[0].max_request_body: must be more than zero (a route that takes no body: limit its methods instead)"
+    );
+    let yaml = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, max_request_body: 64KiB }",
+    );
+    let config = Config::from_yaml(&yaml).expect("valid");
+    assert_eq!(config.routes[0].max_request_body, Some(64 * 1024));
+    assert_eq!(
+        config.clients.header_timeout,
+        std::time::Duration::from_secs(10)
+    );
+}

@@ -300,3 +300,36 @@ fn connections_beyond_the_limit_get_503_and_are_closed() {
     }
     assert_eq!(client::get(proxy.addr, "/", &[]).status, 200);
 }
+
+#[test]
+fn a_body_that_stalls_mid_way_is_408_and_not_the_backends_fault() {
+    let origin = Origin::start(Behavior::Hang);
+    let proxy = Proxy::start(&format!(
+        "clients: {{ body_timeout: 300ms }}\n{}",
+        one_upstream(
+            &[origin.addr],
+            "    health: { passive: { consecutive_failures: 1 } }\n",
+            ""
+        )
+    ));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nX-Request-Id: stall408\r\nContent-Length: 100\r\n\r\nonly ten b",
+    )
+    .expect("write");
+    let started = Instant::now();
+    let out = read_to_close(&mut s);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408 "), "got: {text}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let entry = access_entry("stall408");
+    assert_eq!(entry["failure"], "http_request_timeout");
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
+            origin.addr
+        )),
+        1,
+        "a slow client never ejects a backend"
+    );
+}
