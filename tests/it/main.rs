@@ -17,4 +17,5 @@ mod limits;
 mod pages;
 mod proxying;
 mod retries;
+mod soak;
 mod tls;
