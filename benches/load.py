@@ -5,8 +5,14 @@ Everything runs on this machine and talks over loopback only. Every load is boun
 (wrk -d) and every wait has a deadline. Missing tools (wrk, nginx, haproxy) are installed from
 the distribution's packages.
 
-    python3 benches/load.py                 # the full run (about 4 minutes)
+    python3 benches/load.py                 # the full run (about 6 minutes)
     python3 benches/load.py --quick         # shorter rounds, for a smoke test
+    python3 benches/load.py --scenario failures   # one scenario only
+
+On a machine with two cores or more, each proxy is pinned to core 0 and the origin and wrk to
+core 1 (taskset), so that the proxies never compete with the load generator for a core; besides
+throughput and latency, the proxy's own CPU time per request is reported (from /proc, summed over
+the proxy's processes), the figure least disturbed by anything else running on the machine.
 
 Scenario 1 (healthy): one origin, each proxy with one worker thread and upstream keep-alive,
 driven by the same wrk settings in interleaved rounds; reports requests per second, p50 and p99
@@ -33,6 +39,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROXIES = ["faultline", "bare-pingora", "nginx", "haproxy"]
+PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
+PROXY_CPU = ["taskset", "-c", "0"] if PIN else []
+LOAD_CPU = ["taskset", "-c", "1"] if PIN else []
 
 
 def log(msg):
@@ -95,6 +104,24 @@ class Procs:
         self.procs.append(p)
         return p
 
+
+def cpu_seconds(session):
+    """User + system CPU time of every process in a session (a proxy and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, session, ... utime (12th), stime (13th).
+        if int(fields[3]) == session:
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
     def stop_all(self):
         for p in self.procs:
             if p.poll() is None:
@@ -137,7 +164,8 @@ def start_origin(procs, workdir, port):
             }}
         }}
     """)
-    procs.start("origin", [tool("nginx"), "-c", conf, "-e", f"{workdir}/origin-error.log"])
+    procs.start("origin", LOAD_CPU + [tool("nginx"), "-c", conf, "-e",
+                                      f"{workdir}/origin-error.log"])
     wait_port(port, "origin")
 
 
@@ -154,7 +182,7 @@ def start_stall(procs, workdir, port):
             c, _ = s.accept()
             held.append(c)
     """)
-    procs.start("stall", [sys.executable, script])
+    procs.start("stall", LOAD_CPU + [sys.executable, script])
     wait_port(port, "stalled backend")
 
 
@@ -243,35 +271,43 @@ backend app
 
 
 def start_proxy(procs, workdir, kind, port, backends, failure=False):
+    """Starts a proxy pinned to the proxies' core; returns its process (a session leader)."""
     name = f"{kind}-{'fail' if failure else 'ok'}"
     if kind == "faultline":
         conf = faultline_conf(workdir, name, port, backends, failure)
         env = dict(os.environ, RUST_LOG="error")
-        procs.start(name, [os.path.join(ROOT, "target/release/faultline"), "-c", conf], env=env)
+        p = procs.start(name, PROXY_CPU + [os.path.join(ROOT, "target/release/faultline"),
+                                           "-c", conf], env=env)
     elif kind == "bare-pingora":
         env = dict(os.environ, RUST_LOG="error", THREADS="1")
-        procs.start(name, [os.path.join(ROOT, "target/release/examples/bare_proxy"),
-                           f"127.0.0.1:{port}"] + [f"127.0.0.1:{b}" for b in backends], env=env)
+        p = procs.start(name, PROXY_CPU + [
+            os.path.join(ROOT, "target/release/examples/bare_proxy"), f"127.0.0.1:{port}"]
+            + [f"127.0.0.1:{b}" for b in backends], env=env)
     elif kind == "nginx":
         conf = nginx_conf(workdir, name, port, backends, failure)
-        procs.start(name, [tool("nginx"), "-c", conf, "-e", f"{workdir}/{name}-error.log"])
-    elif kind == "haproxy":
+        p = procs.start(name, PROXY_CPU + [tool("nginx"), "-c", conf, "-e",
+                                           f"{workdir}/{name}-error.log"])
+    else:
         conf = haproxy_conf(workdir, name, port, backends, failure)
-        procs.start(name, [tool("haproxy"), "-db", "-f", conf])
+        p = procs.start(name, PROXY_CPU + [tool("haproxy"), "-db", "-f", conf])
     wait_port(port, name)
+    return p
 
 
 def to_ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
 
-def wrk(port, duration, connections, timeout="2s"):
+def wrk(port, duration, connections, timeout="2s", session=None):
+    """Drives the proxy on `port`; with `session`, also measures that proxy's CPU time."""
+    cpu_before = cpu_seconds(session) if session else 0.0
     out = subprocess.run(
-        [tool("wrk"), "-t1", f"-c{connections}", f"-d{duration}s", f"--timeout={timeout}",
+        LOAD_CPU + [tool("wrk"), "-t1", f"-c{connections}", f"-d{duration}s", f"--timeout={timeout}",
          "--latency", f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, timeout=duration + 30).stdout
+    cpu = cpu_seconds(session) - cpu_before if session else None
     result = {"rps": 0.0, "p50": None, "p99": None, "requests": 0, "non2xx": 0,
-              "socket_errors": 0, "timeouts": 0}
+              "socket_errors": 0, "timeouts": 0, "cpu_us": None}
     m = re.search(r"Requests/sec:\s+([\d.]+)", out)
     if m:
         result["rps"] = float(m.group(1))
@@ -290,6 +326,8 @@ def wrk(port, duration, connections, timeout="2s"):
         c, r, w, t = map(int, m.groups())
         result["socket_errors"] = c + r + w
         result["timeouts"] = t
+    if cpu is not None and result["requests"]:
+        result["cpu_us"] = cpu * 1e6 / result["requests"]
     return result
 
 
@@ -297,18 +335,19 @@ def healthy_scenario(procs, workdir, rounds, duration, connections):
     origin = free_port()
     start_origin(procs, workdir, origin)
     ports = {}
+    sessions = {}
     for kind in PROXIES:
         ports[kind] = free_port()
-        start_proxy(procs, workdir, kind, ports[kind], [origin])
+        sessions[kind] = start_proxy(procs, workdir, kind, ports[kind], [origin]).pid
     results = {kind: [] for kind in PROXIES}
     for kind in PROXIES:  # warm-up: connections, pools, caches
         wrk(ports[kind], 2, connections)
     for r in range(rounds):
         order = PROXIES[r % len(PROXIES):] + PROXIES[:r % len(PROXIES)]
         for kind in order:
-            res = wrk(ports[kind], duration, connections)
+            res = wrk(ports[kind], duration, connections, session=sessions[kind])
             log(f"round {r + 1} {kind}: {res['rps']:.0f} req/s, p50 {res['p50']} ms, "
-                f"p99 {res['p99']} ms")
+                f"p99 {res['p99']} ms, proxy CPU {res['cpu_us']:.1f} us/request")
             results[kind].append(res)
     return results
 
@@ -354,30 +393,39 @@ def machine():
 def report(healthy, failures, args):
     rows = []
     summary = {}
-    for kind in PROXIES:
-        rps = median([r["rps"] for r in healthy[kind]])
-        p50 = median([r["p50"] for r in healthy[kind]])
-        p99 = median([r["p99"] for r in healthy[kind]])
-        errs = sum(r["non2xx"] + r["socket_errors"] for r in healthy[kind])
-        summary[kind] = (rps, p50, p99)
-        rows.append(f"| {kind} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {errs} |")
-    f_rps, _, f_p99 = summary["faultline"]
     lines = [
         f"Machine: {machine()}.",
-        f"Command: `python3 benches/load.py{' --quick' if args.quick else ''}` "
-        f"({args.rounds} interleaved rounds of {args.duration}s, wrk -t1 -c{args.connections}, "
-        f"one worker per proxy, one nginx origin; medians over rounds).",
+        f"Command: `{' '.join(['python3', 'benches/load.py'] + sys.argv[1:])}`.",
         "",
-        "| proxy | requests/s | p50 ms | p99 ms | errors |",
-        "|---|---:|---:|---:|---:|",
-        *rows,
-        "",
-        "| ratio | requests/s | p99 |",
-        "|---|---:|---:|",
     ]
-    for other in ["bare-pingora", "nginx", "haproxy"]:
-        o_rps, _, o_p99 = summary[other]
-        lines.append(f"| faultline / {other} | {f_rps / o_rps:.3f} | {f_p99 / o_p99:.3f} |")
+    if healthy:
+        for kind in PROXIES:
+            rps = median([r["rps"] for r in healthy[kind]])
+            p50 = median([r["p50"] for r in healthy[kind]])
+            p99 = median([r["p99"] for r in healthy[kind]])
+            cpu = median([r["cpu_us"] for r in healthy[kind]])
+            errs = sum(r["non2xx"] + r["socket_errors"] for r in healthy[kind])
+            summary[kind] = (rps, p99, cpu)
+            rows.append(f"| {kind} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {cpu:.1f} | {errs} |")
+        f_rps, f_p99, f_cpu = summary["faultline"]
+        lines += [
+            f"Healthy: {args.rounds} interleaved rounds of {args.duration}s, wrk -t1 "
+            f"-c{args.connections}, one worker per proxy, one nginx origin; medians over rounds"
+            + ("; proxies pinned to core 0, origin and wrk to core 1." if PIN else "."),
+            "",
+            "| proxy | requests/s | p50 ms | p99 ms | proxy CPU µs/request | errors |",
+            "|---|---:|---:|---:|---:|---:|",
+            *rows,
+            "",
+            "| ratio | requests/s | p99 | CPU per request |",
+            "|---|---:|---:|---:|",
+        ]
+        for other in ["bare-pingora", "nginx", "haproxy"]:
+            o_rps, o_p99, o_cpu = summary[other]
+            lines.append(f"| faultline / {other} | {f_rps / o_rps:.3f} | {f_p99 / o_p99:.3f} | "
+                         f"{f_cpu / o_cpu:.3f} |")
+    if not failures:
+        return "\n".join(lines)
     lines += [
         "",
         f"Failure scenario: three backends (one refusing, one accepting but never answering), "
@@ -397,9 +445,12 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short rounds (smoke test)")
     parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--scenario", choices=["all", "healthy", "failures"], default="all")
+    parser.add_argument("--rounds", type=int, help="healthy rounds (default 5; --quick 2)")
+    parser.add_argument("--duration", type=int, help="seconds per healthy round (default 10)")
     args = parser.parse_args()
-    args.rounds = 2 if args.quick else 3
-    args.duration = 3 if args.quick else 10
+    args.rounds = args.rounds or (2 if args.quick else 5)
+    args.duration = args.duration or (3 if args.quick else 10)
     args.connections = 64
     args.fail_duration = 5 if args.quick else 15
     args.fail_connections = 16
@@ -410,11 +461,16 @@ def main():
     workdir = tempfile.mkdtemp(prefix="faultline-load-")
     os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
     procs = Procs(workdir)
+    healthy, failures = None, None
     try:
-        healthy = healthy_scenario(procs, workdir, args.rounds, args.duration, args.connections)
-        procs.stop_all()
-        procs = Procs(workdir)
-        failures = failure_scenario(procs, workdir, args.fail_duration, args.fail_connections)
+        if args.scenario in ("all", "healthy"):
+            healthy = healthy_scenario(procs, workdir, args.rounds, args.duration,
+                                       args.connections)
+            procs.stop_all()
+            procs = Procs(workdir)
+        if args.scenario in ("all", "failures"):
+            failures = failure_scenario(procs, workdir, args.fail_duration,
+                                        args.fail_connections)
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -91,6 +91,8 @@ fn pool_status(pool: &Pool) -> serde_json::Value {
                 "ejected_for_ms": ejected_for_ms,
                 "active_check": active,
                 "consecutive_failures": pool.health.consecutive_failures(i),
+                "pending": pool.answering.pending(i),
+                "lagging": pool.answering.lagging(i),
                 "ejections": pool.health.ejections_total(i),
                 "attempts": outcomes,
             })

@@ -28,6 +28,7 @@ use crate::request_id;
 use crate::retry::{self, Trigger};
 use crate::routing::{Router, request_host};
 use crate::state::Shared;
+use crate::upstream::attempt::Outcome;
 use crate::upstream::{Pool, PoolError, Selected};
 
 /// The error type used to unwind Pingora's flow when faultline already decided what happens.
@@ -195,16 +196,28 @@ impl Gateway {
     ) -> Box<Error> {
         let kind = classify(&e, phase);
         let progress = phase.progress();
-        ctx.attempts.failed(kind, progress);
-        ctx.failure = Some(kind);
-        if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last()) {
-            pool.record_failure(a.backend, a.probe, kind);
-        }
+        Self::settle_attempt(ctx, kind, progress);
         let retry =
             kind.is_upstream() && self.may_retry(session, ctx, Trigger::Failure(kind, progress));
         // Pingora panics on an undecided `ReusedOnly` retry: always decide.
         e.set_retry(retry);
         e
+    }
+
+    /// Records the failure of the current attempt, with the backend's health and progress.
+    fn settle_attempt(ctx: &mut RequestCtx, kind: FailureKind, progress: Progress) {
+        let was_pending = ctx
+            .attempts
+            .last()
+            .is_some_and(|a| a.outcome == Outcome::Pending);
+        ctx.attempts.failed(kind, progress);
+        ctx.failure = Some(kind);
+        if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last()) {
+            pool.record_failure(a.backend, a.probe, kind);
+            if was_pending {
+                pool.answering.ended(a.backend);
+            }
+        }
     }
 
     /// Ends the request with `kind` from inside Pingora's upstream flow.
@@ -408,6 +421,9 @@ impl ProxyHttp for Gateway {
             ));
         };
         ctx.attempts.start(chosen.index, chosen.probe);
+        if let Some(pool) = Self::pool(ctx) {
+            pool.answering.started(chosen.index);
+        }
         ctx.body_bytes = 0;
         ctx.phase = Phase::Connect;
         ctx.failure = None;
@@ -498,6 +514,7 @@ impl ProxyHttp for Gateway {
         ctx.phase = Phase::Body;
         if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last()) {
             pool.record_response(a.backend, a.probe, status, a.header);
+            pool.answering.answered(a.backend);
         }
         let Some(route) = ctx.route.clone() else {
             return Ok(());
@@ -649,6 +666,12 @@ impl ProxyHttp for Gateway {
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         if let (Some(i), Some(pool)) = (ctx.unreported_probe(), Self::pool(ctx)) {
             pool.health.release_probe(i);
+        }
+        if let (Some(a), Some(pool)) = (ctx.attempts.last(), Self::pool(ctx))
+            && a.outcome == Outcome::Pending
+        {
+            // An attempt that never got an outcome (the request ended another way).
+            pool.answering.ended(a.backend);
         }
         if std::mem::take(&mut ctx.in_flight)
             && let Some(pool) = Self::pool(ctx)

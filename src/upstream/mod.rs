@@ -3,6 +3,7 @@
 //! pool's timeouts, the retry budget, and the per-request attempt history.
 
 pub mod active;
+pub mod answering;
 pub mod attempt;
 pub mod budget;
 pub mod health;
@@ -23,6 +24,7 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::config::{Selection, UpstreamConfig};
 use crate::failure::FailureKind;
 use crate::metrics::{BackendMetrics, BackendView, UpstreamMetrics, UpstreamView};
+use answering::Answering;
 use budget::RetryBudget;
 use health::{PassiveHealth, Reason, State, Verdict};
 
@@ -97,6 +99,8 @@ pub struct Pool {
     pub budget: Arc<RetryBudget>,
     /// Upstream-wide counters.
     pub metrics: Arc<UpstreamMetrics>,
+    /// Which backends are answering.
+    pub answering: Answering,
     active_interval: Option<Duration>,
     in_flight: Arc<AtomicU32>,
     max_in_flight: Option<u32>,
@@ -192,6 +196,9 @@ impl Pool {
             health,
             budget: previous.map_or_else(Default::default, |p| p.budget.clone()),
             metrics: previous.map_or_else(Default::default, |p| p.metrics.clone()),
+            answering: Answering::new(
+                &config.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
+            ),
             active_interval: config.active_health.as_ref().map(|a| a.interval),
             in_flight: previous.map_or_else(Default::default, |p| p.in_flight.clone()),
             max_in_flight: config.max_in_flight,
@@ -234,11 +241,12 @@ impl Pool {
     /// false; falls back to a tried one only when every admitted backend was tried.
     pub fn select(&self, key: &[u8], tried: impl Fn(usize) -> bool) -> Option<Selected> {
         let probe = Cell::new(false);
-        let admit = |b: &Backend, healthy: bool, fresh_only: bool| {
+        let admit = |b: &Backend, healthy: bool, fresh_only: bool, answering_only: bool| {
             let Some(i) = index_of(b) else {
                 return false;
             };
-            if !healthy || (fresh_only && tried(i)) {
+            if !healthy || (fresh_only && tried(i)) || (answering_only && self.answering.lagging(i))
+            {
                 return false;
             }
             match self.health.admit(i) {
@@ -249,12 +257,21 @@ impl Pool {
                 None => false,
             }
         };
+        // Consistent hashing keeps its affinity: only health moves a key elsewhere.
+        let avoid_lagging = !self.hash_key;
         let chosen = self
             .balancer
-            .select_with(key, |b, healthy| admit(b, healthy, true))
+            .select_with(key, |b, healthy| admit(b, healthy, true, avoid_lagging))
+            .or_else(|| {
+                if !avoid_lagging {
+                    return None;
+                }
+                self.balancer
+                    .select_with(key, |b, healthy| admit(b, healthy, true, false))
+            })
             .or_else(|| {
                 self.balancer
-                    .select_with(key, |b, healthy| admit(b, healthy, false))
+                    .select_with(key, |b, healthy| admit(b, healthy, false, false))
             })?;
         Some(Selected {
             index: index_of(&chosen)?,

@@ -471,3 +471,58 @@ fn failure_rate_ejects_a_backend_that_fails_half_the_time() {
         flaky.requests()
     );
 }
+
+#[test]
+fn a_backend_that_stops_answering_is_passed_over_before_its_first_timeout() {
+    let good = Origin::start(Behavior::Named("good"));
+    let silent = Origin::start(Behavior::Named("silent"));
+    // No passive health: only the answering check keeps requests away from the silent backend.
+    let proxy = Proxy::start(&one_upstream(
+        &[good.addr, silent.addr],
+        "    timeouts: { response_header: 1500ms }\n",
+        "",
+    ));
+    assert_eq!(client::get(proxy.addr, "/", &[]).status, 200);
+    silent.set(Behavior::Hang);
+    let addr = proxy.addr;
+    let until = std::time::Instant::now() + Duration::from_millis(2500);
+    let threads: Vec<_> = (0..16)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let (mut fast, mut slow) = (0, 0);
+                for _ in 0..2000 {
+                    if std::time::Instant::now() >= until {
+                        break;
+                    }
+                    let started = std::time::Instant::now();
+                    let r = client::get(addr, "/", &[]);
+                    assert_eq!(r.status, 200, "a stuck GET is retried on the good backend");
+                    if started.elapsed() > Duration::from_millis(1000) {
+                        slow += 1;
+                    } else {
+                        fast += 1;
+                    }
+                }
+                (fast, slow)
+            })
+        })
+        .collect();
+    let (fast, slow) = threads
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .fold((0, 0), |(f, s), (a, b)| (f + a, s + b));
+    eprintln!("answered at once: {fast}, stuck first: {slow}");
+    // Round robin alone sends every other request to the silent backend until it times out, so
+    // within a few requests all 16 clients wait on it and almost nothing is answered for 1.5 s.
+    // Passing it over once the good backend has answered a few times keeps most clients going.
+    assert!(
+        fast >= 300,
+        "only {fast} requests answered at once ({slow} stuck)"
+    );
+    assert!(
+        slow < 16 * 2,
+        "{slow} requests waited for the silent backend's timeout"
+    );
+    let status = crate::client::get(proxy.admin, "/status", &[]).text();
+    assert!(status.contains("\"pending\":"), "{status}");
+}
