@@ -105,6 +105,20 @@ class Procs:
         return p
 
 
+    def stop_all(self):
+        for p in self.procs:
+            if p.poll() is None:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+
+
 def cpu_seconds(session):
     """User + system CPU time of every process in a session (a proxy and its workers)."""
     tick = os.sysconf("SC_CLK_TCK")
@@ -121,19 +135,6 @@ def cpu_seconds(session):
         if int(fields[3]) == session:
             total += int(fields[11]) + int(fields[12])
     return total / tick
-
-    def stop_all(self):
-        for p in self.procs:
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except OSError:
-                    pass
-        for p in self.procs:
-            try:
-                p.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                pass
 
 
 def write(workdir, name, text):

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
+use futures::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
@@ -280,25 +281,14 @@ async fn read_head(
     limits: ClientLimits,
     shutdown: &ShutdownWatch,
 ) -> Head {
-    let mut shutdown = shutdown.clone();
     let mut buf = BytesMut::with_capacity(4096);
-    // The wait for the first byte ends early when the server shuts down, like Pingora's own.
-    loop {
-        if *shutdown.borrow() {
-            return Head::Gone;
-        }
-        tokio::select! {
-            biased;
-            read = tokio::time::timeout_at(idle_until.into(), stream.read_buf(&mut buf)) => {
-                match read {
-                    Ok(Ok(n)) if n > 0 => break,
-                    _ => return Head::Gone,
-                }
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() {
-                    return Head::Gone;
-                }
+    // Under load the request is often there already: no timer, no shutdown watch.
+    match stream.read_buf(&mut buf).now_or_never() {
+        Some(Ok(n)) if n > 0 => {}
+        Some(_) => return Head::Gone,
+        None => {
+            if !wait_for_first_bytes(stream, &mut buf, idle_until, shutdown).await {
+                return Head::Gone;
             }
         }
     }
@@ -308,10 +298,39 @@ async fn read_head(
         if head_complete(&buf, &mut scanned) || buf.len() > MAX_HEADER_BYTES {
             return Head::Read(buf);
         }
-        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match pingora::prelude::timeout(left, stream.read_buf(&mut buf)).await {
             Err(_) => return Head::TimedOut,
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Head::Gone,
+        }
+    }
+}
+
+/// Waits for the first bytes of a request until `idle_until`; the wait ends early when the
+/// server shuts down, as Pingora's own does. Whether bytes came.
+async fn wait_for_first_bytes(
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    idle_until: Instant,
+    shutdown: &ShutdownWatch,
+) -> bool {
+    let mut shutdown = shutdown.clone();
+    loop {
+        if *shutdown.borrow() {
+            return false;
+        }
+        let idle = idle_until.saturating_duration_since(Instant::now());
+        tokio::select! {
+            biased;
+            read = pingora::prelude::timeout(idle, stream.read_buf(buf)) => {
+                return matches!(read, Ok(Ok(n)) if n > 0);
+            }
+            changed = shutdown.changed() => {
+                if changed.is_err() {
+                    return false;
+                }
+            }
         }
     }
 }

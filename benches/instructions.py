@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Instructions per proxied request, faultline against bare Pingora, counted by callgrind.
+
+Throughput on a small shared machine moves by more between runs than the gap between two
+proxies; an instruction count does not: the same binary, inputs and environment give the same
+count whatever else the machine is doing. Each proxy runs under `valgrind --tool=callgrind`, is
+warmed up, has its counters zeroed, serves exactly N keep-alive GET requests from a small client
+(the same for both) to one nginx origin, and the instructions it executed in that window are
+divided by N.
+
+    python3 benches/instructions.py              # 20000 requests each
+    python3 benches/instructions.py --requests 5000 --skip-build
+    python3 benches/instructions.py --save /tmp/cg   # then: callgrind_annotate --inclusive=yes
+
+Loopback only; every wait has a deadline and the request count is fixed.
+"""
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import load  # noqa: E402  (the load benchmark's origin, proxy configs and process handling)
+
+CONNECTIONS = 4
+
+
+def ensure_valgrind():
+    if shutil.which("valgrind") and shutil.which("callgrind_control"):
+        return
+    sudo = [] if os.geteuid() == 0 else ["sudo"]
+    load.log("installing valgrind")
+    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq", "valgrind"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
+
+
+def drive(port, total):
+    """Sends `total` GET requests over CONNECTIONS keep-alive connections; returns the count of
+    200 responses."""
+    per = [total // CONNECTIONS + (1 if i < total % CONNECTIONS else 0)
+           for i in range(CONNECTIONS)]
+    ok = [0] * CONNECTIONS
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+
+    def one(i):
+        s = socket.create_connection(("127.0.0.1", port), timeout=30)
+        buf = b""
+        for _ in range(per[i]):
+            s.sendall(request)
+            while b"\r\n\r\n" not in buf:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            m = re.search(rb"(?i)content-length:\s*(\d+)", head)
+            length = int(m.group(1)) if m else 0
+            while len(buf) < length:
+                chunk = s.recv(65536)
+                if not chunk:
+                    return
+                buf += chunk
+            buf = buf[length:]
+            if head.startswith(b"HTTP/1.1 200"):
+                ok[i] += 1
+        s.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(CONNECTIONS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=600)
+    return sum(ok)
+
+
+def measure(procs, workdir, kind, origin, requests, save):
+    port = load.free_port()
+    out = os.path.join(workdir, f"{kind}.callgrind")
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                "--dump-instr=no", "--collect-atstart=yes"]
+    name = f"{kind}-callgrind"
+    if kind == "faultline":
+        conf = load.faultline_conf(workdir, name, port, [origin], False)
+        args = [os.path.join(load.ROOT, "target/release/faultline"), "-c", conf]
+        env = dict(os.environ, RUST_LOG="error")
+    else:
+        args = [os.path.join(load.ROOT, "target/release/examples/bare_proxy"),
+                f"127.0.0.1:{port}", f"127.0.0.1:{origin}"]
+        env = dict(os.environ, RUST_LOG="error", THREADS="1")
+    p = procs.start(name, valgrind + args, env=env)
+    load.wait_port(port, name, timeout=120)
+    warm = drive(port, 500)
+    if warm != 500:
+        raise SystemExit(f"{kind}: warm-up got {warm}/500 answers")
+    subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+    got = drive(port, requests)
+    subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+    if got != requests:
+        raise SystemExit(f"{kind}: {got}/{requests} answers")
+    # The dump taken after zeroing is the newest file: out.1 (or out.N).
+    deadline = time.time() + 60
+    dumps = []
+    while time.time() < deadline and not dumps:
+        dumps = sorted(f for f in os.listdir(workdir)
+                       if f.startswith(f"{kind}.callgrind.") and f[-1].isdigit())
+        time.sleep(0.2)
+    if not dumps:
+        raise SystemExit(f"{kind}: no callgrind dump")
+    if save:
+        os.makedirs(save, exist_ok=True)
+        shutil.copy(os.path.join(workdir, dumps[-1]), os.path.join(save, f"{kind}.callgrind"))
+    with open(os.path.join(workdir, dumps[-1])) as f:
+        text = f.read()
+    m = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
+    if not m:
+        raise SystemExit(f"{kind}: no totals in the dump")
+    return int(m.group(1)) / requests
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--requests", type=int, default=20000)
+    parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--save", metavar="DIR",
+                        help="keep the callgrind files here (for callgrind_annotate)")
+    args = parser.parse_args()
+    load.ensure_tools()
+    ensure_valgrind()
+    if not args.skip_build:
+        load.build()
+    workdir = tempfile.mkdtemp(prefix="faultline-instr-")
+    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
+    procs = load.Procs(workdir)
+    results = {}
+    try:
+        origin = load.free_port()
+        load.start_origin(procs, workdir, origin)
+        for kind in ["bare-pingora", "faultline"]:
+            results[kind] = measure(procs, workdir, kind, origin, args.requests, args.save)
+            load.log(f"{kind}: {results[kind]:,.0f} instructions per request")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    bare, ours = results["bare-pingora"], results["faultline"]
+    print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`".rstrip())
+    print()
+    print("| proxy | instructions per request |")
+    print("|---|---:|")
+    print(f"| bare-pingora | {bare:,.0f} |")
+    print(f"| faultline | {ours:,.0f} |")
+    print(f"| faultline / bare-pingora | {ours / bare:.3f} |")
+
+
+if __name__ == "__main__":
+    main()
