@@ -19,7 +19,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
-use futures::FutureExt;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, Stream};
@@ -282,15 +281,8 @@ async fn read_head(
     shutdown: &ShutdownWatch,
 ) -> Head {
     let mut buf = BytesMut::with_capacity(4096);
-    // Under load the request is often there already: no timer, no shutdown watch.
-    match stream.read_buf(&mut buf).now_or_never() {
-        Some(Ok(n)) if n > 0 => {}
-        Some(_) => return Head::Gone,
-        None => {
-            if !wait_for_first_bytes(stream, &mut buf, idle_until, shutdown).await {
-                return Head::Gone;
-            }
-        }
+    if !wait_for_first_bytes(stream, &mut buf, idle_until, shutdown).await {
+        return Head::Gone;
     }
     let deadline = deadline.unwrap_or_else(|| Instant::now() + limits.header_timeout);
     let mut scanned = 0;
@@ -298,8 +290,7 @@ async fn read_head(
         if head_complete(&buf, &mut scanned) || buf.len() > MAX_HEADER_BYTES {
             return Head::Read(buf);
         }
-        let left = deadline.saturating_duration_since(Instant::now());
-        match pingora::prelude::timeout(left, stream.read_buf(&mut buf)).await {
+        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)).await {
             Err(_) => return Head::TimedOut,
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Head::Gone,
@@ -320,10 +311,9 @@ async fn wait_for_first_bytes(
         if *shutdown.borrow() {
             return false;
         }
-        let idle = idle_until.saturating_duration_since(Instant::now());
         tokio::select! {
             biased;
-            read = pingora::prelude::timeout(idle, stream.read_buf(buf)) => {
+            read = tokio::time::timeout_at(idle_until.into(), stream.read_buf(buf)) => {
                 return matches!(read, Ok(Ok(n)) if n > 0);
             }
             changed = shutdown.changed() => {

@@ -81,7 +81,12 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()>
         }
         None => req.insert_header(header::VIA, ours)?,
     }
-    req.insert_header("X-Request-Id", client.request_id)?;
+    // A client's own well-formed id is the request id already: nothing to rewrite.
+    let mut ids = req.headers.get_all(&X_REQUEST_ID).iter();
+    let already = matches!((ids.next(), ids.next()), (Some(v), None) if v.as_bytes() == client.request_id.as_bytes());
+    if !already {
+        req.insert_header("X-Request-Id", client.request_id)?;
+    }
     Ok(())
 }
 
@@ -107,6 +112,7 @@ fn ip_text(ip: IpAddr) -> String {
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -205,6 +211,26 @@ mod tests {
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["via"], "1.1 faultline");
         assert_eq!(h["x-request-id"], "rid");
+    }
+
+    #[test]
+    fn the_request_id_is_one_header_with_the_id() {
+        // The client's own id, once: left as it is.
+        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+        r.insert_header("X-Request-Id", "rid").unwrap();
+        apply(&mut r, client()).unwrap();
+        assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(r.headers["x-request-id"], "rid");
+        // Two values, or another value (a malformed id the proxy replaced): one header, the id.
+        for prior in [&["rid", "rid"][..], &["<bad>"][..]] {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            for v in prior {
+                r.append_header("X-Request-Id", *v).unwrap();
+            }
+            apply(&mut r, client()).unwrap();
+            let all: Vec<_> = r.headers.get_all("x-request-id").iter().collect();
+            assert_eq!(all, ["rid"]);
+        }
     }
 
     #[test]
