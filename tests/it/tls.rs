@@ -332,3 +332,110 @@ fn tls_configuration_errors_name_their_field() {
     );
     assert!(faultline::Config::from_yaml(&ok).is_ok());
 }
+
+#[test]
+fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
+    let pki = Pki::new("limits");
+    let origin = Origin::start(Behavior::Named("o"));
+    let body = format!(
+        "clients: {{ max_connections: 1, header_timeout: 300ms }}\nupstreams:\n  app: {{ backends: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ upstream: app }}\n",
+        origin.addr
+    );
+    let proxy = tls_proxy(&pki, &body);
+    let addr = proxy.addr;
+    let wait_for_no_connections = || {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+        while proxy.metric("faultline_client_connections") != 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "connections stayed open"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    };
+    wait_for_no_connections();
+
+    // A header that never completes gets its 408 through TLS.
+    let h1 = connector(&pki, b"http/1.1");
+    let answer = runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let mut tls = h1.connect(name, tcp).await.expect("handshake");
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n")
+            .await
+            .expect("write");
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        String::from_utf8_lossy(&raw).to_string()
+    });
+    assert!(answer.starts_with("HTTP/1.1 408 "), "got: {answer}");
+    wait_for_no_connections();
+
+    // One HTTP/2 connection held open fills the limit.
+    let h2c = connector(&pki, b"h2");
+    let (refused_h2, refused_h1) = runtime().block_on(async {
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from("localhost").expect("name");
+        let tls = h2c.connect(name.clone(), tcp).await.expect("handshake");
+        let (mut held, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::builder()
+            .uri("https://localhost/")
+            .body(())
+            .expect("request");
+        let (resp, _) = held.send_request(req, true).expect("send");
+        assert_eq!(resp.await.expect("response").status(), 200);
+
+        // A second HTTP/2 connection is closed before any request on it is answered.
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let refused_h2 = match h2c.connect(name.clone(), tcp).await {
+            Err(e) => format!("TLS: {e}"),
+            Ok(tls) => match h2::client::handshake(tls).await {
+                Err(e) => format!("h2 handshake: {e}"),
+                Ok((mut send, conn)) => {
+                    tokio::spawn(async move {
+                        let _ = conn.await;
+                    });
+                    let req = http::Request::builder()
+                        .uri("https://localhost/")
+                        .body(())
+                        .expect("request");
+                    match send.send_request(req, true) {
+                        Err(e) => format!("send: {e}"),
+                        Ok((resp, _)) => match resp.await {
+                            Err(e) => format!("response: {e}"),
+                            Ok(r) => panic!("answered {} over the limit", r.status()),
+                        },
+                    }
+                }
+            },
+        };
+        // An HTTP/1.1 one gets the 503 page.
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let mut tls = h1.connect(name, tcp).await.expect("handshake");
+        tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .expect("write");
+        let mut raw = Vec::new();
+        let _ = tls.read_to_end(&mut raw).await;
+        drop(held);
+        (refused_h2, String::from_utf8_lossy(&raw).to_string())
+    });
+    eprintln!("second HTTP/2 connection: {refused_h2}");
+    assert!(refused_h1.starts_with("HTTP/1.1 503 "), "got: {refused_h1}");
+    assert!(
+        refused_h1.contains("faultline; error=connection_limit_reached;"),
+        "got: {refused_h1}"
+    );
+    assert_eq!(
+        origin.requests(),
+        1,
+        "only the held connection's request was forwarded"
+    );
+    assert_eq!(
+        proxy.metric("faultline_client_connections_over_limit_total"),
+        2
+    );
+}
