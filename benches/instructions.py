@@ -31,6 +31,21 @@ import load  # noqa: E402  (the load benchmark's origin, proxy configs and proce
 
 CONNECTIONS = 4
 
+# A browser-like request, for the second measurement: the minimal `GET` with only `Host` is the
+# worst case for a proxy that adds headers (the header maps Pingora sizes to the request grow).
+BROWSER_HEADERS = (
+    b"User-Agent: Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0\r\n"
+    b"Accept: text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8\r\n"
+    b"Accept-Language: en-US,en;q=0.5\r\n"
+    b"Accept-Encoding: gzip, deflate, br\r\n"
+    b"Referer: https://bench.example/start\r\n"
+    b"Cookie: session=4f1c2a9b7e3d; theme=dark\r\n"
+    b"Upgrade-Insecure-Requests: 1\r\n"
+    b"Sec-Fetch-Dest: document\r\n"
+    b"Sec-Fetch-Mode: navigate\r\n"
+    b"Priority: u=0, i\r\n"
+)
+
 
 def ensure_valgrind():
     if shutil.which("valgrind") and shutil.which("callgrind_control"):
@@ -43,13 +58,13 @@ def ensure_valgrind():
                    stdout=subprocess.DEVNULL)
 
 
-def drive(port, total):
-    """Sends `total` GET requests over CONNECTIONS keep-alive connections; returns the count of
-    200 responses."""
+def drive(port, total, extra=b""):
+    """Sends `total` GET requests (with `extra` header lines) over CONNECTIONS keep-alive
+    connections; returns the count of 200 responses."""
     per = [total // CONNECTIONS + (1 if i < total % CONNECTIONS else 0)
            for i in range(CONNECTIONS)]
     ok = [0] * CONNECTIONS
-    request = b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n"
+    request = b"GET / HTTP/1.1\r\nHost: bench\r\n" + extra + b"\r\n"
 
     def one(i):
         s = socket.create_connection(("127.0.0.1", port), timeout=30)
@@ -82,12 +97,13 @@ def drive(port, total):
     return sum(ok)
 
 
-def measure(procs, workdir, kind, origin, requests, save):
+def measure(procs, workdir, kind, origin, requests, save, extra):
     port = load.free_port()
-    out = os.path.join(workdir, f"{kind}.callgrind")
+    tag = f"{kind}-{len(extra)}"
+    out = os.path.join(workdir, f"{tag}.callgrind")
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                 "--dump-instr=no", "--collect-atstart=yes"]
-    name = f"{kind}-callgrind"
+    name = f"{tag}-callgrind"
     if kind == "faultline":
         conf = load.faultline_conf(workdir, name, port, [origin], False)
         args = [os.path.join(load.ROOT, "target/release/faultline"), "-c", conf]
@@ -103,7 +119,7 @@ def measure(procs, workdir, kind, origin, requests, save):
         raise SystemExit(f"{kind}: warm-up got {warm}/500 answers")
     subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True,
                    stdout=subprocess.DEVNULL)
-    got = drive(port, requests)
+    got = drive(port, requests, extra)
     subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True,
                    stdout=subprocess.DEVNULL)
     if got != requests:
@@ -113,7 +129,7 @@ def measure(procs, workdir, kind, origin, requests, save):
     dumps = []
     while time.time() < deadline and not dumps:
         dumps = sorted(f for f in os.listdir(workdir)
-                       if f.startswith(f"{kind}.callgrind.") and f[-1].isdigit())
+                       if f.startswith(f"{tag}.callgrind.") and f[-1].isdigit())
         time.sleep(0.2)
     if not dumps:
         raise SystemExit(f"{kind}: no callgrind dump")
@@ -147,20 +163,24 @@ def main():
     try:
         origin = load.free_port()
         load.start_origin(procs, workdir, origin)
-        for kind in ["bare-pingora", "faultline"]:
-            results[kind] = measure(procs, workdir, kind, origin, args.requests, args.save)
-            load.log(f"{kind}: {results[kind]:,.0f} instructions per request")
+        for shape, extra in (("minimal", b""), ("browser", BROWSER_HEADERS)):
+            for kind in ["bare-pingora", "faultline"]:
+                save = os.path.join(args.save, shape) if args.save else None
+                results[(kind, shape)] = measure(procs, workdir, kind, origin, args.requests,
+                                                 save, extra)
+                load.log(f"{kind}, {shape} request: "
+                         f"{results[(kind, shape)]:,.0f} instructions per request")
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
-    bare, ours = results["bare-pingora"], results["faultline"]
     print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`".rstrip())
     print()
-    print("| proxy | instructions per request |")
-    print("|---|---:|")
-    print(f"| bare-pingora | {bare:,.0f} |")
-    print(f"| faultline | {ours:,.0f} |")
-    print(f"| faultline / bare-pingora | {ours / bare:.3f} |")
+    print("| request | bare Pingora | faultline | faultline / bare |")
+    print("|---|---:|---:|---:|")
+    for shape, label in (("minimal", "`GET /` with `Host` only"),
+                         ("browser", "`GET /` with 11 browser headers")):
+        bare, ours = results[("bare-pingora", shape)], results[("faultline", shape)]
+        print(f"| {label} | {bare:,.0f} | {ours:,.0f} | {ours / bare:.3f} |")
 
 
 if __name__ == "__main__":

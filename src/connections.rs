@@ -335,12 +335,10 @@ fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
         .position(|b| *b != b'\r' && *b != b'\n')
         .unwrap_or(buf.len());
     let from = (*scanned).max(start);
-    for i in from..buf.len() {
-        if buf[i] == b'\n' {
-            let rest = &buf[i + 1..];
-            if rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n") {
-                return true;
-            }
+    for i in memchr::memchr_iter(b'\n', &buf[from..]) {
+        let rest = &buf[from + i + 1..];
+        if rest.first() == Some(&b'\n') || rest.starts_with(b"\r\n") {
+            return true;
         }
     }
     // The last two bytes may start an empty line that the next read completes.

@@ -16,20 +16,25 @@ pub fn check(raw: &[u8]) -> Option<FailureKind> {
     if raw.len() > MAX_HEADER_BYTES {
         return Some(FailureKind::HttpRequestHeaderSectionSize);
     }
-    // Every LF must end a CRLF.
-    if raw
-        .iter()
-        .enumerate()
-        .any(|(i, b)| *b == b'\n' && (i == 0 || raw[i - 1] != b'\r'))
-    {
-        return Some(FailureKind::HttpRequestError);
-    }
+    // One pass over the line ends (every request pays for it, hence memchr): every LF must end a
+    // CRLF, and only lines that may name a framing header are looked at closely.
     let mut content_length = false;
     let mut transfer_encodings = 0usize;
     let mut chunked_last = false;
-    for line in raw.split(|b| *b == b'\n').skip(1) {
-        let line = line.strip_suffix(b"\r").unwrap_or(line);
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
+    let mut start = None;
+    for end in memchr::memchr_iter(b'\n', raw) {
+        if end == 0 || raw[end - 1] != b'\r' {
+            return Some(FailureKind::HttpRequestError);
+        }
+        // The first line is the request line.
+        let Some(from) = start.replace(end + 1) else {
+            continue;
+        };
+        let line = &raw[from..end - 1];
+        if !matches!(line.first(), Some(b'c' | b'C' | b't' | b'T')) {
+            continue;
+        }
+        let Some(colon) = memchr::memchr(b':', line) else {
             continue;
         };
         let (name, value) = (&line[..colon], &line[colon + 1..]);
@@ -71,7 +76,16 @@ mod tests {
                 b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n",
                 Some(FailureKind::HttpRequestError),
             ),
+            (
+                b"POST / HTTP/1.1\r\ncontent-length: 4\r\ntransfer-encoding: chunked\r\n\r\n",
+                Some(FailureKind::HttpRequestError),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nX-Transfer-Encoding: gzip\r\nContent-Length: 4\r\nCookie: a\r\n\r\n",
+                None,
+            ),
             (b"GET / HTTP/1.1\nHost: a\n\n", Some(FailureKind::HttpRequestError)),
+            (b"\nGET / HTTP/1.1\r\n\r\n", Some(FailureKind::HttpRequestError)),
             (b"GET / HTTP/1.1\r\nHost: a\n\r\n", Some(FailureKind::HttpRequestError)),
         ];
         for (raw, want) in cases {
