@@ -46,6 +46,13 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()>
     strip_hop_by_hop(req);
     // A client cannot speak for this proxy.
     req.remove_header(&PROXY_STATUS);
+    if !client.trusted {
+        // Nor, unless it is a trusted proxy, for where the request came from: origins that
+        // believe these would take a client's word for its address, host or scheme.
+        for name in &CLIENT_CLAIMS {
+            req.remove_header(*name);
+        }
+    }
 
     if let Some(ip) = client.ip {
         // Only a trusted proxy may say who the client was; anyone else could claim any address.
@@ -112,6 +119,16 @@ fn ip_text(ip: IpAddr) -> String {
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_FORWARDED_PORT: HeaderName = HeaderName::from_static("x-forwarded-port");
+
+/// Headers in which a client claims where the request came from; only trusted proxies' pass.
+/// (`X-Forwarded-For` and `X-Forwarded-Proto` are rewritten for everyone.)
+static CLIENT_CLAIMS: [&HeaderName; 4] =
+    [&FORWARDED, &X_REAL_IP, &X_FORWARDED_HOST, &X_FORWARDED_PORT];
+
 static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
@@ -235,14 +252,43 @@ mod tests {
 
     #[test]
     fn untrusted_peers_cannot_extend_x_forwarded_for() {
-        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-        r.insert_header("x-forwarded-for", "6.6.6.6").unwrap();
+        let claims = [
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6;proto=https"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-forwarded-host", "admin.internal"),
+            ("x-forwarded-port", "443"),
+            ("x-forwarded-proto", "https"),
+        ];
+        let build = || {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            for (n, v) in claims {
+                r.insert_header(n, v).unwrap();
+            }
+            r
+        };
+        let mut r = build();
         let untrusted = Client {
             trusted: false,
             ..client()
         };
         apply(&mut r, untrusted).unwrap();
         assert_eq!(r.headers["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(r.headers["x-forwarded-proto"], "http");
+        for name in [
+            "forwarded",
+            "x-real-ip",
+            "x-forwarded-host",
+            "x-forwarded-port",
+        ] {
+            assert!(r.headers.get(name).is_none(), "{name} passed");
+        }
+        // A trusted proxy's claims pass on.
+        let mut r = build();
+        apply(&mut r, client()).unwrap();
+        assert_eq!(r.headers["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
+        assert_eq!(r.headers["x-forwarded-host"], "admin.internal");
+        assert_eq!(r.headers["forwarded"], "for=6.6.6.6;proto=https");
     }
 
     #[test]

@@ -150,6 +150,9 @@ fn forwarded_headers_and_hop_by_hop() {
             ("keep-alive", "timeout=5"),
             ("te", "trailers"),
             ("x-request-id", "fw1"),
+            ("forwarded", "for=192.0.2.9"),
+            ("x-real-ip", "192.0.2.9"),
+            ("x-forwarded-host", "admin.internal"),
         ],
     ));
     assert_eq!(c.read_response("GET").status, 200);
@@ -167,6 +170,9 @@ fn forwarded_headers_and_hop_by_hop() {
     assert!(!head.contains("x-drop-me"), "{head}");
     assert!(!head.contains("keep-alive: timeout"), "{head}");
     assert!(!head.contains("\r\nte:"), "{head}");
+    // Nor may it claim another address, host or scheme in the headers origins also read.
+    assert!(!head.contains("192.0.2.9"), "{head}");
+    assert!(!head.contains("admin.internal"), "{head}");
 }
 
 #[test]
