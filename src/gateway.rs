@@ -596,9 +596,9 @@ impl ProxyHttp for Gateway {
             return e;
         }
         if ctx.failure == Some(FailureKind::HttpRequestBodySize) {
-            // The client's fault, not the backend's: recorded on the attempt, never retried.
-            ctx.attempts
-                .failed(FailureKind::HttpRequestBodySize, Progress::Sent);
+            // The client's fault, not the backend's (the kind never counts against it): the
+            // attempt ends with it, and is never retried.
+            Self::settle_attempt(ctx, FailureKind::HttpRequestBodySize, Progress::Sent);
             e.set_retry(false);
             return e;
         }

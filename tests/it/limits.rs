@@ -225,6 +225,11 @@ fn a_chunked_body_growing_past_the_limit_is_413_and_not_the_backends_fault() {
     let entry = access_entry("chunk413");
     assert_eq!(entry["status"], 413);
     assert_eq!(entry["failure"], "http_request_body_size");
+    assert_eq!(entry["attempts"][0]["outcome"], "http_request_body_size");
+    let status = crate::harness::wait_for_status(&proxy, "status", |_| true);
+    let backend = crate::harness::backend_status(&status, origin.addr);
+    assert_eq!(backend["pending"], 0, "the attempt ended: {backend}");
+    assert_eq!(backend["lagging"], false);
     assert_eq!(
         proxy.metric(&format!(
             "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",

@@ -1044,6 +1044,29 @@ fn backends_switching_faults_under_steady_load() {
         "per status and source: metrics vs client"
     );
 
+    // Every attempt ended: no backend is left with attempts outstanding (a leak there would
+    // make selection pass it over for ever).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let status: serde_json::Value =
+            serde_json::from_slice(&client::get(running.admin, "/status", &[]).body)
+                .expect("status JSON");
+        let pending: Vec<u64> = status["upstreams"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .map(|b| b["pending"].as_u64().expect("pending"))
+            .collect();
+        if pending.iter().all(|p| *p == 0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "attempts still outstanding after the load: {pending:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
     shared.stop.store(true, Ordering::SeqCst);
     rt.shutdown_timeout(Duration::from_secs(1));
 }
