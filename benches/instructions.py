@@ -6,7 +6,8 @@ proxies; an instruction count does not: the same binary, inputs and environment 
 count whatever else the machine is doing. Each proxy runs under `valgrind --tool=callgrind`, is
 warmed up, has its counters zeroed, serves exactly N keep-alive GET requests from a small client
 (the same for both) to one nginx origin, and the instructions it executed in that window are
-divided by N.
+divided by N. Three proxies: bare Pingora, bare Pingora setting the four headers faultline adds to
+every request (`FORWARDING=1`), and faultline.
 
     python3 benches/instructions.py              # 20000 requests each
     python3 benches/instructions.py --requests 5000 --skip-build
@@ -112,6 +113,8 @@ def measure(procs, workdir, kind, origin, requests, save, extra):
         args = [os.path.join(load.ROOT, "target/release/examples/bare_proxy"),
                 f"127.0.0.1:{port}", f"127.0.0.1:{origin}"]
         env = dict(os.environ, RUST_LOG="error", THREADS="1")
+        if kind == "pingora+headers":
+            env["FORWARDING"] = "1"
     p = procs.start(name, valgrind + args, env=env)
     load.wait_port(port, name, timeout=120)
     warm = drive(port, 500)
@@ -164,7 +167,7 @@ def main():
         origin = load.free_port()
         load.start_origin(procs, workdir, origin)
         for shape, extra in (("minimal", b""), ("browser", BROWSER_HEADERS)):
-            for kind in ["bare-pingora", "faultline"]:
+            for kind in ["bare-pingora", "pingora+headers", "faultline"]:
                 save = os.path.join(args.save, shape) if args.save else None
                 results[(kind, shape)] = measure(procs, workdir, kind, origin, args.requests,
                                                  save, extra)
@@ -175,12 +178,15 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`".rstrip())
     print()
-    print("| request | bare Pingora | faultline | faultline / bare |")
-    print("|---|---:|---:|---:|")
+    print("| request | bare Pingora | Pingora + the same 4 headers | faultline | faultline / bare |"
+          " faultline / Pingora + headers |")
+    print("|---|---:|---:|---:|---:|---:|")
     for shape, label in (("minimal", "`GET /` with `Host` only"),
                          ("browser", "`GET /` with 11 browser headers")):
         bare, ours = results[("bare-pingora", shape)], results[("faultline", shape)]
-        print(f"| {label} | {bare:,.0f} | {ours:,.0f} | {ours / bare:.3f} |")
+        headers = results[("pingora+headers", shape)]
+        print(f"| {label} | {bare:,.0f} | {headers:,.0f} | {ours:,.0f} | {ours / bare:.3f} | "
+              f"{ours / headers:.3f} |")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ import textwrap
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROXIES = ["faultline", "bare-pingora", "nginx", "haproxy"]
+PROXIES = ["faultline", "bare-pingora", "pingora+headers", "nginx", "haproxy"]
 PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 PROXY_CPU = ["taskset", "-c", "0"] if PIN else []
 LOAD_CPU = ["taskset", "-c", "1"] if PIN else []
@@ -237,6 +237,11 @@ def nginx_conf(workdir, name, port, backends, failure):
                     proxy_connect_timeout 1s;
                     proxy_read_timeout 2s;
                     proxy_next_upstream error timeout;
+                    # The headers faultline adds to every request, so all do the same work.
+                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                    proxy_set_header X-Forwarded-Proto $scheme;
+                    proxy_set_header Via "1.1 nginx";
+                    proxy_set_header X-Request-Id $request_id;
                     proxy_next_upstream_tries 3;
                 }}
             }}
@@ -263,6 +268,12 @@ defaults
 
 frontend f
     bind 127.0.0.1:{port}
+    # The headers faultline adds to every request, so all do the same work.
+    option forwardfor
+    unique-id-format %{{+X}}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    unique-id-header X-Request-Id
+    http-request set-header X-Forwarded-Proto http
+    http-request set-header Via "1.1 haproxy"
     default_backend app
 
 backend app
@@ -279,8 +290,10 @@ def start_proxy(procs, workdir, kind, port, backends, failure=False):
         env = dict(os.environ, RUST_LOG="error")
         p = procs.start(name, PROXY_CPU + [os.path.join(ROOT, "target/release/faultline"),
                                            "-c", conf], env=env)
-    elif kind == "bare-pingora":
+    elif kind in ("bare-pingora", "pingora+headers"):
         env = dict(os.environ, RUST_LOG="error", THREADS="1")
+        if kind == "pingora+headers":
+            env["FORWARDING"] = "1"
         p = procs.start(name, PROXY_CPU + [
             os.path.join(ROOT, "target/release/examples/bare_proxy"), f"127.0.0.1:{port}"]
             + [f"127.0.0.1:{b}" for b in backends], env=env)
@@ -421,7 +434,7 @@ def report(healthy, failures, args):
             "| ratio | requests/s | p99 | CPU per request |",
             "|---|---:|---:|---:|",
         ]
-        for other in ["bare-pingora", "nginx", "haproxy"]:
+        for other in ["bare-pingora", "pingora+headers", "nginx", "haproxy"]:
             o_rps, o_p99, o_cpu = summary[other]
             lines.append(f"| faultline / {other} | {f_rps / o_rps:.3f} | {f_p99 / o_p99:.3f} | "
                          f"{f_cpu / o_cpu:.3f} |")

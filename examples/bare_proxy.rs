@@ -4,6 +4,10 @@
 //! ```sh
 //! cargo run --release --example bare_proxy -- 127.0.0.1:8081 127.0.0.1:9001 [more backends…]
 //! ```
+//!
+//! With `FORWARDING=1` it also sets the four headers faultline adds to every request
+//! (`X-Forwarded-For`, `X-Forwarded-Proto`, `Via`, `X-Request-Id`) the plain Pingora way, so the
+//! benchmark can tell the cost of those headers from the cost of everything else.
 
 use std::sync::Arc;
 
@@ -14,7 +18,10 @@ use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
 use pingora::server::configuration::ServerConf;
 
-struct Bare(Arc<LoadBalancer<RoundRobin>>);
+struct Bare {
+    lb: Arc<LoadBalancer<RoundRobin>>,
+    forwarding: bool,
+}
 
 #[async_trait]
 impl ProxyHttp for Bare {
@@ -24,10 +31,32 @@ impl ProxyHttp for Bare {
 
     async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
         let backend = self
-            .0
+            .lb
             .select(b"", 256)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend"))?;
         Ok(Box::new(HttpPeer::new(backend.addr, false, String::new())))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        upstream_request: &mut RequestHeader,
+        _ctx: &mut (),
+    ) -> Result<()> {
+        if !self.forwarding {
+            return Ok(());
+        }
+        let ip = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        upstream_request.insert_header("X-Forwarded-For", ip)?;
+        upstream_request.insert_header("X-Forwarded-Proto", "http")?;
+        upstream_request.insert_header("Via", "1.1 bare")?;
+        let id: u128 = rand::random();
+        upstream_request.insert_header("X-Request-Id", format!("{id:032x}"))?;
+        Ok(())
     }
 }
 
@@ -46,7 +75,12 @@ fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     };
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
-    let mut service = http_proxy_service(&server.configuration, Bare(Arc::new(lb)));
+    let forwarding = std::env::var_os("FORWARDING").is_some();
+    let bare = Bare {
+        lb: Arc::new(lb),
+        forwarding,
+    };
+    let mut service = http_proxy_service(&server.configuration, bare);
     service.add_tcp(&listen);
     server.add_service(service);
     server.run_forever()
