@@ -1,6 +1,7 @@
-//! Upstream pools: one Pingora `LoadBalancer` per configured upstream, selection filtered by
-//! faultline's own passive health, Pingora's active health checks, the peers built with the
-//! pool's timeouts, the retry budget, and the per-request attempt history.
+//! Upstream pools: weighted round robin and random selection of faultline's own (Pingora's Ketama
+//! ring for consistent hashing), filtered by passive health, Pingora's active health checks and
+//! whether a backend is answering; the peers built with the pool's timeouts, the retry budget,
+//! and the per-request attempt history.
 
 pub mod active;
 pub mod answering;
@@ -13,11 +14,11 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use futures::FutureExt;
-use pingora::lb::selection::{Consistent, Random, RoundRobin};
+use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer, discovery};
 use pingora::upstreams::peer::HttpPeer;
 
@@ -41,25 +42,66 @@ pub(crate) fn index_of(b: &Backend) -> Option<usize> {
 /// Upper bound on backends examined per selection (Pingora's `max_iterations`).
 const MAX_SELECT_ITERATIONS: usize = 256;
 
+/// How a pool picks backends. Round robin and random run over faultline's own list of backend
+/// positions (each repeated by its weight): one atomic step and no allocation per selection.
+/// Pingora's selector would build a de-duplicating iterator (a hash set) for every request and
+/// hash each candidate for its readiness. Consistent hashing keeps Pingora's Ketama ring. Every
+/// pool keeps a Pingora `LoadBalancer`: its `Backends` run the active health checks.
 enum Balancer {
-    RoundRobin(Arc<LoadBalancer<RoundRobin>>),
-    Random(Arc<LoadBalancer<Random>>),
+    Own {
+        /// Backend positions, each repeated by its weight, in configuration order.
+        order: Box<[usize]>,
+        /// Backends in the pool.
+        backends: usize,
+        next: AtomicUsize,
+        random: bool,
+        lb: Arc<LoadBalancer<RoundRobin>>,
+    },
     Consistent(Arc<LoadBalancer<Consistent>>),
 }
 
 impl Balancer {
-    fn select_with(&self, key: &[u8], accept: impl Fn(&Backend, bool) -> bool) -> Option<Backend> {
+    /// The first backend `accept`s (given its index and whether its active check passes), in
+    /// the pool's order from this request's starting point.
+    fn select_with(
+        &self,
+        key: &[u8],
+        ready: impl Fn(usize) -> bool,
+        accept: impl Fn(usize, bool) -> bool,
+    ) -> Option<usize> {
         match self {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Balancer::Random(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
-            Balancer::Consistent(lb) => lb.select_with(key, MAX_SELECT_ITERATIONS, accept),
+            Balancer::Own {
+                order,
+                backends,
+                next,
+                random,
+                ..
+            } => {
+                if order.is_empty() {
+                    return None;
+                }
+                let at = if *random {
+                    rand::random::<usize>()
+                } else {
+                    next.fetch_add(1, Ordering::Relaxed)
+                };
+                let first = order[at % order.len()];
+                // Then every other backend once, in order after the first.
+                (0..(*backends).min(MAX_SELECT_ITERATIONS))
+                    .map(|k| (first + k) % backends)
+                    .find(|&i| accept(i, ready(i)))
+            }
+            Balancer::Consistent(lb) => lb
+                .select_with(key, MAX_SELECT_ITERATIONS, |b, healthy| {
+                    index_of(b).is_some_and(|i| accept(i, healthy))
+                })
+                .and_then(|b| index_of(&b)),
         }
     }
 
     fn backends(&self) -> &Backends {
         match self {
-            Balancer::RoundRobin(lb) => lb.backends(),
-            Balancer::Random(lb) => lb.backends(),
+            Balancer::Own { lb, .. } => lb.backends(),
             Balancer::Consistent(lb) => lb.backends(),
         }
     }
@@ -184,8 +226,18 @@ impl Pool {
         ));
         let discovery = discovery::Static::new(set);
         let balancer = match config.selection {
-            Selection::RoundRobin => Balancer::RoundRobin(build(discovery, config, &health)?),
-            Selection::Random => Balancer::Random(build(discovery, config, &health)?),
+            Selection::RoundRobin | Selection::Random => Balancer::Own {
+                order: config
+                    .backends
+                    .iter()
+                    .enumerate()
+                    .flat_map(|(i, b)| std::iter::repeat_n(i, b.weight))
+                    .collect(),
+                backends: config.backends.len(),
+                next: AtomicUsize::new(0),
+                random: config.selection == Selection::Random,
+                lb: build(discovery, config, &health)?,
+            },
             Selection::ConsistentHash => Balancer::Consistent(build(discovery, config, &health)?),
         };
         Ok(Pool {
@@ -241,10 +293,7 @@ impl Pool {
     /// false; falls back to a tried one only when every admitted backend was tried.
     pub fn select(&self, key: &[u8], tried: impl Fn(usize) -> bool) -> Option<Selected> {
         let probe = Cell::new(false);
-        let admit = |b: &Backend, healthy: bool, fresh_only: bool, answering_only: bool| {
-            let Some(i) = index_of(b) else {
-                return false;
-            };
+        let admit = |i: usize, healthy: bool, fresh_only: bool, answering_only: bool| {
             if !healthy || (fresh_only && tried(i)) || (answering_only && self.answering.lagging(i))
             {
                 return false;
@@ -257,24 +306,28 @@ impl Pool {
                 None => false,
             }
         };
+        // Readiness by active check; without active checks every backend is ready.
+        let ready = |i: usize| self.active_interval.is_none() || self.actively_healthy(i);
         // Consistent hashing keeps its affinity: only health moves a key elsewhere.
         let avoid_lagging = !self.hash_key;
         let chosen = self
             .balancer
-            .select_with(key, |b, healthy| admit(b, healthy, true, avoid_lagging))
+            .select_with(key, ready, |i, healthy| {
+                admit(i, healthy, true, avoid_lagging)
+            })
             .or_else(|| {
                 if !avoid_lagging {
                     return None;
                 }
                 self.balancer
-                    .select_with(key, |b, healthy| admit(b, healthy, true, false))
+                    .select_with(key, ready, |i, healthy| admit(i, healthy, true, false))
             })
             .or_else(|| {
                 self.balancer
-                    .select_with(key, |b, healthy| admit(b, healthy, false, false))
+                    .select_with(key, ready, |i, healthy| admit(i, healthy, false, false))
             })?;
         Some(Selected {
-            index: index_of(&chosen)?,
+            index: chosen,
             probe: probe.get(),
         })
     }
@@ -458,5 +511,74 @@ impl Upstreams {
     /// Every pool, in configuration order.
     pub fn iter(&self) -> impl Iterator<Item = &Pool> {
         self.pools.iter()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn pool(backends: &str, extra: &str) -> Pool {
+        let yaml = format!(
+            "listeners: [{{ address: \"127.0.0.1:8080\" }}]\nupstreams:\n  app:\n    backends: {backends}\n{extra}routes: [{{ upstream: app }}]\n"
+        );
+        let config = Config::from_yaml(&yaml).expect("config");
+        Pool::new(&config.upstreams[0], None).expect("pool")
+    }
+
+    #[test]
+    fn round_robin_follows_the_weights() {
+        let p = pool(
+            "[{ address: \"127.0.0.1:9001\", weight: 3 }, { address: \"127.0.0.1:9002\" }]",
+            "",
+        );
+        let mut counts = [0; 2];
+        for _ in 0..400 {
+            counts[p.select(b"", |_| false).expect("a backend").index] += 1;
+        }
+        assert_eq!(counts, [300, 100]);
+    }
+
+    #[test]
+    fn a_retry_reaches_every_other_backend_once() {
+        let p = pool(
+            "[{ address: \"127.0.0.1:9001\" }, { address: \"127.0.0.1:9002\" }, { address: \"127.0.0.1:9003\" }]",
+            "",
+        );
+        let first = p.select(b"", |_| false).expect("a backend").index;
+        let second = p.select(b"", |i| i == first).expect("another").index;
+        assert_ne!(first, second);
+        let third = p
+            .select(b"", |i| i == first || i == second)
+            .expect("the last");
+        assert!(third.index != first && third.index != second);
+        // All tried: the fresh pass finds none, the second pass takes any.
+        assert!(p.select(b"", |_| true).is_some());
+    }
+
+    #[test]
+    fn ejected_and_lagging_backends_are_passed_over() {
+        let p = pool(
+            "[{ address: \"127.0.0.1:9001\" }, { address: \"127.0.0.1:9002\" }]",
+            "    health: { passive: { consecutive_failures: 1, max_ejected_percent: 50 } }\n",
+        );
+        p.record_failure(0, false, FailureKind::ConnectionRefused);
+        for _ in 0..10 {
+            assert_eq!(p.select(b"", |_| false).expect("a backend").index, 1);
+        }
+        // Random selection over a pool whose first backend never answers.
+        let r = pool(
+            "[{ address: \"127.0.0.1:9001\" }, { address: \"127.0.0.1:9002\" }]",
+            "    selection: random\n",
+        );
+        r.answering.started(0);
+        for _ in 0..5 {
+            r.answering.started(1);
+            r.answering.answered(1);
+        }
+        for _ in 0..20 {
+            assert_eq!(r.select(b"", |_| false).expect("a backend").index, 1);
+        }
     }
 }
