@@ -33,6 +33,11 @@ impl Source {
     }
 }
 
+/// Whether access-log lines are written at all (so that a disabled log costs nothing).
+pub fn enabled() -> bool {
+    log::log_enabled!(target: TARGET, log::Level::Info)
+}
+
 /// Everything one line says.
 #[derive(Debug)]
 pub struct Entry<'a> {
@@ -108,7 +113,7 @@ impl Entry<'_> {
 
     /// Writes the line, when the `access` target is enabled.
     pub fn emit(&self) {
-        if log::log_enabled!(target: TARGET, log::Level::Info) {
+        if enabled() {
             log::info!(target: TARGET, "{}", self.to_json());
         }
     }

@@ -699,6 +699,9 @@ impl ProxyHttp for Gateway {
         if let Some(m) = &ctx.metrics {
             m.request(status, source);
         }
+        if !access_log::enabled() {
+            return;
+        }
         let req = session.req_header();
         access_log::Entry {
             request_id: &ctx.request_id,

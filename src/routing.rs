@@ -103,7 +103,8 @@ impl ConfigRouter {
 
 impl Router for ConfigRouter {
     fn route(&self, req: &RequestHeader) -> Option<Arc<Route>> {
-        if let Some(host) = request_host(req) {
+        let by_host = !self.exact.is_empty() || !self.suffix.is_empty();
+        if by_host && let Some(host) = request_host(req) {
             let lower;
             let host = if host.bytes().any(|b| b.is_ascii_uppercase()) {
                 lower = host.to_ascii_lowercase();
