@@ -129,6 +129,32 @@ fn parse_q(v: &str) -> u16 {
     }
 }
 
+/// Replaces each `{{name}}` of `template` that `value` knows, in one pass: a value is never
+/// scanned for placeholders itself. Unknown names stay as they are.
+fn fill_template(template: &str, value: impl Fn(&str) -> Option<String>) -> String {
+    let mut out = String::with_capacity(template.len() + 128);
+    let mut rest = template;
+    while let Some(start) = rest.find("{{") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        match after
+            .find("}}")
+            .and_then(|end| Some((end, value(&after[..end])?)))
+        {
+            Some((end, v)) => {
+                out.push_str(&v);
+                rest = &after[end + 2..];
+            }
+            None => {
+                out.push_str("{{");
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
 /// `Proxy-Status` for a response the proxy generated.
 pub fn proxy_status_error(kind: FailureKind, next_hop: Option<&str>) -> String {
     let mut v = format!(
@@ -257,12 +283,14 @@ impl ErrorPages {
     fn html(&self, status: u16, reason: &str, detail: &str, request_id: &str) -> String {
         let support = self.settings.support_url.as_deref().unwrap_or("");
         let fill = |template: &str| {
-            template
-                .replace("{{status}}", &status.to_string())
-                .replace("{{reason}}", &escape_html(reason))
-                .replace("{{detail}}", &escape_html(detail))
-                .replace("{{request_id}}", &escape_html(request_id))
-                .replace("{{support_url}}", &escape_html(support))
+            fill_template(template, |name| match name {
+                "status" => Some(status.to_string()),
+                "reason" => Some(escape_html(reason)),
+                "detail" => Some(escape_html(detail)),
+                "request_id" => Some(escape_html(request_id)),
+                "support_url" => Some(escape_html(support)),
+                _ => None,
+            })
         };
         if let Some(template) = self.settings.templates.get(&status) {
             return fill(template);
@@ -411,6 +439,19 @@ mod tests {
         assert_eq!(
             r.header.headers["content-length"],
             body.len().to_string().as_str()
+        );
+    }
+
+    #[test]
+    fn templates_fill_in_one_pass() {
+        let value = |name: &str| match name {
+            "request_id" => Some("{{support_url}}".to_string()),
+            "support_url" => Some("https://s".to_string()),
+            _ => None,
+        };
+        assert_eq!(
+            fill_template("id {{request_id}} at {{support_url}} {{other}} {{", value),
+            "id {{support_url}} at https://s {{other}} {{"
         );
     }
 
