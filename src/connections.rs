@@ -290,7 +290,8 @@ async fn read_head(
         if head_complete(&buf, &mut scanned) || buf.len() > MAX_HEADER_BYTES {
             return Head::Read(buf);
         }
-        match tokio::time::timeout_at(deadline.into(), stream.read_buf(&mut buf)).await {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match pingora::prelude::timeout(left, stream.read_buf(&mut buf)).await {
             Err(_) => return Head::TimedOut,
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return Head::Gone,
@@ -311,9 +312,13 @@ async fn wait_for_first_bytes(
         if *shutdown.borrow() {
             return false;
         }
+        // Pingora's timer wheel (its own thread), as Pingora's reads use: a tokio timer here
+        // would make the runtime wake its own driver (an eventfd write and an extra
+        // epoll_wait) whenever it is the earliest timer.
+        let idle = idle_until.saturating_duration_since(Instant::now());
         tokio::select! {
             biased;
-            read = tokio::time::timeout_at(idle_until.into(), stream.read_buf(buf)) => {
+            read = pingora::prelude::timeout(idle, stream.read_buf(buf)) => {
                 return matches!(read, Ok(Ok(n)) if n > 0);
             }
             changed = shutdown.changed() => {
