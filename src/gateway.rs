@@ -278,29 +278,18 @@ impl Gateway {
         }
     }
 
-    /// Answers in `request_filter` with a proxy page and closes the connection: what the client
-    /// sent next (a body, or whatever follows framing that could be read two ways) is not read.
-    async fn refuse(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        kind: FailureKind,
-    ) -> Result<bool> {
-        ctx.failure = Some(kind);
-        self.respond(session, ctx, Cause::Failure(kind), false)
-            .await?;
-        Ok(true)
-    }
-
-    /// Answers in `request_filter` with a proxy page, keeping the connection.
+    /// Answers in `request_filter` with a proxy page. With `keepalive` the connection stays
+    /// open; without, it closes after the page, so that what the client sent next (a body, or
+    /// whatever follows framing that could be read two ways) is never read.
     async fn answer_early(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         kind: FailureKind,
+        keepalive: bool,
     ) -> Result<bool> {
         ctx.failure = Some(kind);
-        self.respond(session, ctx, Cause::Failure(kind), true)
+        self.respond(session, ctx, Cause::Failure(kind), keepalive)
             .await?;
         Ok(true)
     }
@@ -339,7 +328,7 @@ impl ProxyHttp for Gateway {
         };
         if let Some(kind) = refused {
             ctx.metrics = Some(ctx.snapshot.routes.get(None));
-            return self.refuse(session, ctx, kind).await;
+            return self.answer_early(session, ctx, kind, false).await;
         }
         let route = ctx.snapshot.router.route(session.req_header());
         ctx.metrics = Some(
@@ -349,7 +338,7 @@ impl ProxyHttp for Gateway {
         );
         let Some(route) = route else {
             return self
-                .answer_early(session, ctx, FailureKind::DestinationNotFound)
+                .answer_early(session, ctx, FailureKind::DestinationNotFound, true)
                 .await;
         };
         let too_large = route
@@ -359,17 +348,17 @@ impl ProxyHttp for Gateway {
         ctx.route = Some(route);
         if too_large {
             return self
-                .refuse(session, ctx, FailureKind::HttpRequestBodySize)
+                .answer_early(session, ctx, FailureKind::HttpRequestBodySize, false)
                 .await;
         }
         let Some(pool) = Self::pool(ctx) else {
             return self
-                .answer_early(session, ctx, FailureKind::ProxyConfigurationError)
+                .answer_early(session, ctx, FailureKind::ProxyConfigurationError, true)
                 .await;
         };
         if !pool.enter() {
             return self
-                .answer_early(session, ctx, FailureKind::ConnectionLimitReached)
+                .answer_early(session, ctx, FailureKind::ConnectionLimitReached, true)
                 .await;
         }
         // Selecting here lets "no backend" answer on a connection that stays open.
@@ -382,7 +371,7 @@ impl ProxyHttp for Gateway {
                 Ok(false)
             }
             None => {
-                self.answer_early(session, ctx, FailureKind::DestinationUnavailable)
+                self.answer_early(session, ctx, FailureKind::DestinationUnavailable, true)
                     .await
             }
         }
