@@ -29,10 +29,14 @@ use crate::access_log::{self, Source};
 use crate::config::ClientLimits;
 use crate::error_page::{self, Cause};
 use crate::failure::FailureKind;
-use crate::request_checks::MAX_HEADER_BYTES;
 use crate::request_id;
 use crate::state::Shared;
 use crate::upstream::attempt::Attempts;
+
+/// Bytes read under the header deadline before the rest is left to Pingora: its own limit on a
+/// header section, so that a client cannot send the first 64 KiB fast and trickle the rest. (A
+/// whole header over 64 KiB is refused with 431 by the request checks.)
+const MAX_HEAD_READ: usize = 1 << 20;
 
 /// Time allowed to write a proxy answer on a connection that is being closed.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -88,7 +92,7 @@ impl Drop for Open<'_> {
 
 /// How reading a request header ended.
 enum Head {
-    /// A whole header (and maybe more) is in the buffer, or more than the largest accepted.
+    /// A whole header (and maybe more) is in the buffer, or as much as Pingora would read.
     Read(BytesMut),
     /// The connection closed, stayed idle past its time, or the server is shutting down.
     Gone,
@@ -287,7 +291,7 @@ async fn read_head(
     let deadline = deadline.unwrap_or_else(|| Instant::now() + limits.header_timeout);
     let mut scanned = 0;
     loop {
-        if head_complete(&buf, &mut scanned) || buf.len() > MAX_HEADER_BYTES {
+        if head_complete(&buf, &mut scanned) || buf.len() >= MAX_HEAD_READ {
             return Head::Read(buf);
         }
         let left = deadline.saturating_duration_since(Instant::now());

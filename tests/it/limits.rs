@@ -338,3 +338,20 @@ fn a_body_that_stalls_mid_way_is_408_and_not_the_backends_fault() {
         "a slow client never ejects a backend"
     );
 }
+
+#[test]
+fn a_big_header_sent_fast_then_trickled_still_meets_the_deadline() {
+    let origin = Origin::start(Behavior::Named("o"));
+    let proxy = Proxy::start(&format!(
+        "clients: {{ header_timeout: 500ms }}\n{}",
+        one_upstream(&[origin.addr], "", "")
+    ));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    let mut start = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    start.extend(std::iter::repeat_n(b'a', 70 * 1024));
+    let (out, took) = trickle_until_answered(&mut s, &start, b"b", Duration::from_millis(50));
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 408 "), "got: {text}");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!(origin.requests(), 0);
+}
