@@ -1,97 +1,10 @@
 //! The `faultline` binary as an operator runs it: reload on `SIGHUP`, drain on `SIGTERM`.
 
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client;
-use crate::harness::{free_addr, metric_value, proxy_yaml};
+use crate::harness::{Binary as Running, proxy_yaml};
 use crate::origin::{Behavior, Origin};
-
-/// A running binary; killed on drop if the test did not stop it.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    dir: std::path::PathBuf,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-impl Running {
-    fn start(tag: &str, server: &str, body: &str) -> Running {
-        let dir = std::env::temp_dir().join(format!("faultline-bin-{tag}-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("tmp");
-        let server = server.replace("{dir}", &dir.display().to_string());
-        // A port picked free can be taken by a parallel test before the binary binds it; the
-        // binary then exits, and a new pair of ports is tried.
-        for _ in 0..3 {
-            let (addr, admin) = (free_addr(), free_addr());
-            let yaml = proxy_yaml(addr, admin, body).replacen("server: { threads: 1 }", &server, 1);
-            std::fs::write(dir.join("faultline.yaml"), yaml).expect("write config");
-            let mut child = Self::spawn(&dir, &[]);
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut exited = false;
-            for a in [addr, admin] {
-                while !exited && TcpStream::connect(a).is_err() {
-                    exited = child.try_wait().expect("wait").is_some();
-                    assert!(Instant::now() < deadline, "faultline did not start on {a}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            if !exited {
-                return Running {
-                    child,
-                    addr,
-                    admin,
-                    dir,
-                };
-            }
-            let _ = child.wait();
-        }
-        let log = std::fs::read_to_string(dir.join("faultline.log")).unwrap_or_default();
-        panic!("faultline exited at start three times; last log:\n{log}");
-    }
-
-    /// Starts the binary on the configuration in `dir`, its output in `dir/faultline.log`.
-    fn spawn(dir: &std::path::Path, extra: &[&str]) -> Child {
-        let log = std::fs::File::create(dir.join(format!("faultline{}.log", extra.join(""))))
-            .expect("log file");
-        Command::new(env!("CARGO_BIN_EXE_faultline"))
-            .arg("-c")
-            .arg(dir.join("faultline.yaml"))
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start faultline")
-    }
-
-    fn file(&self) -> std::path::PathBuf {
-        self.dir.join("faultline.yaml")
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
-    }
-
-    fn metric(&self, series: &str) -> u64 {
-        metric_value(&client::get(self.admin, "/metrics", &[]).text(), series)
-    }
-}
 
 fn route_to(origin: &Origin) -> String {
     format!(

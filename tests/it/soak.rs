@@ -10,7 +10,6 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -19,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 use crate::client;
-use crate::harness::free_addr;
+use crate::harness::Binary;
 
 /// Origins behind the upstream.
 const ORIGINS: usize = 4;
@@ -303,115 +302,40 @@ fn unavailable_body(index: usize) -> String {
     format!("origin {index} unavailable")
 }
 
-/// The binary, killed on drop.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-    admin: SocketAddr,
-    dir: std::path::PathBuf,
+/// Resident memory in KiB, from `/proc/<pid>/status`.
+fn rss_kib(running: &Binary) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running.child.id()))
+        .expect("/proc status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no VmRSS in\n{status}"))
 }
 
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// `faultline_requests_total` by (status, source), summed over routes, and by route.
+fn request_totals(running: &Binary) -> (BTreeMap<(u16, String), u64>, BTreeMap<String, u64>) {
+    let text = client::get(running.admin, "/metrics", &[]).text();
+    let mut by_status = BTreeMap::new();
+    let mut by_route = BTreeMap::new();
+    for line in text.lines() {
+        let Some(rest) = line.strip_prefix("faultline_requests_total{") else {
+            continue;
+        };
+        let (labels, value) = rest.split_once("} ").expect("series value");
+        let value: u64 = value.trim().parse().expect("counter value");
+        let label = |name: &str| {
+            labels
+                .split(',')
+                .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
+                .map(|v| v.trim_end_matches('"').to_string())
+                .unwrap_or_else(|| panic!("no {name} in {line}"))
+        };
+        let status: u16 = label("status").parse().expect("status label");
+        *by_status.entry((status, label("source"))).or_insert(0) += value;
+        *by_route.entry(label("route")).or_insert(0) += value;
     }
-}
-
-impl Running {
-    /// Starts the binary with `body` after a generated `server`, `listeners` and `admin`.
-    fn start(body: &str) -> Running {
-        let dir = std::env::temp_dir().join(format!("faultline-soak-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("tmp");
-        // A port picked free can be taken before the binary binds it; then it exits, and a new
-        // pair is tried.
-        for _ in 0..3 {
-            let (addr, admin) = (free_addr(), free_addr());
-            let yaml = format!(
-                "server: {{ threads: 2 }}\nlisteners:\n  - {{ address: \"{addr}\" }}\nadmin: {{ address: \"{admin}\" }}\n{body}"
-            );
-            std::fs::write(dir.join("faultline.yaml"), yaml).expect("write config");
-            let log = std::fs::File::create(dir.join("faultline.log")).expect("log file");
-            let mut child = Command::new(env!("CARGO_BIN_EXE_faultline"))
-                .arg("-c")
-                .arg(dir.join("faultline.yaml"))
-                // Warnings only: one line per failed request, and any panic (which the panic
-                // hook writes to stderr whatever the level).
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("start faultline");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            let mut exited = false;
-            for a in [addr, admin] {
-                while !exited && TcpStream::connect(a).is_err() {
-                    exited = child.try_wait().expect("wait").is_some();
-                    assert!(Instant::now() < deadline, "faultline did not start on {a}");
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-            }
-            if !exited {
-                return Running {
-                    child,
-                    addr,
-                    admin,
-                    dir,
-                };
-            }
-            let _ = child.wait();
-        }
-        panic!(
-            "faultline exited at start three times; last log:\n{}",
-            self_log(&dir)
-        );
-    }
-
-    fn log(&self) -> String {
-        self_log(&self.dir)
-    }
-
-    /// Resident memory in KiB, from `/proc/<pid>/status`.
-    fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
-            .expect("/proc status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap_or_else(|| panic!("no VmRSS in\n{status}"))
-    }
-
-    /// `faultline_requests_total` by (status, source), summed over routes, and by route.
-    fn request_totals(&self) -> (BTreeMap<(u16, String), u64>, BTreeMap<String, u64>) {
-        let text = client::get(self.admin, "/metrics", &[]).text();
-        let mut by_status = BTreeMap::new();
-        let mut by_route = BTreeMap::new();
-        for line in text.lines() {
-            let Some(rest) = line.strip_prefix("faultline_requests_total{") else {
-                continue;
-            };
-            let (labels, value) = rest.split_once("} ").expect("series value");
-            let value: u64 = value.trim().parse().expect("counter value");
-            let label = |name: &str| {
-                labels
-                    .split(',')
-                    .find_map(|kv| kv.strip_prefix(&format!("{name}=\"")))
-                    .map(|v| v.trim_end_matches('"').to_string())
-                    .unwrap_or_else(|| panic!("no {name} in {line}"))
-            };
-            let status: u16 = label("status").parse().expect("status label");
-            *by_status.entry((status, label("source"))).or_insert(0) += value;
-            *by_route.entry(label("route")).or_insert(0) += value;
-        }
-        (by_status, by_route)
-    }
-}
-
-fn self_log(dir: &std::path::Path) -> String {
-    std::fs::read_to_string(dir.join("faultline.log")).unwrap_or_default()
+    (by_status, by_route)
 }
 
 /// A response as the soak client saw it.
@@ -884,7 +808,7 @@ fn backends_switching_faults_under_steady_load() {
         "routes:\n",
         "  - { name: main, upstream: app, retry: { attempts: 2 } }\n",
     ));
-    let mut running = Running::start(&body);
+    let mut running = Binary::start("soak", "server: { threads: 2 }", &body);
 
     let started = Instant::now();
     let end = started + Duration::from_secs(secs);
@@ -896,18 +820,18 @@ fn backends_switching_faults_under_steady_load() {
         })
         .collect();
     std::thread::sleep(WARM_UP);
-    let rss_start = running.rss_kib();
+    let rss_start = rss_kib(&running);
     let mut tally = Tally::default();
     for c in clients {
         tally.merge(c.join().expect("client thread"));
     }
     let elapsed = started.elapsed();
-    let rss_end = running.rss_kib();
+    let rss_end = rss_kib(&running);
 
     // The metrics of the last requests land just after their responses: wait until the total
     // reaches the client's count or stops moving.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut metrics, mut routes) = running.request_totals();
+    let (mut metrics, mut routes) = request_totals(&running);
     let mut last_change = Instant::now();
     loop {
         let total: u64 = metrics.values().sum();
@@ -918,7 +842,7 @@ fn backends_switching_faults_under_steady_load() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        let next = running.request_totals();
+        let next = request_totals(&running);
         if next.0 != metrics {
             last_change = Instant::now();
         }
