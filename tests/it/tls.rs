@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use pingora::tls::{
-    ClientConfig, PrivateKeyDer, RootCertStore, ServerConfig, ServerName, TlsAcceptor, TlsConnector,
+    ClientConfig, ClientTlsStream, PrivateKeyDer, RootCertStore, ServerConfig, ServerName,
+    TlsAcceptor, TlsConnector,
 };
 use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -125,13 +126,21 @@ fn connector(pki: &Pki, alpn: &[u8]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
+/// A TLS connection to `addr` for the name `localhost`.
+async fn tls_connect(
+    connector: &TlsConnector,
+    addr: SocketAddr,
+) -> std::io::Result<ClientTlsStream<tokio::net::TcpStream>> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = ServerName::try_from("localhost").expect("name");
+    connector.connect(name, tcp).await
+}
+
 /// An HTTPS/1.1 request; returns the status line, the raw head and the body.
 fn https1(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, String, String) {
     let connector = connector(pki, b"http/1.1");
     runtime().block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = ServerName::try_from("localhost").expect("name");
-        let mut tls = connector.connect(name, tcp).await.expect("handshake");
+        let mut tls = tls_connect(&connector, addr).await.expect("handshake");
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
         let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
         tls.write_all(req.as_bytes()).await.expect("write");
@@ -153,9 +162,7 @@ fn https2(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, Str
     let connector = connector(pki, b"h2");
     let path = path.to_string();
     runtime().block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = ServerName::try_from("localhost").expect("name");
-        let tls = connector.connect(name, tcp).await.expect("handshake");
+        let tls = tls_connect(&connector, addr).await.expect("handshake");
         assert_eq!(
             tls.get_ref().1.alpn_protocol(),
             Some(&b"h2"[..]),
@@ -358,9 +365,7 @@ fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
     // A header that never completes gets its 408 through TLS.
     let h1 = connector(&pki, b"http/1.1");
     let answer = runtime().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = ServerName::try_from("localhost").expect("name");
-        let mut tls = h1.connect(name, tcp).await.expect("handshake");
+        let mut tls = tls_connect(&h1, addr).await.expect("handshake");
         tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n")
             .await
             .expect("write");
@@ -374,9 +379,7 @@ fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
     // One HTTP/2 connection held open fills the limit.
     let h2c = connector(&pki, b"h2");
     let (refused_h2, refused_h1) = runtime().block_on(async {
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let name = ServerName::try_from("localhost").expect("name");
-        let tls = h2c.connect(name.clone(), tcp).await.expect("handshake");
+        let tls = tls_connect(&h2c, addr).await.expect("handshake");
         let (mut held, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
         tokio::spawn(async move {
             let _ = conn.await;
@@ -389,8 +392,7 @@ fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
         assert_eq!(resp.await.expect("response").status(), 200);
 
         // A second HTTP/2 connection is closed before any request on it is answered.
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let refused_h2 = match h2c.connect(name.clone(), tcp).await {
+        let refused_h2 = match tls_connect(&h2c, addr).await {
             Err(e) => format!("TLS: {e}"),
             Ok(tls) => match h2::client::handshake(tls).await {
                 Err(e) => format!("h2 handshake: {e}"),
@@ -413,8 +415,7 @@ fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
             },
         };
         // An HTTP/1.1 one gets the 503 page.
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
-        let mut tls = h1.connect(name, tcp).await.expect("handshake");
+        let mut tls = tls_connect(&h1, addr).await.expect("handshake");
         tls.write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
             .await
             .expect("write");
