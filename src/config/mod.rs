@@ -118,14 +118,21 @@ pub struct ClientLimits {
     pub body_timeout: Duration,
 }
 
-impl Default for ClientLimits {
-    fn default() -> Self {
+impl From<&file::ClientsFile> for ClientLimits {
+    fn from(c: &file::ClientsFile) -> Self {
         ClientLimits {
-            max_connections: None,
-            header_timeout: Duration::from_secs(10),
-            keepalive_timeout: Duration::from_secs(60),
-            body_timeout: Duration::from_secs(60),
+            max_connections: c.max_connections,
+            header_timeout: c.header_timeout,
+            keepalive_timeout: c.keepalive_timeout,
+            body_timeout: c.body_timeout,
         }
+    }
+}
+
+impl Default for ClientLimits {
+    /// The defaults of the file's `clients:` section.
+    fn default() -> Self {
+        ClientLimits::from(&file::ClientsFile::default())
     }
 }
 

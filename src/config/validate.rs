@@ -286,12 +286,7 @@ fn clients(c: &file::ClientsFile, errors: &mut Errors) -> ClientLimits {
     if c.body_timeout.is_zero() {
         errors.push("clients.body_timeout", "must be more than zero");
     }
-    ClientLimits {
-        body_timeout: c.body_timeout,
-        max_connections: c.max_connections,
-        header_timeout: c.header_timeout,
-        keepalive_timeout: c.keepalive_timeout,
-    }
+    ClientLimits::from(c)
 }
 
 /// Pingora's `ServerConf` accepts unknown keys silently; faultline does not, so every key given
