@@ -86,6 +86,15 @@ impl Proxy {
     pub fn metric(&self, series: &str) -> u64 {
         metric_value(&self.metrics(), series)
     }
+
+    /// Waits (5 s at most) until `series` satisfies `done`; `what` names the wait in a failure.
+    pub fn wait_for_metric(&self, series: &str, done: impl Fn(u64) -> bool, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !done(self.metric(series)) {
+            assert!(Instant::now() < deadline, "{what}: {series}");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
 }
 
 /// The value of `series` (name with its labels, exactly as exposed) in a scrape; 0 when absent.

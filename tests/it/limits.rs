@@ -248,11 +248,11 @@ fn connections_beyond_the_limit_get_503_and_are_closed() {
         one_upstream(&[origin.addr], "", "")
     ));
     // The harness's readiness probes were connections too; wait until they are gone.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.metric("faultline_client_connections") != 0 {
-        assert!(Instant::now() < deadline, "probe connections stayed open");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    proxy.wait_for_metric(
+        "faultline_client_connections",
+        |n| n == 0,
+        "probe connections stayed open",
+    );
     let mut held: Vec<Client> = (0..2).map(|_| Client::connect(proxy.addr)).collect();
     for c in &mut held {
         c.send(&client::request("GET", "/", "a", &[]));
@@ -295,14 +295,11 @@ fn connections_beyond_the_limit_get_503_and_are_closed() {
     held[0].send(&client::request("GET", "/", "a", &[]));
     assert_eq!(held[0].read_response("GET").status, 200);
     drop(held.pop());
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while proxy.metric("faultline_client_connections") > 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the closed connection was not counted out"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    proxy.wait_for_metric(
+        "faultline_client_connections",
+        |n| n <= 1,
+        "the closed connection was not counted out",
+    );
     assert_eq!(client::get(proxy.addr, "/", &[]).status, 200);
 }
 

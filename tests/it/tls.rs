@@ -351,14 +351,11 @@ fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
     let proxy = tls_proxy(&pki, &body);
     let addr = proxy.addr;
     let wait_for_no_connections = || {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-        while proxy.metric("faultline_client_connections") != 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "connections stayed open"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+        proxy.wait_for_metric(
+            "faultline_client_connections",
+            |n| n == 0,
+            "connections stayed open",
+        )
     };
     wait_for_no_connections();
 
