@@ -10,6 +10,7 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 use faultline::Config;
 use faultline::access_log::Source;
+use faultline::forwarding::HeaderCase;
 use faultline::metrics::{BackendMetrics, RouteTable};
 use faultline::routing::{ConfigRouter, Router};
 use faultline::upstream::Pool;
@@ -86,13 +87,24 @@ fn bench(c: &mut Criterion) {
         request_id: "0123456789abcdef0123456789abcdef",
         version: http::Version::HTTP_11,
     };
-    c.bench_function("forwarding headers of a plain request", |b| {
-        b.iter_batched(
-            || incoming.clone(),
-            |mut req| faultline::forwarding::apply(&mut req, client).map(|()| req),
-            criterion::BatchSize::SmallInput,
-        )
-    });
+    for (case, name) in [
+        (
+            HeaderCase::Canonical,
+            "forwarding headers of a plain request",
+        ),
+        (
+            HeaderCase::Preserve,
+            "forwarding headers of a plain request, case preserved",
+        ),
+    ] {
+        c.bench_function(name, |b| {
+            b.iter_batched(
+                || incoming.clone(),
+                |mut req| faultline::forwarding::apply(&mut req, client, case).map(|()| req),
+                criterion::BatchSize::SmallInput,
+            )
+        });
+    }
 
     let routes = RouteTable::new(["api"], None);
     let route = routes.get(Some("api"));

@@ -6,6 +6,8 @@ use std::net::IpAddr;
 
 use http::HeaderValue;
 use http::header::{self, HeaderName};
+use pingora::ErrorType::InvalidHTTPHeader;
+use pingora::OrErr;
 use pingora::http::RequestHeader;
 
 /// The `Via` pseudonym (RFC 9110 §7.6.3): never a host name or address.
@@ -36,17 +38,35 @@ pub struct Client<'a> {
     pub version: http::Version,
 }
 
+/// How header names are spelled on the way to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderCase {
+    /// Lowercase, as HAProxy and Envoy send them (names are case-insensitive, RFC 9110 §5.1),
+    /// except a dozen common names Pingora writes in their usual capitals (`Host`,
+    /// `Content-Length`, `Content-Type`, `Connection`, ...). The proxy's own headers go straight
+    /// into the header map: one reservation, no name parsed.
+    #[default]
+    Canonical,
+    /// Each name as the client spelled it, for origins that wrongly depend on it. Pingora keeps
+    /// the spelling in a second map, and each added header is parsed and inserted into both.
+    Preserve,
+}
+
 /// Rewrites the upstream request header in place.
 ///
-/// This runs on every request: names are `&'static str` (Pingora re-parses names, and a
-/// `HeaderName` argument would also be re-cased into a new allocation) and fixed values are
-/// pre-built. Pingora's `insert_header` still re-parses each name and keeps a second, case-
-/// preserving map, about a quarter of a microsecond per header: four headers, no more.
-pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()> {
-    strip_hop_by_hop(req);
-    // A client cannot speak for this proxy.
-    req.remove_header(&PROXY_STATUS);
-    if !client.trusted {
+/// This runs on every request: one pass over the names finds what needs removing or reading
+/// (most requests carry none of it), and the four headers the proxy sets are computed first and
+/// written in one step (see [`HeaderCase`]).
+pub fn apply(req: &mut RequestHeader, client: Client<'_>, case: HeaderCase) -> pingora::Result<()> {
+    let present = Present::scan(&req.headers);
+    if present.hop_by_hop {
+        strip_hop_by_hop(req);
+    }
+    if present.proxy_status {
+        // A client cannot speak for this proxy.
+        req.remove_header(&PROXY_STATUS);
+    }
+    if present.claims && !client.trusted {
         // Nor, unless it is a trusted proxy, for where the request came from: origins that
         // believe these would take a client's word for its address, host or scheme.
         for name in &CLIENT_CLAIMS {
@@ -54,71 +74,195 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>) -> pingora::Result<()>
         }
     }
 
-    if let Some(ip) = client.ip {
-        // Only a trusted proxy may say who the client was; anyone else could claim any address.
-        let prior = req
-            .headers
-            .get(&X_FORWARDED_FOR)
-            .and_then(|v| v.to_str().ok())
-            .filter(|p| client.trusted && !p.trim().is_empty());
-        let value = match prior {
-            Some(prior) => format!("{prior}, {ip}"),
-            None => ip_text(ip),
-        };
-        req.insert_header("X-Forwarded-For", value)?;
-    } else {
-        req.remove_header(&X_FORWARDED_FOR);
-    }
+    let forwarded_for = match client.ip {
+        Some(ip) => {
+            // Only a trusted proxy may say who the client was; anyone else could claim any
+            // address.
+            let prior = present
+                .forwarded_for
+                .then(|| req.headers.get(&X_FORWARDED_FOR))
+                .flatten()
+                .and_then(|v| v.to_str().ok())
+                .filter(|p| client.trusted && !p.trim().is_empty());
+            Some(match prior {
+                Some(prior) => value(format!("{prior}, {ip}"))?,
+                None => ip_value(ip)?,
+            })
+        }
+        None => {
+            if present.forwarded_for {
+                req.remove_header(&X_FORWARDED_FOR);
+            }
+            None
+        }
+    };
     let proto = if client.proto == "https" {
         HeaderValue::from_static("https")
     } else {
         HeaderValue::from_static("http")
     };
-    req.insert_header("X-Forwarded-Proto", proto)?;
-
     let (version, ours) = match client.version {
         http::Version::HTTP_10 => ("1.0", HeaderValue::from_static("1.0 faultline")),
         http::Version::HTTP_2 => ("2", HeaderValue::from_static("2 faultline")),
         _ => ("1.1", HeaderValue::from_static("1.1 faultline")),
     };
-    match req.headers.get(header::VIA).and_then(|v| v.to_str().ok()) {
-        Some(prior) => {
-            let via = format!("{prior}, {version} {VIA_NAME}");
-            req.insert_header(header::VIA, via)?;
-        }
-        None => req.insert_header(header::VIA, ours)?,
-    }
+    let prior_via = present
+        .via
+        .then(|| req.headers.get(header::VIA))
+        .flatten()
+        .and_then(|v| v.to_str().ok());
+    let via = match prior_via {
+        Some(prior) => value(format!("{prior}, {version} {VIA_NAME}"))?,
+        None => ours,
+    };
     // A client's own well-formed id is the request id already: nothing to rewrite.
-    let mut ids = req.headers.get_all(&X_REQUEST_ID).iter();
-    let already = matches!((ids.next(), ids.next()), (Some(v), None) if v.as_bytes() == client.request_id.as_bytes());
-    if !already {
-        req.insert_header("X-Request-Id", client.request_id)?;
+    let already = present.request_id
+        && {
+            let mut ids = req.headers.get_all(&X_REQUEST_ID).iter();
+            matches!((ids.next(), ids.next()), (Some(v), None) if v.as_bytes() == client.request_id.as_bytes())
+        };
+    let request_id = if already {
+        None
+    } else {
+        Some(value(client.request_id)?)
+    };
+
+    let set = [
+        (&X_FORWARDED_FOR, "X-Forwarded-For", forwarded_for),
+        (&X_FORWARDED_PROTO, "X-Forwarded-Proto", Some(proto)),
+        (&header::VIA, "Via", Some(via)),
+        (&X_REQUEST_ID, "X-Request-Id", request_id),
+    ];
+    match case {
+        HeaderCase::Preserve => {
+            for (_, spelled, value) in set {
+                if let Some(value) = value {
+                    req.insert_header(spelled, value)?;
+                }
+            }
+            Ok(())
+        }
+        HeaderCase::Canonical => insert_canonical(req, set),
     }
-    Ok(())
 }
 
-/// An address as text; IPv4 without the formatting machinery (this runs on every request).
-fn ip_text(ip: IpAddr) -> String {
-    let IpAddr::V4(v4) = ip else {
-        return ip.to_string();
-    };
-    let mut out = String::with_capacity(15);
-    for (i, octet) in v4.octets().into_iter().enumerate() {
-        if i > 0 {
-            out.push('.');
-        }
-        if octet >= 100 {
-            out.push(char::from(b'0' + octet / 100));
-        }
-        if octet >= 10 {
-            out.push(char::from(b'0' + octet / 10 % 10));
-        }
-        out.push(char::from(b'0' + octet % 10));
+/// A header the proxy sets: its name, that name as written when case is preserved, its value.
+type Set = (&'static HeaderName, &'static str, Option<HeaderValue>);
+
+/// Inserts `set` into the header map itself. Pingora gives no mutable access to the map of a
+/// [`RequestHeader`], but converts one into [`http::request::Parts`] and back: both moves. The
+/// case-preserving map is dropped on the way, and room for all four is reserved at once (Pingora
+/// sizes the map to the client's header count, so inserting one at a time grows it repeatedly).
+fn insert_canonical(req: &mut RequestHeader, set: [Set; 4]) -> pingora::Result<()> {
+    // What the conversion back cannot recover from the URI: an absolute-form or non-UTF-8
+    // target, and HTTP/2's end-of-stream flag.
+    let target = (!target_in_uri(req)).then(|| req.raw_path().to_vec());
+    let end_stream = req.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+    let inserted = parts
+        .headers
+        .try_reserve(set.len())
+        .and_then(|()| {
+            set.into_iter()
+                .try_for_each(|(name, _, value)| match value {
+                    Some(value) => parts.headers.try_insert(name.clone(), value).map(drop),
+                    None => Ok(()),
+                })
+        })
+        .or_err(InvalidHTTPHeader, "too many request headers");
+    *req = RequestHeader::from(parts);
+    if let Some(end_stream) = end_stream {
+        req.set_send_end_stream(end_stream);
     }
-    out
+    if let Some(target) = target {
+        req.set_raw_path(&target)?;
+    }
+    inserted
+}
+
+/// Whether the request target is exactly the URI's path and query, so that a header rebuilt from
+/// the URI writes the same target.
+fn target_in_uri(req: &RequestHeader) -> bool {
+    req.raw_path_is_utf8()
+        && req
+            .uri
+            .path_and_query()
+            .is_some_and(|pq| pq.as_str().as_bytes() == req.raw_path())
+}
+
+fn value(text: impl TryInto<HeaderValue>) -> pingora::Result<HeaderValue> {
+    text.try_into()
+        .map_err(|_| pingora::Error::new(InvalidHTTPHeader))
+}
+
+/// Which of the names the proxy acts on a request carries, found in one pass over its names.
+#[derive(Debug, Default)]
+struct Present {
+    hop_by_hop: bool,
+    proxy_status: bool,
+    claims: bool,
+    forwarded_for: bool,
+    via: bool,
+    request_id: bool,
+}
+
+impl Present {
+    fn scan(headers: &http::HeaderMap) -> Self {
+        let mut present = Present::default();
+        for name in headers.keys() {
+            let flag = if name == X_FORWARDED_FOR {
+                &mut present.forwarded_for
+            } else if name == header::VIA {
+                &mut present.via
+            } else if name == X_REQUEST_ID {
+                &mut present.request_id
+            } else if name == PROXY_STATUS {
+                &mut present.proxy_status
+            } else if CLIENT_CLAIMS.contains(&name) {
+                &mut present.claims
+            } else if HOP_BY_HOP.contains(&name.as_str()) {
+                &mut present.hop_by_hop
+            } else {
+                continue;
+            };
+            *flag = true;
+        }
+        present
+    }
+}
+
+/// An address as a header value; IPv4 written without the formatting machinery or a heap
+/// string (this runs on every request).
+fn ip_value(ip: IpAddr) -> pingora::Result<HeaderValue> {
+    let IpAddr::V4(v4) = ip else {
+        return value(ip.to_string());
+    };
+    let mut out = [0u8; 15];
+    let mut len = 0;
+    for (i, octet) in v4.octets().into_iter().enumerate() {
+        let digits = [octet / 100, octet / 10 % 10, octet % 10];
+        let skip = if octet >= 100 {
+            0
+        } else if octet >= 10 {
+            1
+        } else {
+            2
+        };
+        if i > 0 {
+            out[len] = b'.';
+            len += 1;
+        }
+        for digit in &digits[skip..] {
+            out[len] = b'0' + digit;
+            len += 1;
+        }
+    }
+    value(&out[..len])
 }
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
 static X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -190,9 +334,11 @@ mod tests {
             "2001:db8::7",
         ] {
             let parsed: IpAddr = ip.parse().unwrap();
-            assert_eq!(ip_text(parsed), ip);
+            assert_eq!(ip_value(parsed).unwrap(), ip);
         }
     }
+
+    const CASES: [HeaderCase; 2] = [HeaderCase::Canonical, HeaderCase::Preserve];
 
     fn client() -> Client<'static> {
         Client {
@@ -206,103 +352,173 @@ mod tests {
 
     #[test]
     fn sets_forwarding_headers_and_strips_hop_by_hop() {
-        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-        r.insert_header("host", "app.example").unwrap();
-        r.insert_header("connection", "keep-alive, x-secret")
-            .unwrap();
-        r.insert_header("keep-alive", "timeout=5").unwrap();
-        r.insert_header("x-secret", "1").unwrap();
-        r.insert_header("te", "trailers").unwrap();
-        r.insert_header("x-forwarded-for", "192.0.2.1").unwrap();
-        r.insert_header("proxy-status", "faultline; error=forged")
-            .unwrap();
-        apply(&mut r, client()).unwrap();
-        let h = &r.headers;
-        assert!(h.get("connection").is_none());
-        assert!(h.get("keep-alive").is_none());
-        assert!(h.get("x-secret").is_none());
-        assert!(h.get("te").is_none());
-        assert!(h.get("proxy-status").is_none());
-        assert_eq!(h["host"], "app.example");
-        assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
-        assert_eq!(h["x-forwarded-proto"], "http");
-        assert_eq!(h["via"], "1.1 faultline");
-        assert_eq!(h["x-request-id"], "rid");
+        for case in CASES {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.insert_header("host", "app.example").unwrap();
+            r.insert_header("connection", "keep-alive, x-secret")
+                .unwrap();
+            r.insert_header("keep-alive", "timeout=5").unwrap();
+            r.insert_header("x-secret", "1").unwrap();
+            r.insert_header("te", "trailers").unwrap();
+            r.insert_header("x-forwarded-for", "192.0.2.1").unwrap();
+            r.insert_header("proxy-status", "faultline; error=forged")
+                .unwrap();
+            apply(&mut r, client(), case).unwrap();
+            let h = &r.headers;
+            assert!(h.get("connection").is_none());
+            assert!(h.get("keep-alive").is_none());
+            assert!(h.get("x-secret").is_none());
+            assert!(h.get("te").is_none());
+            assert!(h.get("proxy-status").is_none());
+            assert_eq!(h["host"], "app.example");
+            assert_eq!(h["x-forwarded-for"], "192.0.2.1, 10.1.2.3");
+            assert_eq!(h["x-forwarded-proto"], "http");
+            assert_eq!(h["via"], "1.1 faultline");
+            assert_eq!(h["x-request-id"], "rid");
+        }
     }
 
     #[test]
     fn the_request_id_is_one_header_with_the_id() {
-        // The client's own id, once: left as it is.
-        let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-        r.insert_header("X-Request-Id", "rid").unwrap();
-        apply(&mut r, client()).unwrap();
-        assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
-        assert_eq!(r.headers["x-request-id"], "rid");
-        // Two values, or another value (a malformed id the proxy replaced): one header, the id.
-        for prior in [&["rid", "rid"][..], &["<bad>"][..]] {
+        for case in CASES {
+            // The client's own id, once: left as it is.
             let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-            for v in prior {
-                r.append_header("X-Request-Id", *v).unwrap();
+            r.insert_header("X-Request-Id", "rid").unwrap();
+            apply(&mut r, client(), case).unwrap();
+            assert_eq!(r.headers.get_all("x-request-id").iter().count(), 1);
+            assert_eq!(r.headers["x-request-id"], "rid");
+            // Two values, or another value (a malformed id the proxy replaced): one header, the id.
+            for prior in [&["rid", "rid"][..], &["<bad>"][..]] {
+                let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+                for v in prior {
+                    r.append_header("X-Request-Id", *v).unwrap();
+                }
+                apply(&mut r, client(), case).unwrap();
+                let all: Vec<_> = r.headers.get_all("x-request-id").iter().collect();
+                assert_eq!(all, ["rid"]);
             }
-            apply(&mut r, client()).unwrap();
-            let all: Vec<_> = r.headers.get_all("x-request-id").iter().collect();
-            assert_eq!(all, ["rid"]);
         }
     }
 
     #[test]
     fn untrusted_peers_cannot_extend_x_forwarded_for() {
-        let claims = [
-            ("x-forwarded-for", "6.6.6.6"),
-            ("forwarded", "for=6.6.6.6;proto=https"),
-            ("x-real-ip", "6.6.6.6"),
-            ("x-forwarded-host", "admin.internal"),
-            ("x-forwarded-port", "443"),
-            ("x-forwarded-proto", "https"),
-        ];
-        let build = || {
-            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
-            for (n, v) in claims {
-                r.insert_header(n, v).unwrap();
+        for case in CASES {
+            let claims = [
+                ("x-forwarded-for", "6.6.6.6"),
+                ("forwarded", "for=6.6.6.6;proto=https"),
+                ("x-real-ip", "6.6.6.6"),
+                ("x-forwarded-host", "admin.internal"),
+                ("x-forwarded-port", "443"),
+                ("x-forwarded-proto", "https"),
+            ];
+            let build = || {
+                let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+                for (n, v) in claims {
+                    r.insert_header(n, v).unwrap();
+                }
+                r
+            };
+            let mut r = build();
+            let untrusted = Client {
+                trusted: false,
+                ..client()
+            };
+            apply(&mut r, untrusted, case).unwrap();
+            assert_eq!(r.headers["x-forwarded-for"], "10.1.2.3");
+            assert_eq!(r.headers["x-forwarded-proto"], "http");
+            for name in [
+                "forwarded",
+                "x-real-ip",
+                "x-forwarded-host",
+                "x-forwarded-port",
+            ] {
+                assert!(r.headers.get(name).is_none(), "{name} passed");
             }
-            r
-        };
-        let mut r = build();
-        let untrusted = Client {
-            trusted: false,
-            ..client()
-        };
-        apply(&mut r, untrusted).unwrap();
-        assert_eq!(r.headers["x-forwarded-for"], "10.1.2.3");
-        assert_eq!(r.headers["x-forwarded-proto"], "http");
-        for name in [
-            "forwarded",
-            "x-real-ip",
-            "x-forwarded-host",
-            "x-forwarded-port",
-        ] {
-            assert!(r.headers.get(name).is_none(), "{name} passed");
+            // A trusted proxy's claims pass on.
+            let mut r = build();
+            apply(&mut r, client(), case).unwrap();
+            assert_eq!(r.headers["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
+            assert_eq!(r.headers["x-forwarded-host"], "admin.internal");
+            assert_eq!(r.headers["forwarded"], "for=6.6.6.6;proto=https");
         }
-        // A trusted proxy's claims pass on.
-        let mut r = build();
-        apply(&mut r, client()).unwrap();
-        assert_eq!(r.headers["x-forwarded-for"], "6.6.6.6, 10.1.2.3");
-        assert_eq!(r.headers["x-forwarded-host"], "admin.internal");
-        assert_eq!(r.headers["forwarded"], "for=6.6.6.6;proto=https");
     }
 
     #[test]
     fn keeps_websocket_upgrade_and_framing() {
-        let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
-        r.insert_header("connection", "Upgrade, content-length")
-            .unwrap();
-        r.insert_header("upgrade", "websocket").unwrap();
-        r.insert_header("content-length", "0").unwrap();
-        r.insert_header("via", "1.0 edge").unwrap();
-        apply(&mut r, client()).unwrap();
-        assert_eq!(r.headers["upgrade"], "websocket");
-        assert_eq!(r.headers["connection"], "upgrade");
-        assert_eq!(r.headers["content-length"], "0");
-        assert_eq!(r.headers["via"], "1.0 edge, 1.1 faultline");
+        for case in CASES {
+            let mut r = RequestHeader::build("GET", b"/ws", None).unwrap();
+            r.insert_header("connection", "Upgrade, content-length")
+                .unwrap();
+            r.insert_header("upgrade", "websocket").unwrap();
+            r.insert_header("content-length", "0").unwrap();
+            r.insert_header("via", "1.0 edge").unwrap();
+            apply(&mut r, client(), case).unwrap();
+            assert_eq!(r.headers["upgrade"], "websocket");
+            assert_eq!(r.headers["connection"], "upgrade");
+            assert_eq!(r.headers["content-length"], "0");
+            assert_eq!(r.headers["via"], "1.0 edge, 1.1 faultline");
+        }
+    }
+
+    fn wire(r: &RequestHeader) -> String {
+        let mut buf = Vec::new();
+        r.header_to_h1_wire(&mut buf);
+        String::from_utf8(buf).unwrap()
+    }
+
+    #[test]
+    fn header_names_are_spelled_as_the_upstream_case_says() {
+        let build = || {
+            let mut r = RequestHeader::build("GET", b"/", None).unwrap();
+            r.insert_header("HOST", "app.example").unwrap();
+            r.insert_header("X-Api-Key", "k").unwrap();
+            r
+        };
+        let mut r = build();
+        apply(&mut r, client(), HeaderCase::Canonical).unwrap();
+        assert_eq!(
+            wire(&r),
+            "Host: app.example\r\nx-api-key: k\r\nx-forwarded-for: 10.1.2.3\r\n\
+             x-forwarded-proto: http\r\nvia: 1.1 faultline\r\nx-request-id: rid\r\n"
+        );
+        let mut r = build();
+        apply(&mut r, client(), HeaderCase::Preserve).unwrap();
+        assert_eq!(
+            wire(&r),
+            "HOST: app.example\r\nX-Api-Key: k\r\nX-Forwarded-For: 10.1.2.3\r\n\
+             X-Forwarded-Proto: http\r\nVia: 1.1 faultline\r\nX-Request-Id: rid\r\n"
+        );
+    }
+
+    #[test]
+    fn the_request_target_and_method_survive_in_every_case() {
+        let targets: [&[u8]; 5] = [
+            b"/a/b?c=d",
+            b"http://app.example/abs?q=1",
+            b"/caf\xc3\xa9?x",
+            b"/bad\xff",
+            b"*",
+        ];
+        for case in CASES {
+            for target in targets {
+                let mut r = RequestHeader::build("OPTIONS", target, None).unwrap();
+                let before = (r.raw_path().to_vec(), r.raw_path_is_utf8(), r.uri.clone());
+                apply(&mut r, client(), case).unwrap();
+                assert_eq!(r.method, http::Method::OPTIONS);
+                assert_eq!(
+                    (r.raw_path().to_vec(), r.raw_path_is_utf8(), r.uri.clone()),
+                    before,
+                    "{case:?} {}",
+                    String::from_utf8_lossy(target)
+                );
+            }
+            // HTTP/2's end-of-stream flag.
+            let mut r = RequestHeader::build_no_case("GET", b"/", None).unwrap();
+            r.set_version(http::Version::HTTP_2);
+            r.set_send_end_stream(false);
+            apply(&mut r, client(), case).unwrap();
+            assert_eq!(r.send_end_stream(), Some(false));
+            assert_eq!(r.version, http::Version::HTTP_2);
+        }
     }
 }

@@ -22,7 +22,7 @@ use crate::connections;
 use crate::context::RequestCtx;
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Phase, Progress, classify};
-use crate::forwarding;
+use crate::forwarding::{self, HeaderCase};
 use crate::request_checks;
 use crate::request_id;
 use crate::retry::{self, Trigger};
@@ -486,6 +486,7 @@ impl ProxyHttp for Gateway {
                 version: session.req_header().version,
                 request_id: &ctx.request_id,
             },
+            Self::pool(ctx).map_or_else(HeaderCase::default, Pool::header_case),
         )
     }
 

@@ -159,6 +159,11 @@ pub struct UpstreamFile {
     /// default true.
     #[serde(default = "yes")]
     pub verify_cert: bool,
+    /// Send each header name to the backends as the client spelled it; by default names go
+    /// lowercase (a dozen common ones, `Host` and `Content-Length` among them, capitalised),
+    /// which is cheaper.
+    #[serde(default)]
+    pub preserve_header_case: bool,
 }
 
 /// One backend.

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::forwarding::HeaderCase;
 use pingora::server::configuration::ServerConf;
 use pingora::tls::sign::CertifiedKey;
 
@@ -168,6 +169,8 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// Requests in flight at most, when limited.
     pub max_in_flight: Option<u32>,
+    /// How header names are spelled towards the backends.
+    pub header_case: HeaderCase,
 }
 
 /// TLS towards an upstream's backends.

@@ -13,6 +13,7 @@ use super::{
     FieldError, HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, RouteConfig, Timeouts,
     UpstreamConfig, UpstreamTls,
 };
+use crate::forwarding::HeaderCase;
 
 mod tls {
     //! Certificates and keys, loaded and checked while validating so that starting a listener
@@ -460,6 +461,11 @@ fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> Upstrea
         active_health,
         tls,
         max_in_flight: u.max_in_flight,
+        header_case: if u.preserve_header_case {
+            HeaderCase::Preserve
+        } else {
+            HeaderCase::Canonical
+        },
     }
 }
 

@@ -24,6 +24,7 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{Selection, UpstreamConfig};
 use crate::failure::FailureKind;
+use crate::forwarding::HeaderCase;
 use crate::metrics::{BackendMetrics, BackendView, UpstreamMetrics, UpstreamView};
 use answering::Answering;
 use budget::RetryBudget;
@@ -146,6 +147,7 @@ pub struct Pool {
     active_interval: Option<Duration>,
     in_flight: Arc<AtomicU32>,
     max_in_flight: Option<u32>,
+    header_case: HeaderCase,
 }
 
 impl std::fmt::Debug for Pool {
@@ -254,7 +256,13 @@ impl Pool {
             active_interval: config.active_health.as_ref().map(|a| a.interval),
             in_flight: previous.map_or_else(Default::default, |p| p.in_flight.clone()),
             max_in_flight: config.max_in_flight,
+            header_case: config.header_case,
         })
+    }
+
+    /// How header names are spelled towards the backends.
+    pub fn header_case(&self) -> HeaderCase {
+        self.header_case
     }
 
     /// The upstream's name.

@@ -176,6 +176,42 @@ fn forwarded_headers_and_hop_by_hop() {
 }
 
 #[test]
+fn header_names_reach_the_origin_lowercase_unless_case_is_preserved() {
+    let a = Origin::start(Behavior::Named("a"));
+    let cases = [
+        (
+            "",
+            [
+                "\r\nHost: app.test\r\n",
+                "\r\nx-api-key: k\r\n",
+                "\r\nx-forwarded-for: 127.0.0.1\r\n",
+                "\r\nvia: 1.1 faultline\r\n",
+            ],
+        ),
+        (
+            "    preserve_header_case: true\n",
+            [
+                "\r\nhost: app.test\r\n",
+                "\r\nX-Api-Key: k\r\n",
+                "\r\nX-Forwarded-For: 127.0.0.1\r\n",
+                "\r\nVia: 1.1 faultline\r\n",
+            ],
+        ),
+    ];
+    for (upstream, lines) in cases {
+        let proxy = Proxy::start(&one_upstream(&[a.addr], upstream, ""));
+        let resp = client::get(proxy.addr, "/case?q=1", &[("X-Api-Key", "k")]);
+        assert_eq!(resp.status, 200);
+        let heads = a.heads();
+        let head = heads.last().expect("a request");
+        assert!(head.starts_with("GET /case?q=1 HTTP/1.1\r\n"), "{head}");
+        for line in lines {
+            assert!(head.contains(line), "{upstream:?}: {line:?} in {head}");
+        }
+    }
+}
+
+#[test]
 fn trusted_proxies_extend_x_forwarded_for() {
     let a = Origin::start(Behavior::Named("a"));
     let body = format!(
