@@ -164,14 +164,17 @@ where
     ) {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
+        // One receiver for the connection: waiting on it costs no clone per request.
+        let mut watch = shutdown.clone();
         loop {
             let head = if first {
                 // From the connection's start, as nginx's client_header_timeout.
                 let deadline = Instant::now() + limits.header_timeout;
-                read_head(&mut stream, deadline, Some(deadline), limits, shutdown).await
+                let wait = limits.header_timeout;
+                read_head(&mut stream, wait, Some(deadline), limits, &mut watch).await
             } else {
-                let idle_until = Instant::now() + limits.keepalive_timeout;
-                read_head(&mut stream, idle_until, None, limits, shutdown).await
+                let wait = limits.keepalive_timeout;
+                read_head(&mut stream, wait, None, limits, &mut watch).await
             };
             let prefix = match head {
                 Head::Read(prefix) => prefix,
@@ -274,22 +277,25 @@ where
     }
 }
 
-/// Reads the start of a request until its header is complete. The first bytes may take until
-/// `idle_until`; the whole header must be in by `deadline`, or, without one, within the header
-/// timeout from its first byte.
+/// Reads the start of a request until its header is complete. The first bytes may take `wait`;
+/// the whole header must be in by `deadline`, or, without one, within the header timeout from
+/// its first byte. (The clock is read only when a header takes more than one read.)
 async fn read_head(
     stream: &mut Stream,
-    idle_until: Instant,
+    wait: Duration,
     deadline: Option<Instant>,
     limits: ClientLimits,
-    shutdown: &ShutdownWatch,
+    shutdown: &mut ShutdownWatch,
 ) -> Head {
     let mut buf = BytesMut::with_capacity(4096);
-    if !wait_for_first_bytes(stream, &mut buf, idle_until, shutdown).await {
+    if !wait_for_first_bytes(stream, &mut buf, wait, shutdown).await {
         return Head::Gone;
     }
-    let deadline = deadline.unwrap_or_else(|| Instant::now() + limits.header_timeout);
     let mut scanned = 0;
+    if head_complete(&buf, &mut scanned) {
+        return Head::Read(buf);
+    }
+    let deadline = deadline.unwrap_or_else(|| Instant::now() + limits.header_timeout);
     loop {
         if head_complete(&buf, &mut scanned) || buf.len() >= MAX_HEAD_READ {
             return Head::Read(buf);
@@ -303,35 +309,37 @@ async fn read_head(
     }
 }
 
-/// Waits for the first bytes of a request until `idle_until`; the wait ends early when the
-/// server shuts down, as Pingora's own does. Whether bytes came.
+/// Waits up to `wait` for the first bytes of a request; the wait ends early when the server
+/// shuts down, as Pingora's own does. Whether bytes came.
 async fn wait_for_first_bytes(
     stream: &mut Stream,
     buf: &mut BytesMut,
-    idle_until: Instant,
-    shutdown: &ShutdownWatch,
+    wait: Duration,
+    shutdown: &mut ShutdownWatch,
 ) -> bool {
-    let mut shutdown = shutdown.clone();
-    loop {
-        if *shutdown.borrow() {
-            return false;
-        }
-        // Pingora's timer wheel (its own thread), as Pingora's reads use: a tokio timer here
-        // would make the runtime wake its own driver (an eventfd write and an extra
-        // epoll_wait) whenever it is the earliest timer.
-        let idle = idle_until.saturating_duration_since(Instant::now());
-        tokio::select! {
-            biased;
-            read = pingora::prelude::timeout(idle, stream.read_buf(buf)) => {
-                return matches!(read, Ok(Ok(n)) if n > 0);
-            }
-            changed = shutdown.changed() => {
-                if changed.is_err() {
-                    return false;
+    if *shutdown.borrow() {
+        return false;
+    }
+    let first_bytes = async {
+        loop {
+            tokio::select! {
+                biased;
+                read = stream.read_buf(buf) => return matches!(read, Ok(n) if n > 0),
+                changed = shutdown.changed() => {
+                    if changed.is_err() || *shutdown.borrow() {
+                        return false;
+                    }
                 }
             }
         }
-    }
+    };
+    // Pingora's timer wheel (its own thread), as Pingora's reads use: a tokio timer here would
+    // make the runtime wake its own driver (an eventfd write and an extra epoll_wait) whenever
+    // it is the earliest timer. Like all of Pingora's timeouts, it is set up only if the bytes
+    // are not there at once.
+    pingora::prelude::timeout(wait, first_bytes)
+        .await
+        .unwrap_or(false)
 }
 
 /// Whether `buf` holds a whole request header: an empty line after the request line. Leading

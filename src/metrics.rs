@@ -168,7 +168,7 @@ impl RouteMetrics {
 /// Route counters by name; requests no configured route matched count under `none`.
 #[derive(Debug)]
 pub struct RouteTable {
-    by_name: HashMap<String, Arc<RouteMetrics>>,
+    by_name: HashMap<String, Arc<RouteMetrics>, ahash::RandomState>,
     order: Vec<Arc<RouteMetrics>>,
     unmatched: Arc<RouteMetrics>,
 }
@@ -180,7 +180,7 @@ impl RouteTable {
         names: impl IntoIterator<Item = &'a str>,
         previous: Option<&RouteTable>,
     ) -> Self {
-        let mut by_name = HashMap::new();
+        let mut by_name = HashMap::default();
         let mut order = Vec::new();
         for name in names {
             if !by_name.contains_key(name) {

@@ -29,8 +29,9 @@ pub fn generate() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
     let mut s = String::with_capacity(32);
-    for shift in (0..32).rev() {
-        s.push(char::from(HEX[((n >> (shift * 4)) & 0xf) as usize]));
+    for byte in n.to_be_bytes() {
+        s.push(char::from(HEX[usize::from(byte >> 4)]));
+        s.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     s
 }

@@ -480,7 +480,7 @@ where
 pub struct Upstreams {
     pools: Vec<Pool>,
     /// Name → index, built once: routes name their upstream and every request looks it up.
-    by_name: HashMap<String, usize>,
+    by_name: HashMap<String, usize, ahash::RandomState>,
 }
 
 impl Upstreams {
