@@ -6,8 +6,10 @@ proxies; an instruction count does not: the same binary, inputs and environment 
 count whatever else the machine is doing. Each proxy runs under `valgrind --tool=callgrind`, is
 warmed up, has its counters zeroed, serves exactly N keep-alive GET requests from a small client
 (the same for both) to one nginx origin, and the instructions it executed in that window are
-divided by N. Three proxies: bare Pingora, bare Pingora setting the four headers faultline adds to
-every request (`FORWARDING=1`), and faultline.
+divided by N. Four proxies: bare Pingora as written (the system allocator), the same with mimalloc
+(the `faultline` binary's allocator: the difference to faultline is then faultline's own work),
+bare Pingora setting the four headers faultline adds to every request (`FORWARDING=1`), and
+faultline.
 
     python3 benches/instructions.py              # 20000 requests each
     python3 benches/instructions.py --requests 5000 --skip-build
@@ -31,6 +33,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import load  # noqa: E402  (the load benchmark's origin, proxy configs and process handling)
 
 CONNECTIONS = 4
+
+KINDS = ["bare-pingora", "bare+mimalloc", "pingora+headers", "faultline"]
 
 # A browser-like request, for the second measurement: the minimal `GET` with only `Host` is the
 # worst case for a proxy that adds headers (the header maps Pingora sizes to the request grow).
@@ -110,11 +114,7 @@ def measure(procs, workdir, kind, origin, requests, save, extra):
         args = [os.path.join(load.ROOT, "target/release/faultline"), "-c", conf]
         env = dict(os.environ, RUST_LOG="error")
     else:
-        args = [os.path.join(load.ROOT, "target/release/examples/bare_proxy"),
-                f"127.0.0.1:{port}", f"127.0.0.1:{origin}"]
-        env = dict(os.environ, RUST_LOG="error", THREADS="1")
-        if kind == "pingora+headers":
-            env["FORWARDING"] = "1"
+        args, env = load.bare_command(kind, port, [origin])
     p = procs.start(name, valgrind + args, env=env)
     load.wait_port(port, name, timeout=120)
     warm = drive(port, 500)
@@ -167,7 +167,7 @@ def main():
         origin = load.free_port()
         load.start_origin(procs, workdir, origin)
         for shape, extra in (("minimal", b""), ("browser", BROWSER_HEADERS)):
-            for kind in ["bare-pingora", "pingora+headers", "faultline"]:
+            for kind in KINDS:
                 save = os.path.join(args.save, shape) if args.save else None
                 results[(kind, shape)] = measure(procs, workdir, kind, origin, args.requests,
                                                  save, extra)
@@ -178,15 +178,15 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`".rstrip())
     print()
-    print("| request | bare Pingora | Pingora + the same 4 headers | faultline | faultline / bare |"
-          " faultline / Pingora + headers |")
-    print("|---|---:|---:|---:|---:|---:|")
+    print("| request | bare Pingora | bare Pingora, mimalloc | Pingora + the same 4 headers | "
+          "faultline | faultline / bare | faultline / bare, mimalloc | "
+          "faultline / Pingora + headers |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for shape, label in (("minimal", "`GET /` with `Host` only"),
                          ("browser", "`GET /` with 11 browser headers")):
-        bare, ours = results[("bare-pingora", shape)], results[("faultline", shape)]
-        headers = results[("pingora+headers", shape)]
-        print(f"| {label} | {bare:,.0f} | {headers:,.0f} | {ours:,.0f} | {ours / bare:.3f} | "
-              f"{ours / headers:.3f} |")
+        bare, mi, headers, ours = (results[(kind, shape)] for kind in KINDS)
+        print(f"| {label} | {bare:,.0f} | {mi:,.0f} | {headers:,.0f} | {ours:,.0f} | "
+              f"{ours / bare:.3f} | {ours / mi:.3f} | {ours / headers:.3f} |")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ Everything runs on this machine and talks over loopback only. Every load is boun
 (wrk -d) and every wait has a deadline. Missing tools (wrk, nginx, haproxy) are installed from
 the distribution's packages.
 
-    python3 benches/load.py                 # the full run (about 6 minutes)
+    python3 benches/load.py                 # the full run (about 8 minutes)
     python3 benches/load.py --quick         # shorter rounds, for a smoke test
     python3 benches/load.py --scenario failures   # one scenario only
 
@@ -16,7 +16,10 @@ the proxy's processes), the figure least disturbed by anything else running on t
 
 Scenario 1 (healthy): one origin, each proxy with one worker thread and upstream keep-alive,
 driven by the same wrk settings in interleaved rounds; reports requests per second, p50 and p99
-latency per proxy (median over rounds) and faultline's ratios to the others.
+latency per proxy (median over rounds) and faultline's ratios to the others. Bare Pingora runs in
+three builds: as a user would write it (the system allocator), with mimalloc (the allocator the
+`faultline` binary links, so that the ratio is faultline's own work alone), and setting the same
+four forwarding headers faultline sets.
 
 Scenario 2 (failures): three backends behind each proxy, one refusing connections and one
 accepting but never answering; reports client-visible errors (non-2xx and socket errors),
@@ -38,7 +41,10 @@ import textwrap
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROXIES = ["faultline", "bare-pingora", "pingora+headers", "nginx", "haproxy"]
+PROXIES = ["faultline", "bare-pingora", "bare+mimalloc", "pingora+headers", "nginx", "haproxy"]
+# The bare Pingora proxy in three builds: as written (the system allocator), with the faultline
+# binary's allocator (mimalloc), and setting the four headers faultline adds.
+BARE = ("bare-pingora", "bare+mimalloc", "pingora+headers")
 PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 PROXY_CPU = ["taskset", "-c", "0"] if PIN else []
 LOAD_CPU = ["taskset", "-c", "1"] if PIN else []
@@ -70,7 +76,19 @@ def build():
     log("building faultline and the bare Pingora proxy (release)")
     subprocess.run(["bash", os.path.join(ROOT, "scripts", "setup")], check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "faultline",
-                    "--example", "bare_proxy"], check=True, cwd=ROOT)
+                    "--example", "bare_proxy", "--example", "bare_proxy_mimalloc"],
+                   check=True, cwd=ROOT)
+
+
+def bare_command(kind, port, backends):
+    """The command line and environment of one of the bare Pingora builds (BARE)."""
+    example = "bare_proxy_mimalloc" if kind == "bare+mimalloc" else "bare_proxy"
+    args = [os.path.join(ROOT, "target/release/examples", example), f"127.0.0.1:{port}"]
+    args += [f"127.0.0.1:{b}" for b in backends]
+    env = dict(os.environ, RUST_LOG="error", THREADS="1")
+    if kind == "pingora+headers":
+        env["FORWARDING"] = "1"
+    return args, env
 
 
 def free_port():
@@ -290,13 +308,9 @@ def start_proxy(procs, workdir, kind, port, backends, failure=False):
         env = dict(os.environ, RUST_LOG="error")
         p = procs.start(name, PROXY_CPU + [os.path.join(ROOT, "target/release/faultline"),
                                            "-c", conf], env=env)
-    elif kind in ("bare-pingora", "pingora+headers"):
-        env = dict(os.environ, RUST_LOG="error", THREADS="1")
-        if kind == "pingora+headers":
-            env["FORWARDING"] = "1"
-        p = procs.start(name, PROXY_CPU + [
-            os.path.join(ROOT, "target/release/examples/bare_proxy"), f"127.0.0.1:{port}"]
-            + [f"127.0.0.1:{b}" for b in backends], env=env)
+    elif kind in BARE:
+        args, env = bare_command(kind, port, backends)
+        p = procs.start(name, PROXY_CPU + args, env=env)
     elif kind == "nginx":
         conf = nginx_conf(workdir, name, port, backends, failure)
         p = procs.start(name, PROXY_CPU + [tool("nginx"), "-c", conf, "-e",
@@ -431,13 +445,28 @@ def report(healthy, failures, args):
             "|---|---:|---:|---:|---:|---:|",
             *rows,
             "",
-            "| ratio | requests/s | p99 | CPU per request |",
-            "|---|---:|---:|---:|",
+            "Ratios of the medians above, and, paired, the median over rounds of each round's "
+            "own ratio (the two proxies ran minutes apart at most, so a slow drift in what else "
+            "the machine is doing cancels out), with the spread of those per-round ratios.",
+            "",
+            "| ratio | requests/s | p99 | CPU per request | requests/s, paired | "
+            "CPU per request, paired |",
+            "|---|---:|---:|---:|---:|---:|",
         ]
-        for other in ["bare-pingora", "pingora+headers", "nginx", "haproxy"]:
+        for other in PROXIES[1:]:
             o_rps, o_p99, o_cpu = summary[other]
+            paired = {
+                key: [f[key] / o[key] for f, o in zip(healthy["faultline"], healthy[other])
+                      if f.get(key) and o.get(key)]
+                for key in ("rps", "cpu_us")
+            }
+            cells = [
+                f"{median(paired[key]):.3f} ({min(paired[key], default=0):.3f}–"
+                f"{max(paired[key], default=0):.3f})"
+                for key in ("rps", "cpu_us")
+            ]
             lines.append(f"| faultline / {other} | {f_rps / o_rps:.3f} | {f_p99 / o_p99:.3f} | "
-                         f"{f_cpu / o_cpu:.3f} |")
+                         f"{f_cpu / o_cpu:.3f} | {cells[0]} | {cells[1]} |")
     if not failures:
         return "\n".join(lines)
     lines += [

@@ -5,83 +5,16 @@
 //! cargo run --release --example bare_proxy -- 127.0.0.1:8081 127.0.0.1:9001 [more backends…]
 //! ```
 //!
+//! `bare_proxy_mimalloc` is the same proxy with faultline's allocator (mimalloc), so that the
+//! benchmark can tell faultline's own cost from the allocator's.
+//!
 //! With `FORWARDING=1` it also sets the four headers faultline adds to every request
 //! (`X-Forwarded-For`, `X-Forwarded-Proto`, `Via`, `X-Request-Id`) the plain Pingora way, so the
 //! benchmark can tell the cost of those headers from the cost of everything else.
 
-use std::sync::Arc;
-
-use async_trait::async_trait;
-use pingora::lb::LoadBalancer;
-use pingora::lb::selection::RoundRobin;
-use pingora::prelude::*;
-use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
-use pingora::server::configuration::ServerConf;
-
-struct Bare {
-    lb: Arc<LoadBalancer<RoundRobin>>,
-    forwarding: bool,
-}
-
-#[async_trait]
-impl ProxyHttp for Bare {
-    type CTX = ();
-
-    fn new_ctx(&self) {}
-
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut ()) -> Result<Box<HttpPeer>> {
-        let backend = self
-            .lb
-            .select(b"", 256)
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend"))?;
-        Ok(Box::new(HttpPeer::new(backend.addr, false, String::new())))
-    }
-
-    async fn upstream_request_filter(
-        &self,
-        session: &mut Session,
-        upstream_request: &mut RequestHeader,
-        _ctx: &mut (),
-    ) -> Result<()> {
-        if !self.forwarding {
-            return Ok(());
-        }
-        let ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        upstream_request.insert_header("X-Forwarded-For", ip)?;
-        upstream_request.insert_header("X-Forwarded-Proto", "http")?;
-        upstream_request.insert_header("Via", "1.1 bare")?;
-        let id: u128 = rand::random();
-        upstream_request.insert_header("X-Request-Id", format!("{id:032x}"))?;
-        Ok(())
-    }
-}
+#[path = "support/bare.rs"]
+mod bare;
 
 fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
-    let mut args = std::env::args().skip(1);
-    let listen = args.next().ok_or("usage: bare_proxy LISTEN BACKEND…")?;
-    let backends: Vec<String> = args.collect();
-    let threads = std::env::var("THREADS")
-        .ok()
-        .and_then(|t| t.parse().ok())
-        .unwrap_or(1);
-    let lb = LoadBalancer::try_from_iter(backends)?;
-    let conf = ServerConf {
-        threads,
-        ..Default::default()
-    };
-    let mut server = Server::new_with_opt_and_conf(None, conf);
-    server.bootstrap();
-    let forwarding = std::env::var_os("FORWARDING").is_some();
-    let bare = Bare {
-        lb: Arc::new(lb),
-        forwarding,
-    };
-    let mut service = http_proxy_service(&server.configuration, bare);
-    service.add_tcp(&listen);
-    server.add_service(service);
-    server.run_forever()
+    bare::main()
 }
