@@ -9,9 +9,9 @@ use clap::Parser;
 use faultline::Config;
 use pingora::server::configuration::Opt;
 
-/// mimalloc rather than the system allocator: a proxied request allocates and frees some fifty
-/// small blocks (Pingora's headers, buffers, timers), and glibc's malloc spends about a tenth of
-/// the request's instructions on them.
+/// mimalloc rather than the system allocator: a proxied request allocates and frees dozens of
+/// small blocks (Pingora's headers, buffers, boxed futures, timers), and glibc's malloc spends
+/// a fifth of a request's instructions on them, mimalloc under a tenth (BENCHMARKS.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
