@@ -8,6 +8,7 @@ the distribution's packages.
     python3 benches/load.py                 # the full run (about 8 minutes)
     python3 benches/load.py --quick         # shorter rounds, for a smoke test
     python3 benches/load.py --scenario failures   # one scenario only
+    python3 benches/load.py --ab faultline,bare-pingora   # two proxies, alternately, fresh
 
 On a machine with two cores or more, each proxy is pinned to core 0 and the origin and wrk to
 core 1 (taskset), so that the proxies never compete with the load generator for a core; besides
@@ -380,6 +381,47 @@ def healthy_scenario(procs, workdir, rounds, duration, connections):
     return results
 
 
+def ab_scenario(procs, workdir, pair, rounds, duration, connections):
+    """Two proxies alternately, each started afresh for its turn and stopped after it (nothing
+    else of the benchmark running meanwhile), for `rounds` pairs: the per-pair ratios."""
+    origin = free_port()
+    start_origin(procs, workdir, origin)
+    results = {kind: [] for kind in pair}
+    for r in range(rounds):
+        for kind in (pair if r % 2 == 0 else pair[::-1]):
+            port = free_port()
+            p = start_proxy(procs, workdir, kind, port, [origin])
+            wrk(port, 1, connections)  # warm-up
+            res = wrk(port, duration, connections, session=p.pid)
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+            log(f"pair {r + 1} {kind}: {res['rps']:.0f} req/s, p99 {res['p99']} ms, "
+                f"proxy CPU {res['cpu_us']:.1f} us/request")
+            results[kind].append(res)
+    return results
+
+
+def ab_report(results, pair, args):
+    a, b = pair
+    lines = [
+        f"Machine: {machine()}.",
+        f"Command: `{' '.join(['python3', 'benches/load.py'] + sys.argv[1:])}`.",
+        "",
+        f"A/B: {a} and {b} alternately, each started afresh for each turn, {args.rounds} pairs "
+        f"of {args.duration}s, wrk -t1 -c{args.connections}; per pair the ratio {a} / {b}.",
+        "",
+        "| ratio per pair | median | lowest | highest |",
+        "|---|---:|---:|---:|",
+    ]
+    for key, label in (("rps", "requests/s"), ("p99", "p99"), ("cpu_us", "CPU per request")):
+        ratios = sorted(x[key] / y[key] for x, y in zip(results[a], results[b])
+                        if x.get(key) and y.get(key))
+        if ratios:
+            lines.append(f"| {label} | {median(ratios):.3f} | {ratios[0]:.3f} | "
+                         f"{ratios[-1]:.3f} |")
+    return "\n".join(lines)
+
+
 def failure_scenario(procs, workdir, duration, connections):
     refused = free_port()
     stalled = free_port()
@@ -491,7 +533,32 @@ def main():
     parser.add_argument("--scenario", choices=["all", "healthy", "failures"], default="all")
     parser.add_argument("--rounds", type=int, help="healthy rounds (default 5; --quick 2)")
     parser.add_argument("--duration", type=int, help="seconds per healthy round (default 10)")
+    parser.add_argument("--ab", metavar="A,B",
+                        help="only an A/B of two proxies (e.g. faultline,bare-pingora), each "
+                             "started afresh for each turn; --rounds pairs (default 12) of "
+                             "--duration seconds (default 5)")
     args = parser.parse_args()
+    if args.ab:
+        pair = args.ab.split(",")
+        if len(pair) != 2 or any(kind not in PROXIES for kind in pair):
+            parser.error(f"--ab takes two of {', '.join(PROXIES)}")
+        args.rounds = args.rounds or 12
+        args.duration = args.duration or 5
+        args.connections = 64
+        ensure_tools()
+        if not args.skip_build:
+            build()
+        workdir = tempfile.mkdtemp(prefix="faultline-load-")
+        os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
+        procs = Procs(workdir)
+        try:
+            results = ab_scenario(procs, workdir, pair, args.rounds, args.duration,
+                                  args.connections)
+        finally:
+            procs.stop_all()
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(ab_report(results, pair, args))
+        return
     args.rounds = args.rounds or (2 if args.quick else 5)
     args.duration = args.duration or (3 if args.quick else 10)
     args.connections = 64
