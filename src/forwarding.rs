@@ -191,6 +191,7 @@ fn target_in_uri(req: &RequestHeader) -> bool {
             .is_some_and(|pq| pq.as_str().as_bytes() == req.raw_path())
 }
 
+/// A header value, or Pingora's error for an invalid one.
 fn value(text: impl TryInto<HeaderValue>) -> pingora::Result<HeaderValue> {
     text.try_into()
         .map_err(|_| pingora::Error::new(InvalidHTTPHeader))
