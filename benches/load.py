@@ -538,29 +538,12 @@ def main():
                              "started afresh for each turn; --rounds pairs (default 12) of "
                              "--duration seconds (default 5)")
     args = parser.parse_args()
-    if args.ab:
-        pair = args.ab.split(",")
-        if len(pair) != 2 or any(kind not in PROXIES for kind in pair):
-            parser.error(f"--ab takes two of {', '.join(PROXIES)}")
-        args.rounds = args.rounds or 12
-        args.duration = args.duration or 5
-        args.connections = 64
-        ensure_tools()
-        if not args.skip_build:
-            build()
-        workdir = tempfile.mkdtemp(prefix="faultline-load-")
-        os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
-        procs = Procs(workdir)
-        try:
-            results = ab_scenario(procs, workdir, pair, args.rounds, args.duration,
-                                  args.connections)
-        finally:
-            procs.stop_all()
-            shutil.rmtree(workdir, ignore_errors=True)
-        print(ab_report(results, pair, args))
-        return
-    args.rounds = args.rounds or (2 if args.quick else 5)
-    args.duration = args.duration or (3 if args.quick else 10)
+    pair = args.ab.split(",") if args.ab else None
+    if pair and (len(pair) != 2 or any(kind not in PROXIES for kind in pair)):
+        parser.error(f"--ab takes two of {', '.join(PROXIES)}")
+    default_rounds, default_duration = (12, 5) if pair else (5, 10)
+    args.rounds = args.rounds or (2 if args.quick else default_rounds)
+    args.duration = args.duration or (3 if args.quick else default_duration)
     args.connections = 64
     args.fail_duration = 5 if args.quick else 15
     args.fail_connections = 16
@@ -571,19 +554,25 @@ def main():
     workdir = tempfile.mkdtemp(prefix="faultline-load-")
     os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
     procs = Procs(workdir)
-    healthy, failures = None, None
+    healthy, failures, ab = None, None, None
     try:
-        if args.scenario in ("all", "healthy"):
+        if pair:
+            ab = ab_scenario(procs, workdir, pair, args.rounds, args.duration,
+                             args.connections)
+        if not pair and args.scenario in ("all", "healthy"):
             healthy = healthy_scenario(procs, workdir, args.rounds, args.duration,
                                        args.connections)
             procs.stop_all()
             procs = Procs(workdir)
-        if args.scenario in ("all", "failures"):
+        if not pair and args.scenario in ("all", "failures"):
             failures = failure_scenario(procs, workdir, args.fail_duration,
                                         args.fail_connections)
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)
+    if pair:
+        print(ab_report(ab, pair, args))
+        return
     print(report(healthy, failures, args))
 
 
