@@ -475,20 +475,23 @@ mod tests {
             r.insert_header("X-Api-Key", "k").unwrap();
             r
         };
-        let mut r = build();
-        apply(&mut r, client(), HeaderCase::Canonical).unwrap();
-        assert_eq!(
-            wire(&r),
-            "Host: app.example\r\nx-api-key: k\r\nx-forwarded-for: 10.1.2.3\r\n\
-             x-forwarded-proto: http\r\nvia: 1.1 faultline\r\nx-request-id: rid\r\n"
-        );
-        let mut r = build();
-        apply(&mut r, client(), HeaderCase::Preserve).unwrap();
-        assert_eq!(
-            wire(&r),
-            "HOST: app.example\r\nX-Api-Key: k\r\nX-Forwarded-For: 10.1.2.3\r\n\
-             X-Forwarded-Proto: http\r\nVia: 1.1 faultline\r\nX-Request-Id: rid\r\n"
-        );
+        let expected = [
+            (
+                HeaderCase::Canonical,
+                "Host: app.example\r\nx-api-key: k\r\nx-forwarded-for: 10.1.2.3\r\n\
+                 x-forwarded-proto: http\r\nvia: 1.1 faultline\r\nx-request-id: rid\r\n",
+            ),
+            (
+                HeaderCase::Preserve,
+                "HOST: app.example\r\nX-Api-Key: k\r\nX-Forwarded-For: 10.1.2.3\r\n\
+                 X-Forwarded-Proto: http\r\nVia: 1.1 faultline\r\nX-Request-Id: rid\r\n",
+            ),
+        ];
+        for (case, wire_form) in expected {
+            let mut r = build();
+            apply(&mut r, client(), case).unwrap();
+            assert_eq!(wire(&r), wire_form, "{case:?}");
+        }
     }
 
     #[test]

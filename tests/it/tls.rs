@@ -136,6 +136,34 @@ async fn tls_connect(
     connector.connect(name, tcp).await
 }
 
+/// Starts a GET of `path` on a new HTTP/2 connection over `tls`: the connection's sender (keep it
+/// to keep the connection open) and the response to come. The error names the step that failed.
+async fn h2_get(
+    tls: ClientTlsStream<tokio::net::TcpStream>,
+    path: &str,
+) -> Result<
+    (
+        h2::client::SendRequest<bytes::Bytes>,
+        h2::client::ResponseFuture,
+    ),
+    String,
+> {
+    let (mut send, conn) = h2::client::handshake(tls)
+        .await
+        .map_err(|e| format!("h2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    let req = http::Request::builder()
+        .uri(format!("https://localhost{path}"))
+        .body(())
+        .map_err(|e| format!("request: {e}"))?;
+    let (resp, _) = send
+        .send_request(req, true)
+        .map_err(|e| format!("send: {e}"))?;
+    Ok((send, resp))
+}
+
 /// An HTTPS/1.1 request; returns the status line, the raw head and the body.
 fn https1(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, String, String) {
     let connector = connector(pki, b"http/1.1");
@@ -168,15 +196,7 @@ fn https2(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, Str
             Some(&b"h2"[..]),
             "ALPN chose HTTP/2"
         );
-        let (mut send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = http::Request::builder()
-            .uri(format!("https://localhost{path}"))
-            .body(())
-            .expect("request");
-        let (resp, _) = send.send_request(req, true).expect("send");
+        let (_send, resp) = h2_get(tls, &path).await.expect("h2 GET");
         let resp = resp.await.expect("response");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
@@ -377,38 +397,18 @@ fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
     let h2c = connector(&pki, b"h2");
     let (refused_h2, refused_h1) = runtime().block_on(async {
         let tls = tls_connect(&h2c, addr).await.expect("handshake");
-        let (mut held, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        let req = http::Request::builder()
-            .uri("https://localhost/")
-            .body(())
-            .expect("request");
-        let (resp, _) = held.send_request(req, true).expect("send");
+        let (held, resp) = h2_get(tls, "/").await.expect("h2 GET");
         assert_eq!(resp.await.expect("response").status(), 200);
 
         // A second HTTP/2 connection is closed before any request on it is answered.
         let refused_h2 = match tls_connect(&h2c, addr).await {
             Err(e) => format!("TLS: {e}"),
-            Ok(tls) => match h2::client::handshake(tls).await {
-                Err(e) => format!("h2 handshake: {e}"),
-                Ok((mut send, conn)) => {
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    let req = http::Request::builder()
-                        .uri("https://localhost/")
-                        .body(())
-                        .expect("request");
-                    match send.send_request(req, true) {
-                        Err(e) => format!("send: {e}"),
-                        Ok((resp, _)) => match resp.await {
-                            Err(e) => format!("response: {e}"),
-                            Ok(r) => panic!("answered {} over the limit", r.status()),
-                        },
-                    }
-                }
+            Ok(tls) => match h2_get(tls, "/").await {
+                Err(e) => e,
+                Ok((_send, resp)) => match resp.await {
+                    Err(e) => format!("response: {e}"),
+                    Ok(r) => panic!("answered {} over the limit", r.status()),
+                },
             },
         };
         // An HTTP/1.1 one gets the 503 page.
