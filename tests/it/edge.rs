@@ -9,8 +9,10 @@ use faultline::Route;
 use pingora::http::RequestHeader;
 
 use crate::client::{self, Client};
-use crate::harness::{Proxy, backend_status, one_upstream, proxy_yaml, wait_for_status};
-use crate::origin::{Behavior, Origin};
+use crate::harness::{
+    Proxy, backend_status, one_upstream, proxy_yaml, status_now, wait_for_status,
+};
+use crate::origin::{Behavior, Gate, Origin};
 
 fn two_upstreams(blue: &Origin, green: &Origin) -> String {
     format!(
@@ -279,7 +281,7 @@ fn an_ejected_backend_stays_ejected_across_a_reload() {
         format!("{body}  - {{ name: extra, match: {{ path_prefix: /extra }}, upstream: app }}\n");
     std::fs::write(&file, proxy_yaml(proxy.addr, proxy.admin, &reloaded)).expect("write");
     assert_eq!(reload(&proxy).status, 200);
-    let s = backend_status(&wait_for_status(&proxy, "status", |_| true), bad.addr);
+    let s = backend_status(&status_now(&proxy), bad.addr);
     assert_eq!(s["state"], "ejected", "{s}");
     assert_eq!(s["ejections"], 1);
     for _ in 0..6 {
@@ -295,8 +297,9 @@ fn an_ejected_backend_stays_ejected_across_a_reload() {
 
 #[test]
 fn requests_in_flight_finish_on_the_config_they_started_with() {
-    let slow = Origin::start(Behavior::Delayed(
-        600,
+    let gate = Gate::new();
+    let slow = Origin::start(Behavior::Held(
+        gate.clone(),
         b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow".to_vec(),
     ));
     let file = temp_file("inflight");
@@ -322,6 +325,12 @@ fn requests_in_flight_finish_on_the_config_they_started_with() {
         404,
         "new requests see the new config"
     );
+    // The origin holds its answer until now: the request was in flight across the reload.
+    assert!(
+        !in_flight.is_finished(),
+        "the request ended before the reload"
+    );
+    gate.open();
     let resp = in_flight.join().expect("thread");
     assert_eq!((resp.status, resp.text().as_str()), (200, "slow"));
     let _ = std::fs::remove_dir_all(file.parent().expect("dir"));

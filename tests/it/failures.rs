@@ -449,6 +449,66 @@ fn close_mid_chunked_body_aborts_the_client_stream() {
 }
 
 #[test]
+fn origin_stalling_mid_body_aborts_the_client_stream_after_the_read_timeout() {
+    let mut raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    raw.extend(std::iter::repeat_n(b's', 100));
+    let origin = Origin::start(Behavior::WriteThenHang(raw));
+    let proxy = proxy_for(origin.addr, "response_header: 400ms");
+    let started = Instant::now();
+    let resp = client::get(proxy.addr, "/s", &[("x-request-id", "midstall")]);
+    let took = started.elapsed();
+    assert_eq!(resp.status, 200, "the status was already sent");
+    assert!(!resp.complete, "the client must see an aborted body");
+    assert_eq!(resp.body, vec![b's'; 100]);
+    // The read timeout (the upstream's `response_header`) ends the wait for the rest.
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
+    let entry = access_entry("midstall");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["source"], "origin");
+    assert_eq!(entry["failure"], "connection_read_timeout");
+    assert_eq!(entry["attempts"][0]["outcome"], "connection_read_timeout");
+    assert_eq!(entry["attempts"][0]["progress"], "response_started");
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"connection_read_timeout\"}}",
+            origin.addr
+        )),
+        1
+    );
+}
+
+#[test]
+fn a_broken_chunk_in_the_response_aborts_the_client_stream() {
+    let raw =
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ngood\r\nzz\r\nbad\r\n0\r\n\r\n"
+            .to_vec();
+    let origin = Origin::start(Behavior::WriteThenHang(raw));
+    let proxy = proxy_for(origin.addr, "");
+    let resp = client::get(proxy.addr, "/t", &[("x-request-id", "badchunk")]);
+    assert_eq!(resp.status, 200, "the status was already sent");
+    assert!(!resp.complete, "no terminating chunk may reach the client");
+    assert_eq!(resp.body, b"good");
+    let entry = access_entry("badchunk");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["failure"], "http_response_transfer_coding");
+    assert_eq!(
+        entry["attempts"][0]["outcome"],
+        "http_response_transfer_coding"
+    );
+    assert_eq!(entry["attempts"][0]["progress"], "response_started");
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"http_response_transfer_coding\"}}",
+            origin.addr
+        )),
+        1
+    );
+}
+
+#[test]
 fn client_abort_is_499_and_not_an_upstream_failure() {
     let origin = Origin::start(Behavior::Hang);
     let proxy = proxy_for(origin.addr, "response_header: 10s");
@@ -478,14 +538,11 @@ fn client_abort_is_499_and_not_an_upstream_failure() {
     assert_eq!(entry["status"], 499);
     assert_eq!(entry["source"], "client");
     assert_eq!(entry["failure"], "client_aborted");
-    let outcome = entry["attempts"][0]["outcome"].as_str().unwrap_or("");
-    assert!(
-        faultline::FailureKind::ALL
-            .iter()
-            .filter(|k| k.counts_against_backend())
-            .all(|k| k.as_str() != outcome),
-        "the abort was recorded as an upstream failure: {outcome}"
-    );
+    // The one attempt ended with the client's abort, not with a failure of the backend's.
+    let attempts = entry["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 1, "{entry}");
+    assert_eq!(attempts[0]["outcome"], "client_aborted", "{entry}");
+    assert_eq!(attempts[0]["progress"], "sent", "{entry}");
 }
 
 #[test]
@@ -498,8 +555,14 @@ fn head_error_has_no_body() {
         &[("accept", "text/html"), ("x-request-id", "head1")],
     );
     assert_eq!(resp.status, 502);
-    assert!(resp.body.is_empty());
+    // The client reads whatever follows the header: nothing may.
+    assert!(resp.body.is_empty(), "a body after HEAD: {:?}", resp.text());
+    // The header is the one a GET would get, its length included.
     assert!(resp.header("content-length").is_some_and(|l| l != "0"));
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
     assert_eq!(resp.header("x-request-id"), Some("head1"));
 }
 

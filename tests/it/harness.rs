@@ -82,26 +82,34 @@ impl Proxy {
         resp.text()
     }
 
-    /// The value of the series `name{labels}` in `/metrics`; 0 when absent.
+    /// The value of the series `name{labels}` in `/metrics`; a series that is not exported
+    /// fails the test (a misspelled series must not read as 0).
     pub fn metric(&self, series: &str) -> u64 {
         metric_value(&self.metrics(), series)
     }
 
-    /// Waits (5 s at most) until `series` satisfies `done`; `what` names the wait in a failure.
+    /// Waits (5 s at most) until `series` is exported and satisfies `done`; `what` names the
+    /// wait in a failure.
     pub fn wait_for_metric(&self, series: &str, done: impl Fn(u64) -> bool, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !done(self.metric(series)) {
+        while !find_metric(&self.metrics(), series).is_some_and(&done) {
             assert!(Instant::now() < deadline, "{what}: {series}");
             std::thread::sleep(Duration::from_millis(10));
         }
     }
 }
 
-/// The value of `series` (name with its labels, exactly as exposed) in a scrape; 0 when absent.
+/// The value of `series` (name with its labels, exactly as exposed) in a scrape; panics when
+/// the series is absent.
 pub fn metric_value(text: &str, series: &str) -> u64 {
+    find_metric(text, series).unwrap_or_else(|| panic!("{series} is not exported:\n{text}"))
+}
+
+/// The value of `series` in a scrape, or `None` when it is not exported.
+pub fn find_metric(text: &str, series: &str) -> Option<u64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .map_or(0, |v| {
+        .map(|v| {
             v.trim()
                 .parse()
                 .unwrap_or_else(|_| panic!("{series} = {v}"))
@@ -199,6 +207,13 @@ pub fn all_access_entries() -> Vec<serde_json::Value> {
         .collect()
 }
 
+/// The `/status` document as it is now.
+pub fn status_now(proxy: &Proxy) -> serde_json::Value {
+    let resp = crate::client::get(proxy.admin, "/status", &[]);
+    assert_eq!(resp.status, 200);
+    serde_json::from_slice(&resp.body).expect("status JSON")
+}
+
 /// Polls `/status` until `ready` accepts it; panics after 10 s. The status endpoint is the
 /// readiness signal for time-driven state (ejections ending, active checks flipping).
 pub fn wait_for_status(
@@ -208,8 +223,7 @@ pub fn wait_for_status(
 ) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let resp = crate::client::get(proxy.admin, "/status", &[]);
-        let status: serde_json::Value = serde_json::from_slice(&resp.body).expect("status JSON");
+        let status = status_now(proxy);
         if ready(&status) {
             return status;
         }

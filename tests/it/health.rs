@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::client;
 use crate::harness::{
     Proxy, access_entry, all_access_entries, backend_status, metric_value, one_upstream,
-    wait_for_status,
+    status_now, wait_for_status,
 };
 use crate::origin::{Behavior, Origin, refused_addr};
 
@@ -22,7 +22,7 @@ fn failing_backend_is_ejected_then_probed_then_ejected_for_longer() {
     let good = Origin::start(Behavior::Named("good"));
     let proxy = Proxy::start(&one_upstream(
         &[bad.addr, good.addr],
-        &passive(3, "700ms", 50, ""),
+        &passive(3, "1500ms", 50, ""),
         "",
     ));
     // Every request succeeds (failover) while the bad backend collects its three failures.
@@ -40,7 +40,7 @@ fn failing_backend_is_ejected_then_probed_then_ejected_for_longer() {
     assert_eq!(first["ejections"], 1);
     assert_eq!(first["up"], false);
     let first_ms = first["ejected_for_ms"].as_u64().expect("ms");
-    assert!(first_ms <= 770, "700ms plus at most a tenth: {first_ms}");
+    assert!(first_ms <= 1650, "1500ms plus at most a tenth: {first_ms}");
 
     // Ejected: it receives nothing at all.
     let connections = bad.connections();
@@ -51,7 +51,7 @@ fn failing_backend_is_ejected_then_probed_then_ejected_for_longer() {
     assert_eq!(bad.connections(), connections);
 
     // When the ejection ends, exactly one probe goes through; it fails, and the next ejection
-    // is longer (base × 2).
+    // is longer (base × 2 = 3 s).
     wait_for_status(&proxy, "half-open", |s| {
         backend_status(s, bad.addr)["state"] == "half_open"
     });
@@ -60,13 +60,15 @@ fn failing_backend_is_ejected_then_probed_then_ejected_for_longer() {
     }
     assert_eq!(bad.requests(), 4, "one probe");
     let second = backend_status(
-        &wait_for_status(&proxy, "second ejection", |_| true),
+        &wait_for_status(&proxy, "second ejection", |s| {
+            backend_status(s, bad.addr)["ejections"] == 2
+        }),
         bad.addr,
     );
     assert_eq!(second["state"], "ejected");
     assert_eq!(second["ejections"], 2);
     assert!(
-        second["ejected_for_ms"].as_u64().expect("ms") > 800,
+        second["ejected_for_ms"].as_u64().expect("ms") > 2000,
         "{second}"
     );
 
@@ -139,7 +141,12 @@ fn a_successful_probe_brings_the_backend_back() {
         }
     }
     assert!(probed, "the probe never reached the recovered backend");
-    let s = backend_status(&wait_for_status(&proxy, "healthy", |_| true), flaky.addr);
+    let s = backend_status(
+        &wait_for_status(&proxy, "healthy", |s| {
+            backend_status(s, flaky.addr)["state"] == "healthy"
+        }),
+        flaky.addr,
+    );
     assert_eq!(s["state"], "healthy");
     assert_eq!(s["up"], true);
 }
@@ -157,7 +164,7 @@ fn the_ejection_cap_holds_when_every_backend_fails() {
         let resp = client::get(proxy.addr, "/", &[]);
         assert_eq!(resp.status, 502, "the pool is never emptied: no 503");
     }
-    let status = wait_for_status(&proxy, "status", |_| true);
+    let status = status_now(&proxy);
     let states: Vec<_> = [a.addr, b.addr]
         .iter()
         .map(|x| backend_status(&status, *x)["state"].clone())
@@ -223,7 +230,7 @@ fn origin_503_counts_only_when_listed() {
             let status = client::get(proxy.addr, "/", &[]).status;
             assert!(status == 200 || status == 503);
         }
-        let s = backend_status(&wait_for_status(&proxy, "status", |_| true), sick.addr);
+        let s = backend_status(&status_now(&proxy), sick.addr);
         if expect_ejection {
             assert_eq!(s["state"], "ejected", "{s}");
             assert_eq!(sick.requests(), 2);
@@ -256,7 +263,7 @@ fn client_aborts_never_count_against_a_backend() {
         drop(c);
         assert_eq!(access_entry(&rid)["status"], 499);
     }
-    let s = backend_status(&wait_for_status(&proxy, "status", |_| true), slow.addr);
+    let s = backend_status(&status_now(&proxy), slow.addr);
     assert_eq!(s["state"], "healthy");
     assert_eq!(s["consecutive_failures"], 0);
     assert_eq!(
@@ -313,6 +320,48 @@ fn active_check_marks_a_stalled_backend_down_and_back_up() {
         )),
         1
     );
+}
+
+#[test]
+fn an_active_check_success_ends_a_passive_ejection() {
+    let flaky = Origin::start(Behavior::Reset);
+    let good = Origin::start(Behavior::Named("good"));
+    // TCP checks: a backend that accepts connections passes, so the checks pass all along while
+    // the requests fail; the passive ejection is long, so only a check can end it in time.
+    let proxy = Proxy::start(&one_upstream(
+        &[flaky.addr, good.addr],
+        "    health:\n      active: { interval: 300ms, timeout: 200ms }\n      passive: { consecutive_failures: 2, base_ejection: 60s, max_ejected_percent: 50 }\n",
+        "",
+    ));
+    let ejections = format!(
+        "faultline_backend_ejections_total{{upstream=\"app\",backend=\"{}\",reason=\"consecutive_failures\"}}",
+        flaky.addr
+    );
+    for _ in 0..20 {
+        if proxy.metric(&ejections) == 1 {
+            break;
+        }
+        assert_eq!(client::get(proxy.addr, "/", &[]).status, 200, "failover");
+    }
+    assert_eq!(
+        proxy.metric(&ejections),
+        1,
+        "the failing backend was ejected"
+    );
+    let ejected = std::time::Instant::now();
+    flaky.set(Behavior::Named("flaky"));
+    wait_for_status(&proxy, "the ejection to end", |s| {
+        backend_status(s, flaky.addr)["state"] == "healthy"
+    });
+    assert!(
+        ejected.elapsed() < Duration::from_secs(10),
+        "ended by a check, not by the 60 s ejection"
+    );
+    let served: Vec<String> = (0..6)
+        .map(|_| client::get(proxy.addr, "/", &[]).text())
+        .collect();
+    assert!(served.iter().any(|t| t == "origin flaky"), "{served:?}");
+    assert_eq!(proxy.metric(&ejections), 1);
 }
 
 #[test]
@@ -413,7 +462,7 @@ routes:
     assert!(!m.contains(&format!(
         "backend=\"{dead}\",outcome=\"http_response_timeout\""
     )));
-    let status = wait_for_status(&proxy, "status", |_| true);
+    let status = status_now(&proxy);
     assert_eq!(
         backend_status(&status, dead)["attempts"]["connection_refused"],
         3
@@ -458,7 +507,7 @@ fn failure_rate_ejects_a_backend_that_fails_half_the_time() {
         let resp = client::get(proxy.addr, "/", &[]);
         assert_eq!(resp.status, 200, "failover hides every failure");
     }
-    let s = backend_status(&wait_for_status(&proxy, "status", |_| true), flaky.addr);
+    let s = backend_status(&status_now(&proxy), flaky.addr);
     assert_eq!(s["state"], "ejected", "{s}");
     let series = format!(
         "faultline_backend_ejections_total{{upstream=\"app\",backend=\"{}\",reason=\"failure_rate\"}}",

@@ -6,30 +6,42 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::harness::{Proxy, access_entry, one_upstream};
-use crate::origin::{Behavior, Origin};
+use crate::origin::{Behavior, Gate, Origin};
 
-/// Sends raw bytes and returns the status line of the answer ("" when the connection closed).
-fn raw_exchange(proxy: &Proxy, raw: &[u8]) -> String {
+/// What came back for a raw request.
+struct Exchange {
+    /// The status line ("" when the connection closed without an answer).
+    status_line: String,
+    /// Whether the proxy closed the connection after its answer.
+    closed: bool,
+}
+
+/// Sends raw bytes, reads the answer, and waits (5 s at most) to see whether the proxy closes the
+/// connection after it.
+fn raw_exchange(proxy: &Proxy, raw: &[u8]) -> Exchange {
     let mut s = TcpStream::connect(proxy.addr).expect("connect");
     s.set_read_timeout(Some(Duration::from_secs(5)))
         .expect("timeout");
     let _ = s.write_all(raw);
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    while let Ok(n) = s.read(&mut buf) {
-        if n == 0 {
-            break;
+    let closed = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+            Err(_) => break false,
         }
-        out.extend_from_slice(&buf[..n]);
-        if out.windows(4).any(|w| w == b"\r\n\r\n") {
-            break;
-        }
-    }
-    String::from_utf8_lossy(&out)
+    };
+    let status_line = String::from_utf8_lossy(&out)
         .split("\r\n")
         .next()
         .unwrap_or("")
-        .to_string()
+        .to_string();
+    Exchange {
+        status_line,
+        closed,
+    }
 }
 
 #[test]
@@ -74,7 +86,10 @@ fn ambiguous_framing_is_refused_and_never_forwarded() {
         ),
     ];
     for (name, raw, want) in cases {
-        assert_eq!(raw_exchange(&proxy, raw), *want, "{name}");
+        let answer = raw_exchange(&proxy, raw);
+        assert_eq!(answer.status_line, *want, "{name}");
+        // The bytes after a request that cannot be framed cannot be trusted either.
+        assert!(answer.closed, "{name}: the connection stayed open");
     }
     assert_eq!(origin.requests(), 0, "a refused request reached the origin");
     assert_eq!(origin.connections(), 0);
@@ -87,11 +102,12 @@ fn ambiguous_framing_is_refused_and_never_forwarded() {
 fn a_broken_chunked_body_is_400() {
     let origin = Origin::start(Behavior::Named("o"));
     let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
-    let status = raw_exchange(
+    let answer = raw_exchange(
         &proxy,
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nabc\r\n0\r\n\r\n",
     );
-    assert_eq!(status, "HTTP/1.1 400 Bad Request");
+    assert_eq!(answer.status_line, "HTTP/1.1 400 Bad Request");
+    assert!(answer.closed);
     assert_eq!(
         origin.requests(),
         0,
@@ -109,10 +125,12 @@ fn an_oversized_header_section_is_431() {
         faultline::request_checks::MAX_HEADER_BYTES,
     ));
     raw.extend_from_slice(b"\r\n\r\n");
+    let answer = raw_exchange(&proxy, &raw);
     assert_eq!(
-        raw_exchange(&proxy, &raw),
+        answer.status_line,
         "HTTP/1.1 431 Request Header Fields Too Large"
     );
+    assert!(answer.closed);
     assert_eq!(origin.requests(), 0);
     assert_eq!(
         access_entry("big431")["failure"],
@@ -122,8 +140,9 @@ fn an_oversized_header_section_is_431() {
 
 #[test]
 fn an_upstream_at_its_in_flight_limit_answers_503_at_once() {
-    let slow = Origin::start(Behavior::Delayed(
-        800,
+    let gate = Gate::new();
+    let slow = Origin::start(Behavior::Held(
+        gate.clone(),
         b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow".to_vec(),
     ));
     let proxy = Proxy::start(&one_upstream(&[slow.addr], "    max_in_flight: 2\n", ""));
@@ -158,6 +177,7 @@ fn an_upstream_at_its_in_flight_limit_answers_503_at_once() {
         2,
         "the refused request never reached the origin"
     );
+    gate.open();
     for h in held {
         assert_eq!(h.join().expect("held").status, 200);
     }

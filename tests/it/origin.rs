@@ -42,6 +42,31 @@ pub enum Behavior {
     Hang,
     /// Accepts and never reads.
     NoRead,
+    /// Reads the request, waits until the gate opens, then answers these bytes.
+    Held(Gate, Vec<u8>),
+    /// Reads the request, writes these bytes, then keeps the connection open without another
+    /// byte until the peer goes away.
+    WriteThenHang(Vec<u8>),
+}
+
+/// A gate a [`Behavior::Held`] origin waits on: the test decides when it answers.
+#[derive(Debug, Clone)]
+pub struct Gate(Arc<tokio::sync::watch::Sender<bool>>);
+
+impl Gate {
+    /// A closed gate.
+    pub fn new() -> Gate {
+        Gate(Arc::new(tokio::sync::watch::channel(false).0))
+    }
+
+    /// Opens the gate: every held request is answered, and so is every later one.
+    pub fn open(&self) {
+        self.0.send_replace(true);
+    }
+
+    async fn wait(&self) {
+        let _ = self.0.subscribe().wait_for(|open| *open).await;
+    }
 }
 
 /// What an origin saw.
@@ -165,6 +190,13 @@ impl Blackhole {
                     _ => break,
                 }
             }
+            // The claim itself: one more connect gets no answer.
+            let probe =
+                tokio::time::timeout(Duration::from_millis(300), TcpStream::connect(addr)).await;
+            assert!(
+                probe.is_err(),
+                "a connect to the full queue did not time out: {probe:?}"
+            );
             Blackhole {
                 addr,
                 _listener: listener,
@@ -239,16 +271,32 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
                 let _ = stream.flush().await;
                 return;
             }
-            Behavior::Hang => {
-                let mut sink = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut sink).await {
-                    if n == 0 {
-                        return;
-                    }
+            Behavior::Held(gate, bytes) => {
+                gate.wait().await;
+                if stream.write_all(bytes).await.is_err() {
+                    return;
                 }
+            }
+            Behavior::WriteThenHang(bytes) => {
+                let _ = stream.write_all(bytes).await;
+                drain_until_closed(&mut stream).await;
+                return;
+            }
+            Behavior::Hang => {
+                drain_until_closed(&mut stream).await;
                 return;
             }
             Behavior::NoRead | Behavior::Cycle(_) => return,
+        }
+    }
+}
+
+/// Reads and drops whatever the peer sends until it closes.
+async fn drain_until_closed(stream: &mut TcpStream) {
+    let mut sink = [0u8; 1024];
+    while let Ok(n) = stream.read(&mut sink).await {
+        if n == 0 {
+            return;
         }
     }
 }

@@ -335,6 +335,83 @@ fn long_retry_after_is_not_waited_for() {
 }
 
 #[test]
+fn a_short_retry_after_is_waited_for_then_retried() {
+    let busy =
+        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 4\r\n\r\nbusy"
+            .to_vec();
+    let origin = Origin::start(Behavior::Cycle(vec![
+        Behavior::Raw(busy),
+        Behavior::Raw(ok_response("after the pause")),
+    ]));
+    let proxy = Proxy::start(&one_upstream(
+        &[origin.addr],
+        "",
+        "    retry: { attempts: 3, on_status: [503] }\n",
+    ));
+    let started = std::time::Instant::now();
+    let resp = client::get(proxy.addr, "/", &[("x-request-id", "ra1")]);
+    let took = started.elapsed();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "after the pause");
+    assert_eq!(origin.requests(), 2);
+    // The origin asked for a second; the jittered backoff alone is far shorter.
+    assert!(
+        took >= std::time::Duration::from_secs(1) && took < std::time::Duration::from_secs(3),
+        "{took:?}"
+    );
+    assert_eq!(outcomes("ra1"), ["response", "response"]);
+}
+
+#[test]
+fn a_post_reset_after_it_was_sent_is_never_delivered_twice() {
+    let a = Origin::start(Behavior::Reset);
+    let b = Origin::start(Behavior::Reset);
+    let proxy = Proxy::start(&one_upstream(
+        &[a.addr, b.addr],
+        "",
+        "    retry: { attempts: 3 }\n",
+    ));
+    // A GET reset after it was sent is tried again, on the other backend (a failed backend is
+    // not tried twice): retries are on.
+    let resp = client::get(proxy.addr, "/", &[("x-request-id", "reset-get")]);
+    assert_eq!(resp.status, 502);
+    assert_eq!((a.requests(), b.requests()), (1, 1), "one attempt on each");
+    let after_get = 2;
+    // A POST may have been processed before the reset: it is never sent again.
+    let mut post = client::request(
+        "POST",
+        "/",
+        "app.test",
+        &[("x-request-id", "reset-post"), ("content-length", "5")],
+    );
+    post.extend_from_slice(b"hello");
+    let mut c = client::Client::connect(proxy.addr);
+    c.send(&post);
+    let resp = c.read_response("POST");
+    assert_eq!(resp.status, 502);
+    assert_eq!(
+        resp.header("proxy-status"),
+        Some(
+            format!(
+                "faultline; error=connection_terminated; details=\"{}\"",
+                faultline::FailureKind::ConnectionTerminated.detail()
+            )
+            .as_str()
+        )
+    );
+    assert_eq!(
+        a.requests() + b.requests(),
+        after_get + 1,
+        "the POST reached a backend once"
+    );
+    assert_eq!(outcomes("reset-post"), ["connection_terminated"]);
+    assert_eq!(
+        access_entry("reset-post")["attempts"][0]["progress"],
+        "sent"
+    );
+}
+
+#[test]
 fn body_larger_than_the_replay_buffer_is_not_retried_once_sent() {
     let (_hang, good, proxy) =
         hanging_and_good(300, "    retry: { attempts: 3, idempotency_key: true }\n");
@@ -406,13 +483,20 @@ fn retries_stay_within_the_budget() {
         "",
         "    retry: { attempts: 2, budget_percent: 20 }\n",
     ));
-    // 300 requests within the ten-second window, all failing on both backends: without a budget,
-    // 300 retries; with it, the floor of 100 (20% of 300 is less).
-    for _ in 0..300 {
+    // 160 requests within the ten-second window, all failing on both backends: without a budget,
+    // 160 retries; with it, the floor of 100 (20% of 160 is less). They take well under a second;
+    // the window sliding past the first of them would allow more retries, so that is checked.
+    let started = std::time::Instant::now();
+    for _ in 0..160 {
         assert_eq!(client::get(proxy.addr, "/", &[]).status, 502);
     }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "the requests took {:?}: the budget window is 10 s",
+        started.elapsed()
+    );
     let total = a.requests() + b.requests();
-    let retries = total - 300;
+    let retries = total - 160;
     assert_eq!(retries, 100, "{retries} retries");
     let m = proxy.metrics();
     assert_eq!(
@@ -427,7 +511,7 @@ fn retries_stay_within_the_budget() {
             &m,
             "faultline_retry_budget_exhausted_total{upstream=\"app\"}"
         ),
-        300 - retries as u64
+        160 - retries as u64
     );
 }
 
