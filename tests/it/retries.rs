@@ -4,7 +4,7 @@
 
 use crate::client;
 use crate::harness::{Proxy, access_entry, one_upstream};
-use crate::origin::{Behavior, Origin, refused_addr};
+use crate::origin::{Behavior, Blackhole, Origin, refused_addr};
 
 /// A pool of a backend that never answers and a healthy one, with this response-header timeout
 /// (milliseconds) and these extra route lines.
@@ -538,4 +538,94 @@ fn the_deadline_caps_all_attempts() {
     assert!(took < std::time::Duration::from_millis(1900), "{took:?}");
     assert!(took >= std::time::Duration::from_millis(950), "{took:?}");
     assert_eq!(access_entry("deadline")["failure"], "http_response_timeout");
+}
+
+/// One row of DESIGN §1's retry column: a backend that fails this way, and whether the request
+/// goes to another backend afterwards, for a GET and for a POST.
+struct RetryRow {
+    kind: &'static str,
+    backend: std::net::SocketAddr,
+    timeouts: &'static str,
+    get_retried: bool,
+    post_retried: bool,
+}
+
+#[test]
+fn the_retry_column_of_the_failure_table_row_by_row() {
+    let mut big_header = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..300 {
+        big_header.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
+    }
+    big_header.extend_from_slice(b"content-length: 0\r\n\r\n");
+    let hole = Blackhole::start();
+    let origins = [
+        Origin::start(Behavior::Reset),
+        Origin::start(Behavior::WriteThenClose(
+            b"HTTP/1.1 200 OK\r\nContent-Ty".to_vec(),
+        )),
+        Origin::start(Behavior::Raw(b"NOT HTTP\r\n\r\n".to_vec())),
+        Origin::start(Behavior::Raw(big_header)),
+        Origin::start(Behavior::Hang),
+    ];
+    let row = |kind, backend, get_retried, post_retried| RetryRow {
+        kind,
+        backend,
+        timeouts: "connect: 300ms, response_header: 300ms",
+        get_retried,
+        post_retried,
+    };
+    let rows = [
+        row("connection_refused", refused_addr(), true, true),
+        row("connection_timeout", hole.addr, true, true),
+        row("connection_terminated", origins[0].addr, true, false),
+        row("http_response_incomplete", origins[1].addr, true, false),
+        row("http_protocol_error", origins[2].addr, true, false),
+        row(
+            "http_response_header_section_size",
+            origins[3].addr,
+            false,
+            false,
+        ),
+        row("http_response_timeout", origins[4].addr, true, false),
+    ];
+    for r in &rows {
+        let good = Origin::start(Behavior::Named("good"));
+        let proxy = Proxy::start(&one_upstream(
+            &[r.backend, good.addr],
+            &format!("    timeouts: {{ {} }}\n", r.timeouts),
+            "    retry: { attempts: 2 }\n",
+        ));
+        for (method, retried) in [("GET", r.get_retried), ("POST", r.post_retried)] {
+            // Round robin: within two requests one goes to the failing backend first.
+            let mut seen = false;
+            for i in 0..2 {
+                let rid = format!("row-{}-{method}-{i}", r.kind);
+                let resp = client::send_one(
+                    proxy.addr,
+                    method,
+                    "/",
+                    &[("x-request-id", &rid), ("content-length", "0")],
+                );
+                let entry = access_entry(&rid);
+                if entry["attempts"][0]["backend"] != r.backend.to_string().as_str() {
+                    assert_eq!(resp.status, 200, "{entry}");
+                    continue;
+                }
+                seen = true;
+                let outcomes = outcomes(&rid);
+                if retried {
+                    assert_eq!(resp.status, 200, "{} {method}: {entry}", r.kind);
+                    assert_eq!(outcomes, [r.kind, "response"], "{method}");
+                } else {
+                    assert_ne!(resp.status, 200, "{} {method}: {entry}", r.kind);
+                    assert_eq!(outcomes, [r.kind], "{method}");
+                }
+            }
+            assert!(
+                seen,
+                "{} {method}: never sent to the failing backend",
+                r.kind
+            );
+        }
+    }
 }
