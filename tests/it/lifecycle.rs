@@ -2,6 +2,8 @@
 
 use std::time::{Duration, Instant};
 
+use nix::sys::signal::Signal;
+
 use crate::client;
 use crate::harness::{Binary as Running, proxy_yaml};
 use crate::origin::{Behavior, Origin};
@@ -22,7 +24,7 @@ fn sighup_reloads_the_file() {
 
     // A broken file: reported, counted, nothing changes.
     std::fs::write(running.file(), "listeners: [").expect("write");
-    running.signal("HUP");
+    running.signal(Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while running.metric("faultline_config_reloads_total{result=\"failure\"}") == 0 {
         assert!(Instant::now() < deadline, "the reload was not attempted");
@@ -32,7 +34,7 @@ fn sighup_reloads_the_file() {
 
     let yaml = proxy_yaml(running.addr, running.admin, &route_to(&b));
     std::fs::write(running.file(), yaml).expect("write");
-    running.signal("HUP");
+    running.signal(Signal::SIGHUP);
     while running.metric("faultline_config_reloads_total{result=\"success\"}") == 0 {
         assert!(Instant::now() < deadline, "the reload did not happen");
         std::thread::sleep(Duration::from_millis(20));
@@ -62,7 +64,7 @@ fn sigterm_lets_slow_requests_finish() {
         assert!(Instant::now() < deadline, "the slow requests never arrived");
         std::thread::sleep(Duration::from_millis(5));
     }
-    running.signal("TERM");
+    running.signal(Signal::SIGTERM);
     for c in clients {
         let resp = c.join().expect("client thread");
         assert_eq!(resp.status, 200);
@@ -125,7 +127,7 @@ fn upgrade_hands_the_listeners_over_without_a_failed_request() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    old.signal("QUIT");
+    old.signal(Signal::SIGQUIT);
     let exited = loop {
         if let Some(status) = old.child.try_wait().expect("wait") {
             break status;
