@@ -42,6 +42,9 @@ pub enum Behavior {
     Hang,
     /// Accepts and never reads.
     NoRead,
+    /// Answers the first bytes that arrive, whatever they are (say a TLS ClientHello), with
+    /// these bytes, then waits for the peer to close: a server speaking another protocol.
+    AnswerFirstBytes(Vec<u8>),
 }
 
 /// What an origin saw.
@@ -194,6 +197,16 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
         tokio::time::sleep(Duration::from_secs(60)).await;
         return;
     }
+    if let Behavior::AnswerFirstBytes(bytes) = current(&behavior) {
+        let mut sink = [0u8; 4096];
+        if matches!(stream.read(&mut sink).await, Ok(n) if n > 0)
+            && stream.write_all(&bytes).await.is_ok()
+        {
+            // Closing with the peer's later bytes unread would reset instead.
+            while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+        }
+        return;
+    }
     let mut buf = Vec::new();
     loop {
         let Some(head) = read_request(&mut stream, &mut buf).await else {
@@ -248,7 +261,7 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
                 }
                 return;
             }
-            Behavior::NoRead | Behavior::Cycle(_) => return,
+            Behavior::NoRead | Behavior::Cycle(_) | Behavior::AnswerFirstBytes(_) => return,
         }
     }
 }
