@@ -38,6 +38,8 @@ pub enum Behavior {
     Close,
     /// Reads the request, writes these bytes, then closes.
     WriteThenClose(Vec<u8>),
+    /// Reads the request, writes these bytes, then closes once `Notify` says so.
+    WriteThenCloseWhen(Vec<u8>, Arc<tokio::sync::Notify>),
     /// Reads the request and never answers.
     Hang,
     /// Accepts and never reads.
@@ -250,6 +252,11 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
             Behavior::WriteThenClose(bytes) => {
                 let _ = stream.write_all(bytes).await;
                 let _ = stream.flush().await;
+                return;
+            }
+            Behavior::WriteThenCloseWhen(bytes, close) => {
+                let _ = stream.write_all(bytes).await;
+                close.notified().await;
                 return;
             }
             Behavior::Hang => {
