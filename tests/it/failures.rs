@@ -158,6 +158,55 @@ fn connect_timeout_is_504() {
 }
 
 #[test]
+fn tls_handshake_with_a_server_not_speaking_tls_is_502_retried_for_any_method() {
+    // Two plain HTTP servers behind an upstream configured for TLS: each answers the ClientHello
+    // as the bad request it is, which no TLS record parser takes.
+    let plain = [(); 2].map(|_| {
+        Origin::start(Behavior::AnswerFirstBytes(
+            b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_vec(),
+        ))
+    });
+    let proxy = Proxy::start(&one_upstream(
+        &[plain[0].addr, plain[1].addr],
+        "    tls: true\n    sni: origin.test\n",
+        "    retry: { attempts: 2 }\n",
+    ));
+    let rid = "tls-protocol";
+    let resp = client::send_one(
+        proxy.addr,
+        "POST",
+        "/row",
+        &[
+            ("content-length", "0"),
+            ("accept", "*/*"),
+            ("x-request-id", rid),
+        ],
+    );
+    assert_generated(&resp, 502, "Bad Gateway", "tls_protocol_error", rid, "*/*");
+    let entry = access_entry(rid);
+    assert_eq!(entry["status"], 502);
+    assert_eq!(entry["source"], "proxy");
+    assert_eq!(entry["failure"], "tls_protocol_error");
+    // Nothing was sent, so even a POST went on to the other backend.
+    let attempts = entry["attempts"].as_array().expect("attempts");
+    assert_eq!(attempts.len(), 2, "{entry}");
+    assert_ne!(attempts[0]["backend"], attempts[1]["backend"], "{entry}");
+    for attempt in attempts {
+        assert_eq!(attempt["outcome"], "tls_protocol_error", "{entry}");
+        assert_eq!(attempt["progress"], "not_sent", "{entry}");
+    }
+    for origin in &plain {
+        assert_eq!(origin.connections(), 1, "one handshake each");
+        assert_eq!(origin.requests(), 0, "no HTTP request reached a backend");
+        let series = format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"tls_protocol_error\"}}",
+            origin.addr
+        );
+        assert_eq!(proxy.metric(&series), 1, "{series}");
+    }
+}
+
+#[test]
 fn reset_before_any_byte_is_502() {
     let origin = Origin::start(Behavior::Reset);
     let proxy = proxy_for(origin.addr, "");

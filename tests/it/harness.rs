@@ -327,14 +327,24 @@ impl Binary {
         self.dir.join("faultline.yaml")
     }
 
-    /// Sends it a signal (`HUP`, `TERM`, `QUIT`).
-    pub fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{name}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("kill");
-        assert!(status.success());
+    /// Sends it `signal` once it catches that signal: one that came before Pingora or
+    /// faultline installed its handler would kill the process (the default action) instead.
+    /// Without `/proc` to tell, at once.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        // Linux lists the caught signals as a hex mask, bit n-1 for signal n.
+        let caught = || {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+            let mask = status.lines().find_map(|l| l.strip_prefix("SigCgt:"))?;
+            let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+            Some(mask & (1 << (signal as i32 - 1)) != 0)
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while caught() == Some(false) {
+            assert!(Instant::now() < deadline, "{signal} is never caught");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("kill");
     }
 
     /// One series of its `/metrics`.

@@ -1,10 +1,27 @@
-//! The `faultline` binary as an operator runs it: reload on `SIGHUP`, drain on `SIGTERM`.
+//! The `faultline` binary as an operator runs it: reload on `SIGHUP`, drain on `SIGTERM`, stop
+//! at once on `SIGINT`, hand the listeners over on `SIGQUIT`.
 
+use std::io::{ErrorKind, Read};
+use std::process::ExitStatus;
 use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
 
 use crate::client;
 use crate::harness::{Binary as Running, proxy_yaml};
 use crate::origin::{Behavior, Origin};
+
+/// Waits for the process to exit, at most `within`.
+fn exit_status(running: &mut Running, within: Duration, what: &str) -> ExitStatus {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = running.child.try_wait().expect("wait") {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "{what}: still running");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
 
 fn route_to(origin: &Origin) -> String {
     format!(
@@ -22,7 +39,7 @@ fn sighup_reloads_the_file() {
 
     // A broken file: reported, counted, nothing changes.
     std::fs::write(running.file(), "listeners: [").expect("write");
-    running.signal("HUP");
+    running.signal(Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     while running.metric("faultline_config_reloads_total{result=\"failure\"}") == 0 {
         assert!(Instant::now() < deadline, "the reload was not attempted");
@@ -32,7 +49,7 @@ fn sighup_reloads_the_file() {
 
     let yaml = proxy_yaml(running.addr, running.admin, &route_to(&b));
     std::fs::write(running.file(), yaml).expect("write");
-    running.signal("HUP");
+    running.signal(Signal::SIGHUP);
     while running.metric("faultline_config_reloads_total{result=\"success\"}") == 0 {
         assert!(Instant::now() < deadline, "the reload did not happen");
         std::thread::sleep(Duration::from_millis(20));
@@ -41,9 +58,9 @@ fn sighup_reloads_the_file() {
 }
 
 #[test]
-fn sigterm_lets_slow_requests_finish() {
+fn sigterm_stops_accepting_and_lets_slow_requests_finish() {
     let slow = Origin::start(Behavior::Delayed(
-        1000,
+        1500,
         b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished".to_vec(),
     ));
     let mut running = Running::start(
@@ -62,7 +79,30 @@ fn sigterm_lets_slow_requests_finish() {
         assert!(Instant::now() < deadline, "the slow requests never arrived");
         std::thread::sleep(Duration::from_millis(5));
     }
-    running.signal("TERM");
+    running.signal(Signal::SIGTERM);
+    // Pingora 0.9 on SIGTERM (`Server::main_loop`) broadcasts its shutdown watch; each accept
+    // loop (`services::listening::Service::run_endpoint`) then breaks and drops its endpoint,
+    // the last owner of the listening socket. The socket closes and the kernel refuses a new
+    // connection; a socket left open but no longer accepted from would still complete the
+    // handshake and leave the client hanging. Only a refusal ends this loop.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    loop {
+        match std::net::TcpStream::connect(running.addr) {
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => break,
+            Err(e) => panic!("a new connection failed otherwise than refused: {e}"),
+            // The accept loop has not seen the watch yet.
+            Ok(_) => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the listener still takes connections 3 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        clients.iter().all(|c| !c.is_finished()),
+        "the listener closed only after the slow requests were answered"
+    );
     for c in clients {
         let resp = c.join().expect("client thread");
         assert_eq!(resp.status, 200);
@@ -70,18 +110,48 @@ fn sigterm_lets_slow_requests_finish() {
         assert!(resp.complete);
     }
     // The process then exits by itself, cleanly, after the grace period.
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        if let Some(status) = running.child.try_wait().expect("wait") {
-            assert!(status.success(), "{status}");
-            break;
-        }
+    let status = exit_status(
+        &mut running,
+        Duration::from_secs(15),
+        "faultline did not exit after SIGTERM",
+    );
+    assert!(status.success(), "{status}");
+}
+
+#[test]
+fn sigint_exits_at_once_and_closes_requests_in_flight() {
+    let hang = Origin::start(Behavior::Hang);
+    let mut running = Running::start(
+        "int",
+        "server: { threads: 1, grace_period_seconds: 30, graceful_shutdown_timeout_seconds: 30 }",
+        &route_to(&hang),
+    );
+    let mut client = client::Client::connect(running.addr);
+    client.send(&client::request("GET", "/", "app.test", &[]));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while hang.requests() < 1 {
         assert!(
             Instant::now() < deadline,
-            "faultline did not exit after SIGTERM"
+            "the request never reached the origin"
         );
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(5));
     }
+    running.signal(Signal::SIGINT);
+    // Pingora's fast shutdown: no grace period, the runtimes are shut down without waiting for
+    // their tasks, and `run_forever` exits with 0.
+    let status = exit_status(
+        &mut running,
+        Duration::from_secs(3),
+        "faultline did not exit promptly on SIGINT",
+    );
+    assert_eq!(status.code(), Some(0), "{status}");
+    // The client in flight gets no response at all: the connection just ends.
+    let mut rest = Vec::new();
+    let read = client
+        .into_stream()
+        .read_to_end(&mut rest)
+        .map_err(|e| e.kind());
+    assert_eq!(read, Ok(0), "got {:?}", String::from_utf8_lossy(&rest));
 }
 
 #[test]
@@ -125,17 +195,12 @@ fn upgrade_hands_the_listeners_over_without_a_failed_request() {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
-    old.signal("QUIT");
-    let exited = loop {
-        if let Some(status) = old.child.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(
-            Instant::now() < deadline + Duration::from_secs(10),
-            "the old process did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    old.signal(Signal::SIGQUIT);
+    let exited = exit_status(
+        &mut old,
+        Duration::from_secs(20),
+        "the old process did not exit",
+    );
     assert!(exited.success(), "{exited}");
     // A few more requests, all to the new process.
     std::thread::sleep(Duration::from_millis(200));

@@ -38,10 +38,15 @@ pub enum Behavior {
     Close,
     /// Reads the request, writes these bytes, then closes.
     WriteThenClose(Vec<u8>),
+    /// Reads the request, writes these bytes, then closes once the gate opens.
+    WriteThenCloseWhen(Vec<u8>, Gate),
     /// Reads the request and never answers.
     Hang,
     /// Accepts and never reads.
     NoRead,
+    /// Answers the first bytes that arrive, whatever they are (say a TLS ClientHello), with
+    /// these bytes, then waits for the peer to close: a server speaking another protocol.
+    AnswerFirstBytes(Vec<u8>),
     /// Reads the request, waits until the gate opens, then answers these bytes.
     Held(Gate, Vec<u8>),
     /// Reads the request, writes these bytes, then keeps the connection open without another
@@ -226,6 +231,16 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
         tokio::time::sleep(Duration::from_secs(60)).await;
         return;
     }
+    if let Behavior::AnswerFirstBytes(bytes) = current(&behavior) {
+        let mut sink = [0u8; 4096];
+        if matches!(stream.read(&mut sink).await, Ok(n) if n > 0)
+            && stream.write_all(&bytes).await.is_ok()
+        {
+            // Closing with the peer's later bytes unread would reset instead.
+            drain_until_closed(&mut stream).await;
+        }
+        return;
+    }
     let mut buf = Vec::new();
     loop {
         let Some(head) = read_request(&mut stream, &mut buf).await else {
@@ -271,6 +286,11 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
                 let _ = stream.flush().await;
                 return;
             }
+            Behavior::WriteThenCloseWhen(bytes, gate) => {
+                let _ = stream.write_all(bytes).await;
+                gate.wait().await;
+                return;
+            }
             Behavior::Held(gate, bytes) => {
                 gate.wait().await;
                 if stream.write_all(bytes).await.is_err() {
@@ -286,7 +306,7 @@ async fn connection(mut stream: TcpStream, behavior: Arc<RwLock<Behavior>>, stat
                 drain_until_closed(&mut stream).await;
                 return;
             }
-            Behavior::NoRead | Behavior::Cycle(_) => return,
+            Behavior::NoRead | Behavior::Cycle(_) | Behavior::AnswerFirstBytes(_) => return,
         }
     }
 }

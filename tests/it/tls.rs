@@ -1,9 +1,10 @@
 //! TLS at the edge (HTTP/1.1 and HTTP/2 by ALPN) and towards upstreams, with certificates made
-//! at run time.
+//! at run time; what an HTTP/2 client sees when a body fails after its header went out.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use pingora::tls::{
     ClientConfig, ClientTlsStream, PrivateKeyDer, RootCertStore, ServerConfig, ServerName,
@@ -13,7 +14,7 @@ use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyP
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::harness::Proxy;
-use crate::origin::{Behavior, Origin, runtime};
+use crate::origin::{Behavior, Gate, Origin, runtime};
 
 /// A test CA, the proxy's certificate, a good origin certificate and a rogue one.
 struct Pki {
@@ -136,11 +137,13 @@ async fn tls_connect(
     connector.connect(name, tcp).await
 }
 
-/// Starts a GET of `path` on a new HTTP/2 connection over `tls`: the connection's sender (keep it
-/// to keep the connection open) and the response to come. The error names the step that failed.
+/// Starts a GET of `path` with `headers` on a new HTTP/2 connection over `tls`: the connection's
+/// sender (keep it to keep the connection open, or to start more streams) and the response to
+/// come. The error names the step that failed.
 async fn h2_get(
     tls: ClientTlsStream<tokio::net::TcpStream>,
     path: &str,
+    headers: &[(&str, &str)],
 ) -> Result<
     (
         h2::client::SendRequest<bytes::Bytes>,
@@ -154,14 +157,28 @@ async fn h2_get(
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = http::Request::builder()
-        .uri(format!("https://localhost{path}"))
-        .body(())
-        .map_err(|e| format!("request: {e}"))?;
+    let resp = h2_request(&mut send, path, headers).await?;
+    Ok((send, resp))
+}
+
+/// Starts a GET of `path` with `headers` on an open HTTP/2 connection, as a new stream.
+async fn h2_request(
+    send: &mut h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Result<h2::client::ResponseFuture, String> {
+    std::future::poll_fn(|cx| send.poll_ready(cx))
+        .await
+        .map_err(|e| format!("ready: {e}"))?;
+    let mut req = http::Request::builder().uri(format!("https://localhost{path}"));
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let req = req.body(()).map_err(|e| format!("request: {e}"))?;
     let (resp, _) = send
         .send_request(req, true)
         .map_err(|e| format!("send: {e}"))?;
-    Ok((send, resp))
+    Ok(resp)
 }
 
 /// An HTTPS/1.1 request; returns the status line, the raw head and the body.
@@ -196,19 +213,34 @@ fn https2(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, Str
             Some(&b"h2"[..]),
             "ALPN chose HTTP/2"
         );
-        let (_send, resp) = h2_get(tls, &path).await.expect("h2 GET");
+        let (_send, resp) = h2_get(tls, &path, &[]).await.expect("h2 GET");
         let resp = resp.await.expect("response");
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let mut body = resp.into_body();
-        let mut bytes = Vec::new();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.expect("data");
-            let _ = body.flow_control().release_capacity(chunk.len());
-            bytes.extend_from_slice(&chunk);
-        }
+        let (bytes, end) = h2_body(&mut resp.into_body(), usize::MAX).await;
+        assert!(matches!(end, Some(Ok(()))), "{end:?}");
         (status, headers, String::from_utf8_lossy(&bytes).to_string())
     })
+}
+
+/// Reads an HTTP/2 response body until the stream ends or `stop` bytes came: the bytes, and how
+/// the stream ended (`None`: not yet; `Some(Ok)`: a clean end of stream).
+async fn h2_body(
+    body: &mut h2::RecvStream,
+    stop: usize,
+) -> (Vec<u8>, Option<Result<(), h2::Error>>) {
+    let mut bytes = Vec::new();
+    while bytes.len() < stop {
+        match body.data().await {
+            None => return (bytes, Some(Ok(()))),
+            Some(Err(e)) => return (bytes, Some(Err(e))),
+            Some(Ok(chunk)) => {
+                let _ = body.flow_control().release_capacity(chunk.len());
+                bytes.extend_from_slice(&chunk);
+            }
+        }
+    }
+    (bytes, None)
 }
 
 fn edge_config(plain: SocketAddr, secure: SocketAddr) -> String {
@@ -397,13 +429,13 @@ fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
     let h2c = connector(&pki, b"h2");
     let (refused_h2, refused_h1) = runtime().block_on(async {
         let tls = tls_connect(&h2c, addr).await.expect("handshake");
-        let (held, resp) = h2_get(tls, "/").await.expect("h2 GET");
+        let (held, resp) = h2_get(tls, "/", &[]).await.expect("h2 GET");
         assert_eq!(resp.await.expect("response").status(), 200);
 
         // A second HTTP/2 connection is closed before any request on it is answered.
         let refused_h2 = match tls_connect(&h2c, addr).await {
             Err(e) => format!("TLS: {e}"),
-            Ok(tls) => match h2_get(tls, "/").await {
+            Ok(tls) => match h2_get(tls, "/", &[]).await {
                 Err(e) => e,
                 Ok((_send, resp)) => match resp.await {
                     Err(e) => format!("response: {e}"),
@@ -435,5 +467,74 @@ fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
     assert_eq!(
         proxy.metric("faultline_client_connections_over_limit_total"),
         2
+    );
+}
+
+#[test]
+fn http2_body_cut_after_the_header_resets_the_stream_not_the_connection() {
+    let pki = Pki::new("h2cut");
+    let mut cut = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+    cut.extend(std::iter::repeat_n(b'z', 100));
+    // The origin closes only once the client has the 100 bytes: h2 discards DATA still queued
+    // when a stream is reset, so a close at once could reset the stream before they went out.
+    let close = Gate::new();
+    let origin = Origin::start(Behavior::Cycle(vec![
+        Behavior::WriteThenCloseWhen(cut, close.clone()),
+        Behavior::Named("after"),
+    ]));
+    let proxy = tls_proxy(&pki, &crate::harness::one_upstream(&[origin.addr], "", ""));
+    let connector = connector(&pki, b"h2");
+    let ((status, body, end), after) = runtime().block_on(async {
+        let tls = tls_connect(&connector, proxy.addr)
+            .await
+            .expect("handshake");
+        let (mut send, resp) = h2_get(tls, "/cut", &[("x-request-id", "h2cut")])
+            .await
+            .expect("h2 GET");
+        let cut = async {
+            let resp = resp.await.expect("response header");
+            let status = resp.status().as_u16();
+            let mut stream = resp.into_body();
+            let (mut body, end) = h2_body(&mut stream, 100).await;
+            assert!(end.is_none(), "the stream ended before 100 bytes: {end:?}");
+            close.open();
+            let (rest, end) = h2_body(&mut stream, usize::MAX).await;
+            body.extend(rest);
+            (status, body, end.expect("ended"))
+        };
+        let cut = tokio::time::timeout(Duration::from_secs(10), cut)
+            .await
+            .expect("the cut stream never ended");
+        // A second stream on the same connection.
+        let resp = h2_request(&mut send, "/after", &[])
+            .await
+            .expect("a new stream")
+            .await
+            .expect("response header");
+        let status = resp.status().as_u16();
+        let (body, end) = h2_body(&mut resp.into_body(), usize::MAX).await;
+        assert!(matches!(end, Some(Ok(()))), "{end:?}");
+        (cut, (status, String::from_utf8_lossy(&body).to_string()))
+    });
+    assert_eq!(status, 200, "the status was already sent");
+    assert_eq!(body, vec![b'z'; 100]);
+    // Not a clean end: Pingora drops the unfinished stream, and h2 resets a dropped stream with
+    // CANCEL.
+    let err = end.expect_err("the stream must be reset, not ended");
+    assert!(err.is_reset() && err.is_remote(), "{err:?}");
+    assert_eq!(err.reason(), Some(h2::Reason::CANCEL), "{err:?}");
+    assert_eq!(after, (200, "origin after".to_string()));
+    let entry = crate::harness::access_entry("h2cut");
+    assert_eq!(entry["status"], 200);
+    assert_eq!(entry["source"], "origin");
+    assert_eq!(entry["failure"], "http_response_incomplete");
+    assert_eq!(entry["attempts"][0]["outcome"], "http_response_incomplete");
+    assert_eq!(entry["attempts"][0]["progress"], "response_started");
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"http_response_incomplete\"}}",
+            origin.addr
+        )),
+        1
     );
 }
