@@ -228,6 +228,18 @@ impl Gateway {
         e
     }
 
+    /// The backend to name in `next-hop`, when the configuration allows it: the one of the last
+    /// attempt, if that attempt ended with `outcome`, the one the client is told about. A
+    /// request that failed without reaching a backend again (none left to select after a failed
+    /// attempt) names none: the last backend tried is not the one that failed it.
+    fn next_hop(ctx: &RequestCtx, outcome: Outcome) -> Option<&str> {
+        if !ctx.snapshot.pages.reveal_backends() {
+            return None;
+        }
+        let a = ctx.attempts.last().filter(|a| a.outcome == outcome)?;
+        Some(Self::pool(ctx)?.backends().get(a.backend)?.name.as_str())
+    }
+
     /// Writes a proxy-generated response. With `keepalive` the client connection stays open
     /// (only possible before an upstream was chosen); otherwise it is closed after the response.
     async fn respond(
@@ -238,14 +250,13 @@ impl Gateway {
         keepalive: bool,
     ) -> Result<()> {
         let req = session.req_header();
-        let next_hop = if ctx.snapshot.pages.reveal_backends() {
-            ctx.attempts
-                .last()
-                .and_then(|a| Self::pool(ctx)?.backends().get(a.backend))
-                .map(|b| b.name.as_str())
-        } else {
-            None
-        };
+        let next_hop = Self::next_hop(
+            ctx,
+            match cause {
+                Cause::Failure(kind) => Outcome::Failed(kind),
+                Cause::Intercepted(status) => Outcome::Response(status),
+            },
+        );
         let rendered = ctx.snapshot.pages.render(
             cause,
             error_page::Request {
@@ -545,7 +556,10 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         if status >= 400 && ctx.snapshot.pages.proxy_status_enabled() {
             // RFC 9209: each intermediary appends its member to the list.
-            let ours = error_page::proxy_status_received(status, None);
+            let ours = error_page::proxy_status_received(
+                status,
+                Self::next_hop(ctx, Outcome::Response(status)),
+            );
             let value = match upstream_response
                 .headers
                 .get("proxy-status")

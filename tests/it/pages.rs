@@ -116,17 +116,30 @@ fn backend_addresses_stay_hidden_by_default() {
 
 #[test]
 fn backend_addresses_shown_when_allowed() {
+    // A proxy error and a passed-through origin status both name the backend that answered.
     let dead = refused_addr();
-    let body = format!(
-        "error_pages: {{ reveal_backends: true }}\n{}",
-        one_upstream(&[dead], "", "")
-    );
-    let proxy = Proxy::start(&body);
-    let resp = client::get(proxy.addr, "/", &[]);
-    assert_eq!(
-        resp.header("proxy-status"),
-        Some(format!("faultline; error=connection_refused; details=\"the upstream server refused the connection\"; next-hop=\"{dead}\"").as_str())
-    );
+    let busy = Origin::start(Behavior::Raw(
+        b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".to_vec(),
+    ));
+    let cases = [
+        (
+            dead,
+            "error=connection_refused; details=\"the upstream server refused the connection\"",
+        ),
+        (busy.addr, "received-status=503"),
+    ];
+    for (backend, member) in cases {
+        let body = format!(
+            "error_pages: {{ reveal_backends: true }}\n{}",
+            one_upstream(&[backend], "", "")
+        );
+        let proxy = Proxy::start(&body);
+        let resp = client::get(proxy.addr, "/", &[]);
+        assert_eq!(
+            resp.header("proxy-status"),
+            Some(format!("faultline; {member}; next-hop=\"{backend}\"").as_str())
+        );
+    }
 }
 
 #[test]

@@ -1,7 +1,10 @@
 //! A bounded soak on loopback: the real binary under steady keep-alive load while four origins
 //! switch at random between healthy, refusing, stalling, garbage, slow and 503. Every response
-//! must be one the failure contract allows, no worker may die, resident memory must stay flat,
-//! and the `/metrics` totals must equal what the clients counted.
+//! is judged by the modes of the origin it names (the body of a 200 or 503, `next-hop` of a
+//! proxy error) during the request's lifetime: a failure kind is allowed only if one of those
+//! modes can cause it. No worker may die, resident memory must stay flat, and the `/metrics`
+//! counters must equal what the clients counted: responses by status and source, attempts by
+//! backend and outcome, retries by reason.
 //!
 //! `FAULTLINE_SOAK_SECS` sets the duration (default 30; the documented run uses 180),
 //! `FAULTLINE_SOAK_SEED` the seed of the mode schedule, and `FAULTLINE_SOAK_METRICS=1` prints the
@@ -16,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
+
+use faultline::FailureKind;
 
 use crate::client;
 use crate::harness::Binary;
@@ -74,7 +79,7 @@ enum Mode {
     Stalling,
     /// Answers bytes that are not HTTP, then closes.
     Garbage,
-    /// 200 after 100 to 250 ms.
+    /// 200 after 50 to 150 ms, well inside the proxy's 300 ms response-header timeout.
     Slow,
     /// 503 with a body naming the origin.
     Unavailable,
@@ -93,12 +98,69 @@ impl Mode {
     fn from_u8(v: u8) -> Mode {
         MODES[usize::from(v).min(MODES.len() - 1)]
     }
+
+    /// The failure kinds an attempt on an origin in this mode can end with, as `classify`
+    /// names them. No mode causes `connection_timeout`: on loopback a connect to a listening
+    /// socket (backlog 1024, a few dozen connections here) completes in the kernel, and one to
+    /// the held, non-listening port is reset at once.
+    fn causes(self) -> &'static [FailureKind] {
+        match self {
+            // A complete response within the response-header timeout, passed through.
+            Mode::Healthy | Mode::Slow | Mode::Unavailable => &[],
+            // A connect is reset: refused. A request on a connection accepted earlier (pooled by
+            // the proxy, or left in the backlog of the listener being closed) is reset before
+            // any response byte, whether the proxy's read or its write sees it: terminated.
+            Mode::Refusing => &[
+                FailureKind::ConnectionRefused,
+                FailureKind::ConnectionTerminated,
+            ],
+            // The request is read and never answered.
+            Mode::Stalling => &[FailureKind::HttpResponseTimeout],
+            // The parser rejects "THIS IS NOT HTTP" at its first byte (a status line starts
+            // with "HTTP/"), and TCP delivers the bytes before the close (a FIN, not a reset:
+            // the request was read in full), so no close before a byte or inside a head can be
+            // seen.
+            Mode::Garbage => &[FailureKind::HttpProtocolError],
+        }
+    }
 }
 
-/// One mode switch, for the report.
+/// A set of modes.
+#[derive(Clone, Copy, Default, PartialEq, Eq)]
+struct Modes(u8);
+
+impl Modes {
+    fn add(&mut self, m: Mode) {
+        self.0 |= 1 << m as u8;
+    }
+
+    fn has(self, m: Mode) -> bool {
+        self.0 & (1 << m as u8) != 0
+    }
+
+    fn iter(self) -> impl Iterator<Item = Mode> {
+        MODES.into_iter().filter(move |m| self.has(*m))
+    }
+
+    /// Whether one of the modes can end an attempt with `kind`.
+    fn can_cause(self, kind: FailureKind) -> bool {
+        self.iter().any(|m| m.causes().contains(&kind))
+    }
+}
+
+impl std::fmt::Debug for Modes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_set().entries(self.iter()).finish()
+    }
+}
+
+/// One mode switch. The entry is written before the origin changes anything and `done` after
+/// its listener is closed or re-bound, so the new mode can act from `begun` on and the old one
+/// until `done`: a request's window needs no slack to see every mode that acted on it.
 #[derive(Debug, Clone, Copy)]
 struct Switch {
-    at: Duration,
+    begun: Duration,
+    done: Option<Duration>,
     origin: usize,
     mode: Mode,
 }
@@ -113,24 +175,53 @@ struct Shared {
 }
 
 impl Shared {
-    /// The mode of every origin at `at`, from the journal.
-    fn modes_at(&self, at: Duration) -> [Mode; ORIGINS] {
-        let mut modes = [Mode::Healthy; ORIGINS];
-        if let Ok(journal) = self.journal.lock() {
-            for s in journal.iter().take_while(|s| s.at <= at) {
-                modes[s.origin] = s.mode;
+    /// The modes each origin was in at some moment of `from..=to`. Every origin starts healthy.
+    fn modes_during(&self, from: Duration, to: Duration) -> [Modes; ORIGINS] {
+        let mut modes = [Modes::default(); ORIGINS];
+        let Ok(journal) = self.journal.lock() else {
+            return modes;
+        };
+        // Backwards: each switch's mode acted until the `done` of the origin's next switch
+        // (for ever if there is none, or it is still under way).
+        let mut until: [Option<Duration>; ORIGINS] = [None; ORIGINS];
+        let mut finished = [false; ORIGINS];
+        for s in journal.iter().rev() {
+            if finished[s.origin] {
+                continue;
+            }
+            if s.begun <= to && until[s.origin].is_none_or(|u| u >= from) {
+                modes[s.origin].add(s.mode);
+            }
+            until[s.origin] = Some(s.done.unwrap_or(Duration::MAX));
+            // Every earlier mode of this origin ended by this `done`.
+            finished[s.origin] = s.done.is_some_and(|d| d < from);
+            if finished.iter().all(|f| *f) {
+                return modes;
+            }
+        }
+        for o in 0..ORIGINS {
+            if !finished[o] && until[o].is_none_or(|u| u >= from) {
+                modes[o].add(Mode::Healthy);
             }
         }
         modes
     }
 
-    /// The switches in `from..=to`, as text.
+    /// The switches begun in `from..=to`, as text.
     fn switches_between(&self, from: Duration, to: Duration) -> String {
         let journal = self.journal.lock().map(|j| j.clone()).unwrap_or_default();
         journal
             .iter()
-            .filter(|s| s.at >= from && s.at <= to)
-            .map(|s| format!("{:.3}s origin{}→{:?}", s.at.as_secs_f64(), s.origin, s.mode))
+            .filter(|s| s.begun >= from && s.begun <= to)
+            .map(|s| {
+                let done = s.done.map_or(f64::NAN, |d| d.as_secs_f64());
+                format!(
+                    "{:.3}s–{done:.3}s origin{}→{:?}",
+                    s.begun.as_secs_f64(),
+                    s.origin,
+                    s.mode
+                )
+            })
             .collect::<Vec<_>>()
             .join(", ")
     }
@@ -181,6 +272,16 @@ async fn run_origin(index: usize, listener: TcpListener, seed: u64, shared: Arc<
             }
         }
         let next = MODES[(rng.next() % MODES.len() as u64) as usize];
+        // Journaled before it can act (see `Switch`).
+        let entry = shared.journal.lock().ok().map(|mut journal| {
+            journal.push(Switch {
+                begun: shared.started.elapsed(),
+                done: None,
+                origin: index,
+                mode: next,
+            });
+            journal.len() - 1
+        });
         mode.store(next as u8, Ordering::SeqCst);
         if next == Mode::Refusing && listener.is_some() {
             drop(listener.take());
@@ -203,12 +304,8 @@ async fn run_origin(index: usize, listener: TcpListener, seed: u64, shared: Arc<
                 Err(e) => push_error(&shared, format!("origin{index}: re-binding {addr}: {e}")),
             }
         }
-        if let Ok(mut journal) = shared.journal.lock() {
-            journal.push(Switch {
-                at: shared.started.elapsed(),
-                origin: index,
-                mode: next,
-            });
+        if let (Some(i), Ok(mut journal)) = (entry, shared.journal.lock()) {
+            journal[i].done = Some(shared.started.elapsed());
         }
     }
 }
@@ -260,7 +357,7 @@ async fn serve(index: usize, mut stream: tokio::net::TcpStream, mode: Arc<Atomic
                     .await
             }
             Mode::Slow => {
-                tokio::time::sleep(Duration::from_millis(rng.range(100, 250))).await;
+                tokio::time::sleep(Duration::from_millis(rng.range(50, 150))).await;
                 stream
                     .write_all(answer("200 OK", ok_body(index)).as_bytes())
                     .await
@@ -313,17 +410,44 @@ fn rss_kib(running: &Binary) -> u64 {
         .unwrap_or_else(|| panic!("no VmRSS in\n{status}"))
 }
 
-/// `faultline_requests_total` by (status, source), summed over routes, and by route.
-fn request_totals(running: &Binary) -> (BTreeMap<(u16, String), u64>, BTreeMap<String, u64>) {
+/// The counters the soak compares with what the clients saw, from one `/metrics` scrape
+/// (zeros left out).
+#[derive(Debug, Default, PartialEq)]
+struct Counters {
+    /// `faultline_requests_total` by (status, source), summed over routes.
+    requests: BTreeMap<(u16, String), u64>,
+    /// `faultline_requests_total` by route.
+    routes: BTreeMap<String, u64>,
+    /// `faultline_upstream_attempts_total` by (backend, outcome).
+    attempts: BTreeMap<(String, String), u64>,
+    /// `faultline_retries_total` by reason, summed over routes.
+    retries: BTreeMap<String, u64>,
+}
+
+fn bump<K: Ord>(map: &mut BTreeMap<K, u64>, key: K, n: u64) {
+    *map.entry(key).or_insert(0) += n;
+}
+
+fn counters(running: &Binary) -> Counters {
     let text = client::get(running.admin, "/metrics", &[]).text();
-    let mut by_status = BTreeMap::new();
-    let mut by_route = BTreeMap::new();
+    let mut c = Counters::default();
     for line in text.lines() {
-        let Some(rest) = line.strip_prefix("faultline_requests_total{") else {
+        let Some((name, rest)) = line.split_once('{') else {
             continue;
         };
+        if !matches!(
+            name,
+            "faultline_requests_total"
+                | "faultline_upstream_attempts_total"
+                | "faultline_retries_total"
+        ) {
+            continue;
+        }
         let (labels, value) = rest.split_once("} ").expect("series value");
         let value: u64 = value.trim().parse().expect("counter value");
+        if value == 0 {
+            continue;
+        }
         let label = |name: &str| {
             labels
                 .split(',')
@@ -331,11 +455,19 @@ fn request_totals(running: &Binary) -> (BTreeMap<(u16, String), u64>, BTreeMap<S
                 .map(|v| v.trim_end_matches('"').to_string())
                 .unwrap_or_else(|| panic!("no {name} in {line}"))
         };
-        let status: u16 = label("status").parse().expect("status label");
-        *by_status.entry((status, label("source"))).or_insert(0) += value;
-        *by_route.entry(label("route")).or_insert(0) += value;
+        match name {
+            "faultline_requests_total" => {
+                let status: u16 = label("status").parse().expect("status label");
+                bump(&mut c.requests, (status, label("source")), value);
+                bump(&mut c.routes, label("route"), value);
+            }
+            "faultline_upstream_attempts_total" => {
+                bump(&mut c.attempts, (label("backend"), label("outcome")), value);
+            }
+            _ => bump(&mut c.retries, label("reason"), value),
+        }
     }
-    (by_status, by_route)
+    c
 }
 
 /// A response as the soak client saw it.
@@ -536,26 +668,39 @@ impl Source {
     }
 }
 
-/// The failure kinds the injected faults can cause, by status. 502: a refused connect, a reset
-/// on a connection accepted before the origin started refusing, a non-HTTP answer (or its close
-/// winning the read, a truncated head). 504: a stalled origin, or a connect not accepted in
-/// time. 503: no backend selectable (all ejected or failing their active check).
-const ALLOWED: [(u16, &[&str]); 3] = [
-    (
-        502,
-        &[
-            "connection_refused",
-            "connection_terminated",
-            "http_protocol_error",
-            "http_response_incomplete",
-        ],
-    ),
-    (503, &["destination_unavailable"]),
-    (504, &["http_response_timeout", "connection_timeout"]),
-];
+/// How long after an origin last misbehaved it may still be unselectable: the failed attempt
+/// itself (connect 200 ms, response header 300 ms), then the longest passive ejection (2 s; the
+/// jitter is capped by `max_ejection`), then the half-open probe, which keeps other requests
+/// out while it runs (an attempt again, at most 150 ms on a slow origin). A refused active
+/// check keeps it out until the next check (1 s interval, 200 ms timeout), which is shorter.
+/// Rounded up generously for a loaded machine.
+const UNSELECTABLE_FOR: Duration = Duration::from_secs(4);
 
-/// Checks one response against the contract; returns who produced it and the failure kind.
-fn judge(reply: &Reply, rid: &str) -> Result<(Source, Option<&'static str>), String> {
+/// When a request was in flight, from just before its connection or request was written to
+/// just after its response was read.
+struct Window<'a> {
+    shared: &'a Shared,
+    sent: Duration,
+    received: Duration,
+}
+
+/// Who answered, and how, for one judged response.
+struct Verdict {
+    source: Source,
+    /// The proxy's failure kind, on an error it generated.
+    kind: Option<&'static str>,
+    /// The origin that answered, or whose attempt failed last (`next-hop`).
+    backend: Option<usize>,
+}
+
+/// Checks one response against the contract and the modes its origin was in while it was in
+/// flight.
+fn judge(
+    reply: &Reply,
+    rid: &str,
+    origins: &[SocketAddr],
+    window: &Window<'_>,
+) -> Result<Verdict, String> {
     // The proxy's own pages carry the id; an origin's response passes through untouched, and
     // the origins here echo the id they received.
     if reply.header("x-request-id") != Some(rid) {
@@ -563,22 +708,51 @@ fn judge(reply: &Reply, rid: &str) -> Result<(Source, Option<&'static str>), Str
     }
     let proxy_status = reply.header("proxy-status");
     let body = String::from_utf8_lossy(&reply.body);
-    let names_origin = |f: fn(usize) -> String| (0..ORIGINS).any(|i| body == f(i));
+    let named_origin = |f: fn(usize) -> String| (0..ORIGINS).find(|i| body == f(*i));
+    // Whether `origin` was, at some moment of the request, in a mode that can answer `what`.
+    let in_mode = |origin: usize, can: &dyn Fn(Modes) -> bool, what: &str| {
+        let modes = window.shared.modes_during(window.sent, window.received)[origin];
+        if can(modes) {
+            Ok(())
+        } else {
+            Err(format!(
+                "{what} from origin{origin}, which was only {modes:?} meanwhile"
+            ))
+        }
+    };
     match reply.status {
         200 => {
             if proxy_status.is_some() {
                 return Err("Proxy-Status on a 200".into());
             }
-            if !names_origin(ok_body) {
-                return Err("a 200 whose body names no origin".into());
-            }
-            Ok((Source::Origin, None))
+            let origin = named_origin(ok_body).ok_or("a 200 whose body names no origin")?;
+            in_mode(
+                origin,
+                &|m| m.has(Mode::Healthy) || m.has(Mode::Slow),
+                "a 200",
+            )?;
+            Ok(Verdict {
+                source: Source::Origin,
+                kind: None,
+                backend: Some(origin),
+            })
         }
-        503 if proxy_status == Some("faultline; received-status=503") => {
-            if !names_origin(unavailable_body) {
-                return Err("an origin 503 whose body is not an origin's".into());
+        503 if proxy_status.is_some_and(|p| p.starts_with("faultline; received-status=")) => {
+            let origin = named_origin(unavailable_body)
+                .ok_or("an origin 503 whose body is not an origin's")?;
+            let expected = format!(
+                "faultline; received-status=503; next-hop=\"{}\"",
+                origins[origin]
+            );
+            if proxy_status != Some(expected.as_str()) {
+                return Err(format!("Proxy-Status is not {expected:?}"));
             }
-            Ok((Source::Origin, None))
+            in_mode(origin, &|m| m.has(Mode::Unavailable), "a 503")?;
+            Ok(Verdict {
+                source: Source::Origin,
+                kind: None,
+                backend: Some(origin),
+            })
         }
         status @ 502..=504 => {
             let Some(name) = proxy_status
@@ -587,18 +761,46 @@ fn judge(reply: &Reply, rid: &str) -> Result<(Source, Option<&'static str>), Str
             else {
                 return Err(format!("a {status} without a faultline error"));
             };
-            let allowed = ALLOWED
-                .iter()
-                .find(|(s, _)| *s == status)
-                .is_some_and(|(_, names)| names.contains(&name));
-            if !allowed {
-                return Err(format!("{name} is not an allowed cause of a {status} here"));
-            }
-            let kind = faultline::FailureKind::ALL
+            let kind = *FailureKind::ALL
                 .iter()
                 .find(|k| k.as_str() == name)
                 .ok_or_else(|| format!("unknown failure kind {name}"))?;
-            let expected = format!("faultline; error={name}; details=\"{}\"", kind.detail());
+            if kind.status() != status {
+                return Err(format!("{name} is not a cause of a {status}"));
+            }
+            let mut expected = format!("faultline; error={name}; details=\"{}\"", kind.detail());
+            let backend = if kind == FailureKind::DestinationUnavailable {
+                // No backend was selectable: there is no next hop to name. Passive ejection
+                // and the active check (which only a refusing origin fails) are the only ways
+                // out of selection, and both need the origin to have misbehaved at most
+                // UNSELECTABLE_FOR before. Ejection and check times are not observable from
+                // here, so this is a necessary condition only, and a weak one under a schedule
+                // this busy: it fails when some origin answered well for that whole time.
+                let since = window.sent.saturating_sub(UNSELECTABLE_FOR);
+                let modes = window.shared.modes_during(since, window.received);
+                if let Some(o) =
+                    (0..ORIGINS).find(|o| modes[*o].iter().all(|m| m.causes().is_empty()))
+                {
+                    return Err(format!(
+                        "no backend selectable, but origin{o} was only {:?} since {:.3}s",
+                        modes[o],
+                        since.as_secs_f64()
+                    ));
+                }
+                None
+            } else {
+                let hop = proxy_status
+                    .and_then(|p| p.split_once("; next-hop=\""))
+                    .map(|(_, h)| h.trim_end_matches('"'))
+                    .ok_or_else(|| format!("a {name} without a next-hop"))?;
+                let origin = origins
+                    .iter()
+                    .position(|o| o.to_string() == hop)
+                    .ok_or_else(|| format!("next-hop {hop} is no origin"))?;
+                in_mode(origin, &|m| m.can_cause(kind), name)?;
+                expected.push_str(&format!("; next-hop=\"{}\"", origins[origin]));
+                Some(origin)
+            };
             if proxy_status != Some(expected.as_str()) {
                 return Err(format!("Proxy-Status is not {expected:?}"));
             }
@@ -619,7 +821,11 @@ fn judge(reply: &Reply, rid: &str) -> Result<(Source, Option<&'static str>), Str
             if status == 503 && retry_after.is_none_or(|s| s < 1) {
                 return Err("a 503 without a Retry-After of at least 1 second".into());
             }
-            Ok((Source::Proxy, Some(kind.as_str())))
+            Ok(Verdict {
+                source: Source::Proxy,
+                kind: Some(kind.as_str()),
+                backend,
+            })
         }
         other => Err(format!("status {other} is not in the contract")),
     }
@@ -630,7 +836,9 @@ fn judge(reply: &Reply, rid: &str) -> Result<(Source, Option<&'static str>), Str
 struct Tally {
     responses: u64,
     by_status: BTreeMap<(u16, Source), u64>,
-    by_kind: BTreeMap<&'static str, u64>,
+    /// Judged responses by origin (`None`: no backend, for `destination_unavailable`) and
+    /// outcome: `response` for an origin's, the failure kind for a proxy error.
+    by_outcome: BTreeMap<(Option<usize>, &'static str), u64>,
     /// Connections the proxy closed with `Connection: close`.
     closed_with_header: u64,
     /// Reused connections found closed before the next response (resent on a new one).
@@ -643,10 +851,10 @@ impl Tally {
     fn merge(&mut self, other: Tally) {
         self.responses += other.responses;
         for (k, v) in other.by_status {
-            *self.by_status.entry(k).or_insert(0) += v;
+            bump(&mut self.by_status, k, v);
         }
-        for (k, v) in other.by_kind {
-            *self.by_kind.entry(k).or_insert(0) += v;
+        for (k, v) in other.by_outcome {
+            bump(&mut self.by_outcome, k, v);
         }
         self.closed_with_header += other.closed_with_header;
         self.closed_silently += other.closed_silently;
@@ -655,15 +863,17 @@ impl Tally {
         self.kept.extend(other.kept.into_iter().take(room));
     }
 
-    fn violation(&mut self, shared: &Shared, at: Duration, what: String) {
+    fn violation(&mut self, window: &Window<'_>, what: String) {
         self.violations += 1;
         if self.kept.len() < KEEP_VIOLATIONS {
-            let from = at.saturating_sub(Duration::from_secs(1));
+            let (sent, received) = (window.sent, window.received);
+            let from = sent.saturating_sub(Duration::from_secs(1));
             self.kept.push(format!(
-                "at {:.3}s: {what}\n    origins then: {:?}\n    switches in the second before: {}",
-                at.as_secs_f64(),
-                shared.modes_at(at),
-                shared.switches_between(from, at)
+                "sent at {:.3}s, answered at {:.3}s: {what}\n    origins meanwhile: {:?}\n    switches from a second before: {}",
+                sent.as_secs_f64(),
+                received.as_secs_f64(),
+                window.shared.modes_during(sent, received),
+                window.shared.switches_between(from, received)
             ));
         }
     }
@@ -677,6 +887,7 @@ impl Tally {
 fn client_loop(
     t: usize,
     addr: SocketAddr,
+    origins: &[SocketAddr],
     end: Instant,
     sent: &AtomicU64,
     shared: &Shared,
@@ -711,21 +922,25 @@ fn client_loop(
                 Err(Failed::Other(e)) => break Err(e),
             }
         };
+        let window = Window {
+            shared,
+            sent: sent_at,
+            received: shared.started.elapsed(),
+        };
         let reply = match reply {
             Ok(r) => r,
             Err(e) => {
                 conn = None;
-                tally.violation(shared, sent_at, format!("GET /soak {rid}: {e}"));
+                tally.violation(&window, format!("GET /soak {rid}: {e}"));
                 continue;
             }
         };
-        match judge(&reply, &rid) {
-            Ok((source, kind)) => {
+        match judge(&reply, &rid, origins, &window) {
+            Ok(v) => {
                 tally.responses += 1;
-                *tally.by_status.entry((reply.status, source)).or_insert(0) += 1;
-                if let Some(kind) = kind {
-                    *tally.by_kind.entry(kind).or_insert(0) += 1;
-                }
+                bump(&mut tally.by_status, (reply.status, v.source), 1);
+                let outcome = v.kind.unwrap_or("response");
+                bump(&mut tally.by_outcome, (v.backend, outcome), 1);
             }
             Err(why) => {
                 // Still a response the proxy counted.
@@ -734,10 +949,9 @@ fn client_loop(
                     _ => Source::Origin,
                 };
                 tally.responses += 1;
-                *tally.by_status.entry((reply.status, source)).or_insert(0) += 1;
+                bump(&mut tally.by_status, (reply.status, source), 1);
                 tally.violation(
-                    shared,
-                    sent_at,
+                    &window,
                     format!("GET /soak {rid}: {why}: {}", reply.describe()),
                 );
             }
@@ -792,13 +1006,15 @@ fn backends_switching_faults_under_steady_load() {
         rt.spawn(run_origin(i, listener, seed, shared.clone()));
     }
 
-    let mut body = String::from("upstreams:\n  app:\n    backends:\n");
+    // `next-hop` names the backend of a proxy error or a passed-through 503.
+    let mut body =
+        String::from("error_pages: { reveal_backends: true }\nupstreams:\n  app:\n    backends:\n");
     for o in &origins {
         body.push_str(&format!("      - {{ address: \"{o}\" }}\n"));
     }
     // The active check is a TCP connect: it fails only for a refusing origin, and its success
-    // ends a passive ejection early, so origins that accept but misbehave (stalling, garbage,
-    // 503) come back quickly and keep the failure paths busy. `max_ejected_percent: 100` lets
+    // ends a passive ejection early, so origins that accept but misbehave (stalling, garbage)
+    // come back quickly and keep the failure paths busy. `max_ejected_percent: 100` lets
     // every backend be out at once, so "no backend" (503) is part of the run too.
     body.push_str(concat!(
         "    timeouts: { connect: 200ms, response_header: 300ms }\n",
@@ -816,7 +1032,8 @@ fn backends_switching_faults_under_steady_load() {
     let clients: Vec<_> = (0..CLIENTS)
         .map(|t| {
             let (addr, sent, shared) = (running.addr, sent.clone(), shared.clone());
-            std::thread::spawn(move || client_loop(t, addr, end, &sent, &shared))
+            let origins = origins.clone();
+            std::thread::spawn(move || client_loop(t, addr, &origins, end, &sent, &shared))
         })
         .collect();
     std::thread::sleep(WARM_UP);
@@ -831,10 +1048,10 @@ fn backends_switching_faults_under_steady_load() {
     // The metrics of the last requests land just after their responses: wait until the total
     // reaches the client's count or stops moving.
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut metrics, mut routes) = request_totals(&running);
+    let mut metrics = counters(&running);
     let mut last_change = Instant::now();
     loop {
-        let total: u64 = metrics.values().sum();
+        let total: u64 = metrics.requests.values().sum();
         if total == tally.responses
             || Instant::now() > deadline
             || last_change.elapsed() > Duration::from_secs(2)
@@ -842,11 +1059,37 @@ fn backends_switching_faults_under_steady_load() {
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
-        let next = request_totals(&running);
-        if next.0 != metrics {
+        let next = counters(&running);
+        if next != metrics {
             last_change = Instant::now();
         }
-        (metrics, routes) = next;
+        metrics = next;
+    }
+
+    // Outcomes as the clients saw them, in the metrics' terms: by (backend, outcome) for every
+    // response that names a backend; "no backend" apart, as it is never an attempt.
+    let mut seen: BTreeMap<(String, String), u64> = BTreeMap::new();
+    let mut no_backend = 0;
+    for ((backend, outcome), n) in &tally.by_outcome {
+        match backend {
+            Some(i) => bump(
+                &mut seen,
+                (origins[*i].to_string(), outcome.to_string()),
+                *n,
+            ),
+            None => no_backend += n,
+        }
+    }
+    // Per outcome: (last outcomes seen by the clients, retries, attempts).
+    let mut by_outcome: BTreeMap<&str, (u64, u64, u64)> = BTreeMap::new();
+    for ((_, outcome), n) in &seen {
+        by_outcome.entry(outcome).or_default().0 += n;
+    }
+    for (reason, n) in &metrics.retries {
+        by_outcome.entry(reason).or_default().1 += n;
+    }
+    for ((_, outcome), n) in &metrics.attempts {
+        by_outcome.entry(outcome).or_default().2 += n;
     }
 
     // Summary.
@@ -857,10 +1100,9 @@ fn backends_switching_faults_under_steady_load() {
         .iter()
         .map(|((s, src), n)| format!("{s} {}: {n}", src.as_str()))
         .collect();
-    let kinds: Vec<String> = tally
-        .by_kind
+    let outcomes: Vec<String> = by_outcome
         .iter()
-        .map(|(k, n)| format!("{k}: {n}"))
+        .map(|(o, (last, retried, attempts))| format!("{o} {last} + {retried} = {attempts}"))
         .collect();
     eprintln!(
         "soak: {:.1}s, {} requests ({}), {rps:.0} rps, RSS start {:.1} MiB end {:.1} MiB, seed {seed:#x}, {} mode switches",
@@ -872,10 +1114,12 @@ fn backends_switching_faults_under_steady_load() {
         switches.len(),
     );
     eprintln!(
-        "soak: proxy errors by kind: {}; connections closed with Connection: close {}, closed after a response without it {}",
-        kinds.join(", "),
-        tally.closed_with_header,
-        tally.closed_silently
+        "soak: attempt outcomes (seen by clients + retried = attempts): {}; no backend selectable {no_backend}",
+        outcomes.join(", "),
+    );
+    eprintln!(
+        "soak: connections closed with Connection: close {}, closed after a response without it {}",
+        tally.closed_with_header, tally.closed_silently
     );
 
     let log = running.log();
@@ -944,28 +1188,79 @@ fn backends_switching_faults_under_steady_load() {
     );
 
     // /metrics counted what the clients counted.
-    let total: u64 = metrics.values().sum();
+    let total: u64 = metrics.requests.values().sum();
     assert_eq!(
         total, tally.responses,
-        "faultline_requests_total sums to {total}, the clients got {} responses: {metrics:?}",
-        tally.responses
+        "faultline_requests_total sums to {total}, the clients got {} responses: {:?}",
+        tally.responses, metrics.requests
     );
     assert_eq!(
-        routes.keys().collect::<Vec<_>>(),
+        metrics.routes.keys().collect::<Vec<_>>(),
         vec!["main"],
-        "requests outside the route: {routes:?}"
+        "requests outside the route: {:?}",
+        metrics.routes
     );
-    let mut expected: BTreeMap<(u16, String), u64> = BTreeMap::new();
-    for ((status, source), n) in &tally.by_status {
-        if *n > 0 {
-            expected.insert((*status, source.as_str().to_string()), *n);
+    let expected: BTreeMap<(u16, String), u64> = tally
+        .by_status
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|((status, source), n)| ((*status, source.as_str().to_string()), *n))
+        .collect();
+    assert_eq!(
+        metrics.requests, expected,
+        "per status and source: metrics vs client"
+    );
+
+    // Attempts and retries against what the clients saw. Every attempt ends once, counted
+    // under its backend and outcome: a response header, or a failure kind. Each response header
+    // reaches a client here: status retries and interception are off, and a body failing after
+    // its header would be a cut response, a violation above. A failed attempt is either
+    // retried, counted under its kind as the reason before the next attempt (or before no
+    // backend is left for it: the client then gets destination_unavailable), or it is the
+    // request's last, whose kind and backend the client reads in Proxy-Status. "No backend" is
+    // decided in selection, never an attempt. So, exactly, per outcome:
+    //   the clients' last outcomes (backend named) + retries{reason = outcome} = attempts,
+    // with no retry reason `status`, and per backend, attempts >= what the clients saw of it,
+    // with equality for `response`. Retried attempts reach no client: their kinds must still
+    // be ones some mode can cause.
+    let mut wrong = Vec::new();
+    for (outcome, (last, retried, attempts)) in &by_outcome {
+        if last + retried != *attempts {
+            wrong.push(format!(
+                "{outcome}: {last} seen by clients + {retried} retried != {attempts} attempts"
+            ));
+        }
+        let possible = *outcome == "response"
+            || MODES
+                .iter()
+                .any(|m| m.causes().iter().any(|k| k.as_str() == *outcome));
+        if !possible && (*retried > 0 || *attempts > 0) {
+            wrong.push(format!(
+                "{outcome}: no mode causes it, yet {attempts} attempts, {retried} retries"
+            ));
         }
     }
-    let counted: BTreeMap<(u16, String), u64> =
-        metrics.into_iter().filter(|(_, n)| *n > 0).collect();
-    assert_eq!(
-        counted, expected,
-        "per status and source: metrics vs client"
+    for (key @ (backend, outcome), n) in &seen {
+        let attempts = metrics.attempts.get(key).copied().unwrap_or(0);
+        if attempts < *n || (outcome == "response" && attempts != *n) {
+            wrong.push(format!(
+                "{backend} {outcome}: {n} seen by clients, {attempts} attempts"
+            ));
+        }
+    }
+    for ((backend, outcome), n) in &metrics.attempts {
+        if outcome == "response" && !seen.contains_key(&(backend.clone(), outcome.clone())) {
+            wrong.push(format!(
+                "{backend} response: none seen by clients, {n} attempts"
+            ));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "attempt and retry counters vs the clients:\n{}\nattempts: {:?}\nretries: {:?}",
+        wrong.join("\n"),
+        metrics.attempts,
+        metrics.retries
     );
 
     // Every attempt ended: no backend is left with attempts outstanding (a leak there would
