@@ -220,6 +220,16 @@ impl Gateway {
         }
     }
 
+    /// Counts the last attempt's outcome when it ended with a response: at the next attempt (a
+    /// status retry) or at the end of the request. A failed attempt was counted when it failed.
+    fn end_answered_attempt(ctx: &RequestCtx) {
+        if let (Some(a), Some(pool)) = (ctx.attempts.last(), Self::pool(ctx))
+            && matches!(a.outcome, Outcome::Response(_))
+        {
+            pool.record_answered(a.backend);
+        }
+    }
+
     /// Ends the request with `kind` from inside Pingora's upstream flow.
     fn decide(ctx: &mut RequestCtx, kind: FailureKind, why: &'static str) -> Box<Error> {
         ctx.failure = Some(kind);
@@ -420,6 +430,7 @@ impl ProxyHttp for Gateway {
                 "no backend can be selected",
             ));
         };
+        Self::end_answered_attempt(ctx);
         ctx.attempts.start(chosen.index, chosen.probe);
         if let Some(pool) = Self::pool(ctx) {
             pool.answering.started(chosen.index);
@@ -671,6 +682,7 @@ impl ProxyHttp for Gateway {
         if let (Some(i), Some(pool)) = (ctx.unreported_probe(), Self::pool(ctx)) {
             pool.health.release_probe(i);
         }
+        Self::end_answered_attempt(ctx);
         if let (Some(a), Some(pool)) = (ctx.attempts.last(), Self::pool(ctx))
             && a.outcome == Outcome::Pending
         {

@@ -109,8 +109,14 @@ impl Default for BackendMetrics {
 impl BackendMetrics {
     /// An attempt got a response header with `status`.
     pub fn response(&self, status: u16) {
-        inc(&self.attempts[0]);
         inc(&self.responses[status_index(status)]);
+    }
+
+    /// An attempt ended with its response complete. Counted when the attempt ends, not at the
+    /// header: one whose body then fails ends with that failure, and each attempt has one
+    /// outcome.
+    pub fn answered(&self) {
+        inc(&self.attempts[0]);
     }
 
     /// An attempt failed with `kind`.
@@ -430,6 +436,7 @@ mod tests {
         let backend = BackendMetrics::default();
         backend.failure(FailureKind::ConnectionRefused);
         backend.response(503);
+        backend.answered();
         backend.connect.observe(Duration::from_millis(3));
         let upstream = UpstreamMetrics::default();
         let text = render(

@@ -421,6 +421,14 @@ impl Pool {
         self.health.record(i, verdict, probe);
     }
 
+    /// Records that an attempt on backend `i` ended with its response (see
+    /// [`BackendMetrics::answered`](crate::metrics::BackendMetrics::answered)).
+    pub fn record_answered(&self, i: usize) {
+        if let Some(b) = self.backends.get(i) {
+            b.metrics.answered();
+        }
+    }
+
     /// Records the connect time of a new connection to backend `i`.
     pub fn record_connect(&self, i: usize, connect: Duration) {
         if let Some(b) = self.backends.get(i) {

@@ -527,6 +527,14 @@ fn origin_stalling_mid_body_aborts_the_client_stream_after_the_read_timeout() {
         )),
         1
     );
+    // One outcome per attempt: the response header that came first is not counted as one.
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"response\"}}",
+            origin.addr
+        )),
+        0
+    );
 }
 
 #[test]
@@ -554,6 +562,14 @@ fn a_broken_chunk_in_the_response_aborts_the_client_stream() {
             origin.addr
         )),
         1
+    );
+    // One outcome per attempt: the response header that came first is not counted as one.
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"response\"}}",
+            origin.addr
+        )),
+        0
     );
 }
 
