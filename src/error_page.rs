@@ -18,7 +18,7 @@ pub const PROXY_NAME: &str = "faultline";
 pub const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// What happened, from the client's point of view.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cause {
     /// The proxy failed to get a response.
     Failure(FailureKind),
@@ -231,6 +231,30 @@ impl ErrorPages {
     /// Whether `Proxy-Status` is sent.
     pub fn proxy_status_enabled(&self) -> bool {
         self.settings.proxy_status
+    }
+
+    /// Adds faultline's member to the `Proxy-Status` of an origin error response passed through
+    /// (status 400 and up), after the members of the intermediaries before it (RFC 9209), when
+    /// `Proxy-Status` is enabled.
+    pub fn mark_passed_through(
+        &self,
+        response: &mut ResponseHeader,
+        next_hop: Option<&str>,
+    ) -> pingora::Result<()> {
+        let status = response.status.as_u16();
+        if status < 400 || !self.proxy_status_enabled() {
+            return Ok(());
+        }
+        let ours = proxy_status_received(status, next_hop);
+        let value = match response
+            .headers
+            .get("proxy-status")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prior) => format!("{prior}, {ours}"),
+            None => ours,
+        };
+        response.insert_header("Proxy-Status", value)
     }
 
     /// Renders the response for `cause`.

@@ -1,11 +1,12 @@
-//! The Pingora `ProxyHttp` implementation. Thin on purpose: each hook records what happened in
-//! the request's [`RequestCtx`] and hands the decision to the module that owns it: routing,
-//! selection, [`classify`](crate::failure::classify), [`retry`], error pages, metrics and the
-//! access log.
+//! The Pingora `ProxyHttp` implementation, a dispatcher: each hook records what happened in the
+//! request's [`RequestCtx`] and hands the decision to the module that owns it: admission
+//! ([`admission`]), selection, [`classify`](crate::failure::classify), [`retry`], error pages,
+//! metrics and the access log. What the request holds of its upstream gives itself back when
+//! dropped ([`lease`](crate::upstream::lease)); what has been decided is a
+//! [`Decision`](crate::context::Decision).
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,19 +18,18 @@ use pingora::upstreams::peer::HttpPeer;
 
 use crate::access_log::{self, Source};
 use crate::admin::Admin;
+use crate::admission::{self, Refusal};
 use crate::config::Config;
-use crate::connections;
-use crate::context::RequestCtx;
+use crate::context::{Decision, RequestCtx};
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Phase, Progress, classify};
 use crate::forwarding::{self, HeaderCase};
-use crate::request_checks;
 use crate::request_id;
 use crate::retry::{self, Trigger};
 use crate::routing::{Router, request_host};
 use crate::state::Shared;
 use crate::upstream::attempt::Outcome;
-use crate::upstream::{Pool, PoolError, Selected};
+use crate::upstream::{Pool, PoolError};
 
 /// The error type used to unwind Pingora's flow when faultline already decided what happens.
 const DECIDED: ErrorType = ErrorType::new("FaultlineDecided");
@@ -123,196 +123,86 @@ impl Gateway {
         }
     }
 
-    fn pool(ctx: &RequestCtx) -> Option<&Pool> {
-        ctx.snapshot.upstreams.get(ctx.pool_index?)
-    }
-
-    fn select(pool: &Pool, req: &RequestHeader, ctx: &RequestCtx) -> Option<Selected> {
-        let key = match (
-            pool.uses_key(),
-            ctx.route.as_ref().and_then(|r| r.hash_header.as_ref()),
-        ) {
-            (false, _) => &b""[..],
-            (true, Some(header)) => req.headers.get(header).map_or(&b""[..], |v| v.as_bytes()),
-            (true, None) => req
-                .uri
-                .path_and_query()
-                .map_or(&b""[..], |p| p.as_str().as_bytes()),
-        };
-        pool.select(key, |i| ctx.attempts.tried(i))
-    }
-
-    /// Time left before the route's deadline, if it has one.
-    fn time_left(ctx: &RequestCtx) -> Option<Duration> {
-        let deadline = ctx.route.as_ref()?.deadline?;
-        Some(deadline.saturating_sub(ctx.started.elapsed()))
-    }
-
-    /// Whether to make another attempt: the policy must allow it, then, for a request a backend
-    /// may have processed, the upstream's retry budget must have room. Counts the retry, or the
-    /// refusal by the budget.
-    fn may_retry(&self, session: &Session, ctx: &RequestCtx, trigger: Trigger) -> bool {
-        let (Some(route), Some(pool)) = (ctx.route.as_deref(), Self::pool(ctx)) else {
-            return false;
-        };
-        let req = session.req_header();
-        let allowed = retry::allowed(retry::Facts {
-            trigger,
-            policy: &route.retry,
-            method: &req.method,
-            has_idempotency_key: req.headers.contains_key("idempotency-key"),
-            body_truncated: session.as_ref().retry_buffer_truncated(),
-            attempts_made: ctx.attempts.count(),
-            untried_backend: pool.has_untried(|i| ctx.attempts.tried(i)),
-        });
-        if !allowed {
-            return false;
-        }
-        // A failover before anything was sent adds no work to the fleet, so only retries of
-        // requests a backend may have processed spend the budget (Finagle's requeues vs retries).
-        let spends_budget = !matches!(trigger, Trigger::Failure(_, Progress::NotSent));
-        if spends_budget && !pool.budget.try_withdraw(route.retry.budget_percent) {
-            pool.metrics
-                .budget_exhausted
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return false;
-        }
-        if let Some(m) = &ctx.metrics {
-            m.retry(match trigger {
-                Trigger::Failure(kind, _) => Some(kind),
-                Trigger::Status(_) => None,
-            });
-        }
-        true
-    }
-
     /// Records a failed attempt and decides whether Pingora may retry it.
-    fn attempt_failed(
-        &self,
-        session: &Session,
-        ctx: &mut RequestCtx,
-        mut e: Box<Error>,
-        phase: Phase,
-    ) -> Box<Error> {
-        let kind = classify(&e, phase);
-        let progress = phase.progress();
+    fn attempt_failed(session: &Session, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+        let kind = classify(&e, ctx.phase);
+        let progress = ctx.phase.progress();
         Self::settle_attempt(ctx, kind, progress);
         let retry =
-            kind.is_upstream() && self.may_retry(session, ctx, Trigger::Failure(kind, progress));
+            kind.is_upstream() && retry::may_retry(session, ctx, Trigger::Failure(kind, progress));
         // Pingora panics on an undecided `ReusedOnly` retry: always decide.
         e.set_retry(retry);
         e
     }
 
-    /// Records the failure of the current attempt, with the backend's health and progress.
+    /// Ends the current attempt with `kind`: its outcome, its backend's counters and health.
     fn settle_attempt(ctx: &mut RequestCtx, kind: FailureKind, progress: Progress) {
-        let was_pending = ctx
-            .attempts
-            .last()
-            .is_some_and(|a| a.outcome == Outcome::Pending);
         ctx.attempts.failed(kind, progress);
-        ctx.failure = Some(kind);
-        if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last()) {
-            pool.record_failure(a.backend, a.probe, kind);
-            if was_pending {
-                pool.answering.ended(a.backend);
-            }
+        ctx.decision = Decision::Failed(kind);
+        ctx.pending = None;
+        let probe = ctx.probe.take();
+        if let (Some(pool), Some(a)) = (ctx.pool(), ctx.attempts.last()) {
+            pool.record_failure(a.backend, probe, kind);
         }
     }
 
     /// Counts the last attempt's outcome when it ended with a response: at the next attempt (a
     /// status retry) or at the end of the request. A failed attempt was counted when it failed.
     fn end_answered_attempt(ctx: &RequestCtx) {
-        if let (Some(a), Some(pool)) = (ctx.attempts.last(), Self::pool(ctx))
+        if let (Some(a), Some(pool)) = (ctx.attempts.last(), ctx.pool())
             && matches!(a.outcome, Outcome::Response(_))
         {
             pool.record_answered(a.backend);
         }
     }
 
-    /// Ends the request with `kind` from inside Pingora's upstream flow.
-    fn decide(ctx: &mut RequestCtx, kind: FailureKind, why: &'static str) -> Box<Error> {
-        ctx.failure = Some(kind);
+    /// Unwinds Pingora's upstream flow with `decision` recorded.
+    fn decide(ctx: &mut RequestCtx, decision: Decision, why: &'static str) -> Box<Error> {
+        ctx.decision = decision;
         let mut e = Error::explain(DECIDED, why);
         e.set_retry(false);
         e
     }
 
-    /// The backend to name in `next-hop`, when the configuration allows it: the one of the last
-    /// attempt, if that attempt ended with `outcome`, the one the client is told about. A
-    /// request that failed without reaching a backend again (none left to select after a failed
-    /// attempt) names none: the last backend tried is not the one that failed it.
-    fn next_hop(ctx: &RequestCtx, outcome: Outcome) -> Option<&str> {
-        if !ctx.snapshot.pages.reveal_backends() {
-            return None;
-        }
-        let a = ctx.attempts.last().filter(|a| a.outcome == outcome)?;
-        Some(Self::pool(ctx)?.backends().get(a.backend)?.name.as_str())
-    }
-
-    /// Writes a proxy-generated response. With `keepalive` the client connection stays open
+    /// Writes a proxy-generated response. With `keep_alive` the client connection stays open
     /// (only possible before an upstream was chosen); otherwise it is closed after the response.
     async fn respond(
-        &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         cause: Cause,
-        keepalive: bool,
+        keep_alive: bool,
     ) -> Result<()> {
         let req = session.req_header();
-        let next_hop = Self::next_hop(
-            ctx,
-            match cause {
-                Cause::Failure(kind) => Outcome::Failed(kind),
-                Cause::Intercepted(status) => Outcome::Response(status),
-            },
-        );
         let rendered = ctx.snapshot.pages.render(
             cause,
             error_page::Request {
                 request_id: &ctx.request_id,
                 accept: req.headers.get(http::header::ACCEPT).map(|v| v.as_bytes()),
                 head: req.method == http::Method::HEAD,
-                next_hop,
-                retry_after: Self::pool(ctx)
-                    .and_then(|p| p.health.next_return())
-                    .map(|d| d.as_secs() + u64::from(d.subsec_nanos() > 0)),
+                next_hop: ctx.next_hop(match cause {
+                    Cause::Failure(kind) => Outcome::Failed(kind),
+                    Cause::Intercepted(status) => Outcome::Response(status),
+                }),
+                retry_after: ctx.retry_after(),
             },
         )?;
-        ctx.generated = true;
-        if keepalive {
-            let end = rendered.body.is_empty();
-            session
-                .write_response_header(Box::new(rendered.header), end)
-                .await?;
-            if !end {
-                session
-                    .write_response_body(Some(rendered.body), true)
-                    .await?;
-            }
-            Ok(())
-        } else {
-            session
+        ctx.decision = Decision::Generated(cause);
+        if !keep_alive {
+            return session
                 .as_downstream_mut()
                 .write_error_response(rendered.header, rendered.body)
-                .await
+                .await;
         }
-    }
-
-    /// Answers in `request_filter` with a proxy page. With `keepalive` the connection stays
-    /// open; without, it closes after the page, so that what the client sent next (a body, or
-    /// whatever follows framing that could be read two ways) is never read.
-    async fn answer_early(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        kind: FailureKind,
-        keepalive: bool,
-    ) -> Result<bool> {
-        ctx.failure = Some(kind);
-        self.respond(session, ctx, Cause::Failure(kind), keepalive)
+        let end = rendered.body.is_empty();
+        session
+            .write_response_header(Box::new(rendered.header), end)
             .await?;
-        Ok(true)
+        if !end {
+            session
+                .write_response_body(Some(rendered.body), true)
+                .await?;
+        }
+        Ok(())
     }
 }
 
@@ -329,73 +219,17 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.request_id = request_id::for_request(
-            session
-                .req_header()
-                .headers
-                .get(request_id::HEADER)
-                .map(|v| v.as_bytes()),
-        );
+        let incoming = session.req_header().headers.get(request_id::HEADER);
+        ctx.request_id = request_id::for_request(incoming.map(|v| v.as_bytes()));
         Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let refused = if connections::over_limit() {
-            Some(FailureKind::ClientConnectionLimit)
-        } else if session.as_downstream().as_http1().is_some() {
-            request_checks::check(&session.as_downstream().to_h1_raw())
-        } else {
-            None
+        let Err(Refusal { kind, keep_alive }) = admission::admit(session, ctx) else {
+            return Ok(false);
         };
-        if let Some(kind) = refused {
-            ctx.metrics = Some(ctx.snapshot.routes.get(None));
-            return self.answer_early(session, ctx, kind, false).await;
-        }
-        let route = ctx.snapshot.router.route(session.req_header());
-        ctx.metrics = Some(
-            ctx.snapshot
-                .routes
-                .get(route.as_deref().map(|r| r.name.as_str())),
-        );
-        let Some(route) = route else {
-            return self
-                .answer_early(session, ctx, FailureKind::DestinationNotFound, true)
-                .await;
-        };
-        let too_large = route
-            .max_request_body
-            .is_some_and(|limit| declared_body_length(session.req_header()) > Some(limit));
-        ctx.pool_index = ctx.snapshot.upstreams.index_of(&route.upstream);
-        ctx.route = Some(route);
-        if too_large {
-            return self
-                .answer_early(session, ctx, FailureKind::HttpRequestBodySize, false)
-                .await;
-        }
-        let Some(pool) = Self::pool(ctx) else {
-            return self
-                .answer_early(session, ctx, FailureKind::ProxyConfigurationError, true)
-                .await;
-        };
-        if !pool.enter() {
-            return self
-                .answer_early(session, ctx, FailureKind::ConnectionLimitReached, true)
-                .await;
-        }
-        // Selecting here lets "no backend" answer on a connection that stays open.
-        pool.budget.record_request();
-        let selected = Self::select(pool, session.req_header(), ctx);
-        ctx.in_flight = true;
-        match selected {
-            Some(backend) => {
-                ctx.preselected = Some(backend);
-                Ok(false)
-            }
-            None => {
-                self.answer_early(session, ctx, FailureKind::DestinationUnavailable, true)
-                    .await
-            }
-        }
+        Self::respond(session, ctx, Cause::Failure(kind), keep_alive).await?;
+        Ok(true)
     }
 
     async fn upstream_peer(
@@ -403,41 +237,34 @@ impl ProxyHttp for Gateway {
         session: &mut Session,
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
-        if let Some(pause) = ctx.pause.take() {
+        if let Decision::RetryStatus(pause) = ctx.decision {
             tokio::time::sleep(pause).await;
         }
-        let time_left = Self::time_left(ctx);
+        let time_left = ctx.time_left();
         if time_left.is_some_and(|t| t.is_zero()) {
-            return Err(Self::decide(
-                ctx,
-                FailureKind::HttpResponseTimeout,
-                "the route's deadline passed",
-            ));
+            let spent = Decision::Failed(FailureKind::HttpResponseTimeout);
+            return Err(Self::decide(ctx, spent, "the route's deadline passed"));
         }
-        let preselected = ctx.preselected.take();
-        let pool = Self::pool(ctx);
-        let chosen = match (preselected, pool) {
+        let selected = match (ctx.preselected.take(), ctx.pool()) {
             (Some(backend), _) => Some(backend),
-            (None, Some(pool)) => Self::select(pool, session.req_header(), ctx),
+            (None, Some(pool)) => admission::select(pool, session.req_header(), ctx),
             (None, None) => None,
         };
-        let peer = chosen.and_then(|b| Some((b, pool?.peer(b.index, time_left)?)));
-        let Some((chosen, peer)) = peer else {
+        let Some((selected, peer)) = selected.and_then(|s| {
+            let peer = ctx.pool()?.peer(s.index, time_left)?;
+            Some((s, peer))
+        }) else {
             ctx.phase = Phase::Select;
-            return Err(Self::decide(
-                ctx,
-                FailureKind::DestinationUnavailable,
-                "no backend can be selected",
-            ));
+            let none = Decision::Failed(FailureKind::DestinationUnavailable);
+            return Err(Self::decide(ctx, none, "no backend can be selected"));
         };
         Self::end_answered_attempt(ctx);
-        ctx.attempts.start(chosen.index, chosen.probe);
-        if let Some(pool) = Self::pool(ctx) {
-            pool.answering.started(chosen.index);
-        }
+        ctx.attempts.start(selected.index, selected.probe.is_some());
+        ctx.pending = ctx.pool().map(|pool| pool.start_attempt(selected.index));
+        ctx.probe = selected.probe;
         ctx.body_bytes = 0;
         ctx.phase = Phase::Connect;
-        ctx.failure = None;
+        ctx.decision = Decision::Open;
         Ok(peer)
     }
 
@@ -453,7 +280,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         ctx.attempts.connected(reused);
         ctx.phase = Phase::Exchange;
-        if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last())
+        if let (Some(pool), Some(a)) = (ctx.pool(), ctx.attempts.last())
             && let (Some(connect), false) = (a.connect, reused)
         {
             pool.record_connect(a.backend, connect);
@@ -473,10 +300,11 @@ impl ProxyHttp for Gateway {
         if let (Some(limit), Some(chunk)) = (limit, body.as_ref()) {
             ctx.body_bytes += chunk.len() as u64;
             if ctx.body_bytes > limit {
+                let over = Decision::Failed(FailureKind::HttpRequestBodySize);
                 return Err(Self::decide(
                     ctx,
-                    FailureKind::HttpRequestBodySize,
-                    "the request body is over the route's limit",
+                    over,
+                    "the body is over the route's limit",
                 ));
             }
         }
@@ -494,21 +322,19 @@ impl ProxyHttp for Gateway {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let trusted =
+            ip.is_some_and(|ip| ctx.snapshot.trusted_proxies.iter().any(|n| n.contains(ip)));
         forwarding::apply(
             upstream_request,
             forwarding::Client {
                 ip,
-                trusted: ip.is_some_and(|ip| {
-                    ctx.snapshot
-                        .trusted_proxies
-                        .iter()
-                        .any(|net| net.contains(ip))
-                }),
+                trusted,
                 proto: if tls { "https" } else { "http" },
                 version: session.req_header().version,
                 request_id: &ctx.request_id,
             },
-            Self::pool(ctx).map_or_else(HeaderCase::default, Pool::header_case),
+            ctx.pool()
+                .map_or_else(HeaderCase::default, Pool::header_case),
         )
     }
 
@@ -524,36 +350,33 @@ impl ProxyHttp for Gateway {
         let status = upstream_response.status.as_u16();
         ctx.attempts.responded(status);
         ctx.phase = Phase::Body;
-        if let (Some(pool), Some(a)) = (Self::pool(ctx), ctx.attempts.last()) {
-            pool.record_response(a.backend, a.probe, status, a.header);
-            pool.answering.answered(a.backend);
+        if let Some(pending) = ctx.pending.take() {
+            pending.answered();
+        }
+        let probe = ctx.probe.take();
+        if let (Some(pool), Some(a)) = (ctx.pool(), ctx.attempts.last()) {
+            pool.record_response(a.backend, probe, status, a.header);
         }
         let Some(route) = ctx.route.clone() else {
             return Ok(());
         };
         if route.retry.on_status.contains(&status) {
+            let asked = upstream_response.headers.get(http::header::RETRY_AFTER);
             let pause = retry::status_pause(
                 ctx.attempts.count(),
-                upstream_response
-                    .headers
-                    .get(http::header::RETRY_AFTER)
-                    .map(|v| v.as_bytes()),
-                Self::time_left(ctx),
+                asked.map(|v| v.as_bytes()),
+                ctx.time_left(),
             );
             if let Some(pause) = pause
-                && self.may_retry(session, ctx, Trigger::Status(status))
+                && retry::may_retry(session, ctx, Trigger::Status(status))
             {
-                ctx.retrying_status = true;
-                ctx.pause = Some(pause);
-                return Err(Error::explain(DECIDED, "retrying an origin status"));
+                let again = Decision::RetryStatus(pause);
+                return Err(Self::decide(ctx, again, "retrying an origin status"));
             }
         }
         if route.intercept_origin_errors.contains(&status) {
-            ctx.intercepted = Some(status);
-            return Err(Error::explain(
-                DECIDED,
-                "origin status intercepted by the route",
-            ));
+            let intercepted = Decision::Intercepted(status);
+            return Err(Self::decide(ctx, intercepted, "origin status intercepted"));
         }
         Ok(())
     }
@@ -564,24 +387,10 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = upstream_response.status.as_u16();
-        if status >= 400 && ctx.snapshot.pages.proxy_status_enabled() {
-            // RFC 9209: each intermediary appends its member to the list.
-            let ours = error_page::proxy_status_received(
-                status,
-                Self::next_hop(ctx, Outcome::Response(status)),
-            );
-            let value = match upstream_response
-                .headers
-                .get("proxy-status")
-                .and_then(|v| v.to_str().ok())
-            {
-                Some(prior) => format!("{prior}, {ours}"),
-                None => ours,
-            };
-            upstream_response.insert_header("Proxy-Status", value)?;
-        }
-        Ok(())
+        let next_hop = ctx.next_hop(Outcome::Response(upstream_response.status.as_u16()));
+        ctx.snapshot
+            .pages
+            .mark_passed_through(upstream_response, next_hop)
     }
 
     fn fail_to_connect(
@@ -591,7 +400,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         e: Box<Error>,
     ) -> Box<Error> {
-        self.attempt_failed(session, ctx, e, Phase::Connect)
+        Self::attempt_failed(session, ctx, e)
     }
 
     fn error_while_proxy(
@@ -602,23 +411,25 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
-        if std::mem::take(&mut ctx.retrying_status) {
-            e.set_retry(true);
-            return e;
+        match ctx.decision {
+            // Decided in `upstream_response_filter`.
+            Decision::RetryStatus(_) => {
+                e.set_retry(true);
+                e
+            }
+            Decision::Intercepted(_) => {
+                e.set_retry(false);
+                e
+            }
+            Decision::Failed(FailureKind::HttpRequestBodySize) => {
+                // The client's fault, not the backend's (the kind never counts against it): the
+                // attempt ends with it, and is never retried.
+                Self::settle_attempt(ctx, FailureKind::HttpRequestBodySize, Progress::Sent);
+                e.set_retry(false);
+                e
+            }
+            _ => Self::attempt_failed(session, ctx, e),
         }
-        if ctx.intercepted.is_some() {
-            e.set_retry(false);
-            return e;
-        }
-        if ctx.failure == Some(FailureKind::HttpRequestBodySize) {
-            // The client's fault, not the backend's (the kind never counts against it): the
-            // attempt ends with it, and is never retried.
-            Self::settle_attempt(ctx, FailureKind::HttpRequestBodySize, Progress::Sent);
-            e.set_retry(false);
-            return e;
-        }
-        let phase = ctx.phase;
-        self.attempt_failed(session, ctx, e, phase)
     }
 
     async fn fail_to_proxy(
@@ -627,36 +438,31 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let cause = match (ctx.intercepted, ctx.failure) {
-            (Some(status), _) => Cause::Intercepted(status),
-            (None, Some(kind)) => Cause::Failure(kind),
-            (None, None) => {
+        let cause = match ctx.decision {
+            Decision::Intercepted(status) => Cause::Intercepted(status),
+            Decision::Failed(kind) => Cause::Failure(kind),
+            _ => {
                 let kind = classify(e, ctx.phase);
-                ctx.failure = Some(kind);
+                ctx.decision = Decision::Failed(kind);
                 Cause::Failure(kind)
             }
         };
-        if let Some(written) = session.response_written() {
+        let written = session.response_written().map(|w| w.status.as_u16());
+        let error_code = if let Some(written) = written {
             // The status is already out: the only honest signal left is an aborted stream,
             // which Pingora gives by dropping the connection without finishing the body.
-            let code = written.status.as_u16();
             session.set_keepalive(None);
-            return FailToProxy {
-                error_code: code,
-                can_reuse_downstream: false,
-            };
-        }
-        if matches!(cause, Cause::Failure(FailureKind::ClientAborted)) {
-            return FailToProxy {
-                error_code: 0,
-                can_reuse_downstream: false,
-            };
-        }
-        if let Err(write_error) = self.respond(session, ctx, cause, false).await {
-            log::debug!("writing the error response failed: {write_error}");
-        }
+            written
+        } else if cause == Cause::Failure(FailureKind::ClientAborted) {
+            0
+        } else {
+            if let Err(write_error) = Self::respond(session, ctx, cause, false).await {
+                log::debug!("writing the error response failed: {write_error}");
+            }
+            cause.status()
+        };
         FailToProxy {
-            error_code: cause.status(),
+            error_code,
             can_reuse_downstream: false,
         }
     }
@@ -679,22 +485,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        if let (Some(i), Some(pool)) = (ctx.unreported_probe(), Self::pool(ctx)) {
-            pool.health.release_probe(i);
-        }
+        ctx.release();
         Self::end_answered_attempt(ctx);
-        if let (Some(a), Some(pool)) = (ctx.attempts.last(), Self::pool(ctx))
-            && a.outcome == Outcome::Pending
-        {
-            // An attempt that never got an outcome (the request ended another way).
-            pool.answering.ended(a.backend);
-        }
-        if std::mem::take(&mut ctx.in_flight)
-            && let Some(pool) = Self::pool(ctx)
-        {
-            pool.leave();
-        }
-        if let (Some(kind), Some(e)) = (ctx.failure, e)
+        let failure = ctx.failure();
+        if let (Some(kind), Some(e)) = (failure, e)
             && kind.is_upstream()
         {
             log::warn!(
@@ -705,9 +499,10 @@ impl ProxyHttp for Gateway {
             );
         }
         let written = session.response_written().map(|r| r.status.as_u16());
-        let (status, source) = match (ctx.failure, written) {
+        let generated = matches!(ctx.decision, Decision::Generated(_));
+        let (status, source) = match (failure, written) {
             (Some(FailureKind::ClientAborted), _) => (499, Source::Client),
-            (_, Some(s)) if ctx.generated => (s, Source::Proxy),
+            (_, Some(s)) if generated => (s, Source::Proxy),
             (_, Some(s)) => (s, Source::Origin),
             (Some(kind), None) => (kind.status(), Source::Proxy),
             (None, None) => (0, Source::Proxy),
@@ -726,25 +521,14 @@ impl ProxyHttp for Gateway {
             path: req.uri.path(),
             status,
             source,
-            failure: ctx.failure,
+            failure,
             route: ctx.route.as_deref().map(|r| r.name.as_str()),
-            pool: Self::pool(ctx),
+            pool: ctx.pool(),
             attempts: &ctx.attempts,
             duration: ctx.started.elapsed(),
         }
         .emit();
     }
-}
-
-/// The body length a request declares with `Content-Length`, when it does.
-fn declared_body_length(req: &RequestHeader) -> Option<u64> {
-    req.headers
-        .get(http::header::CONTENT_LENGTH)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }
 
 /// At most `max` bytes of `text`, cut at a character boundary.

@@ -30,6 +30,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod admission;
 pub mod config;
 pub mod connections;
 pub mod context;

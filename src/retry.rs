@@ -6,11 +6,15 @@
 //! a route that honours it) whose body still fits the replay buffer. A valid origin response is
 //! retried only when the route lists its status in `on_status`, for idempotent requests, after a
 //! short jittered pause or the origin's `Retry-After` when that is short and fits the deadline.
+//! A retry the policy allows then needs room in the upstream's retry budget.
 
 use std::time::Duration;
 
 use http::Method;
+use pingora::proxy::Session;
 use rand::Rng;
+
+use crate::context::RequestCtx;
 
 use crate::config::RetryPolicy;
 use crate::failure::{FailureKind, Progress, RetrySafety};
@@ -100,6 +104,44 @@ pub fn allowed(f: Facts<'_>) -> bool {
         // 503 may be gone.
         Trigger::Status(status) => f.policy.on_status.contains(&status) && replayable(),
     }
+}
+
+/// Whether the request makes another attempt: the policy must allow it, then, for a request a
+/// backend may have processed, the upstream's retry budget must have room. Counts the retry, or
+/// the refusal by the budget.
+pub fn may_retry(session: &Session, ctx: &RequestCtx, trigger: Trigger) -> bool {
+    let (Some(route), Some(pool)) = (ctx.route.as_deref(), ctx.pool()) else {
+        return false;
+    };
+    let req = session.req_header();
+    let allowed = allowed(Facts {
+        trigger,
+        policy: &route.retry,
+        method: &req.method,
+        has_idempotency_key: req.headers.contains_key("idempotency-key"),
+        body_truncated: session.as_ref().retry_buffer_truncated(),
+        attempts_made: ctx.attempts.count(),
+        untried_backend: pool.has_untried(|i| ctx.attempts.tried(i)),
+    });
+    if !allowed {
+        return false;
+    }
+    // A failover before anything was sent adds no work to the fleet, so only retries of
+    // requests a backend may have processed spend the budget (Finagle's requeues vs retries).
+    let spends_budget = !matches!(trigger, Trigger::Failure(_, Progress::NotSent));
+    if spends_budget && !pool.budget.try_withdraw(route.retry.budget_percent) {
+        pool.metrics
+            .budget_exhausted
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        return false;
+    }
+    if let Some(m) = &ctx.metrics {
+        m.retry(match trigger {
+            Trigger::Failure(kind, _) => Some(kind),
+            Trigger::Status(_) => None,
+        });
+    }
+    true
 }
 
 /// The jittered pause before status-driven retry number `retry` (1 for the first retry).

@@ -8,6 +8,7 @@ pub mod answering;
 pub mod attempt;
 pub mod budget;
 pub mod health;
+pub mod lease;
 pub mod window;
 
 use std::cell::Cell;
@@ -29,6 +30,7 @@ use crate::metrics::{BackendMetrics, BackendView, UpstreamMetrics, UpstreamView}
 use answering::Answering;
 use budget::RetryBudget;
 use health::{PassiveHealth, Reason, State, Verdict};
+use lease::{InFlight, Pending, Probe};
 
 /// The position of a backend in its pool, stored in the Pingora `Backend`'s extensions so a
 /// selection maps back to faultline's own per-backend state without a lookup.
@@ -122,12 +124,12 @@ pub struct BackendInfo {
 }
 
 /// A selected backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug)]
 pub struct Selected {
     /// Its index in the pool.
     pub index: usize,
-    /// Whether this request is its half-open probe.
-    pub probe: bool,
+    /// When this request is its half-open probe, the permit to report the outcome with.
+    pub probe: Option<Probe>,
 }
 
 /// A pool of backends.
@@ -143,7 +145,7 @@ pub struct Pool {
     /// Upstream-wide counters.
     pub metrics: Arc<UpstreamMetrics>,
     /// Which backends are answering.
-    pub answering: Answering,
+    pub answering: Arc<Answering>,
     active_interval: Option<Duration>,
     in_flight: Arc<AtomicU32>,
     max_in_flight: Option<u32>,
@@ -250,9 +252,9 @@ impl Pool {
             health,
             budget: previous.map_or_else(Default::default, |p| p.budget.clone()),
             metrics: previous.map_or_else(Default::default, |p| p.metrics.clone()),
-            answering: Answering::new(
+            answering: Arc::new(Answering::new(
                 &config.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
-            ),
+            )),
             active_interval: config.active_health.as_ref().map(|a| a.interval),
             in_flight: previous.map_or_else(Default::default, |p| p.in_flight.clone()),
             max_in_flight: config.max_in_flight,
@@ -336,29 +338,14 @@ impl Pool {
             })?;
         Some(Selected {
             index: chosen,
-            probe: probe.get(),
+            probe: probe.get().then(|| Probe::granted(&self.health, chosen)),
         })
     }
 
-    /// Takes a place among the requests in flight; false when the upstream is at its limit.
-    /// Every `true` must be matched by one [`Pool::leave`].
-    pub fn enter(&self) -> bool {
-        let Some(max) = self.max_in_flight else {
-            return true;
-        };
-        let before = self.in_flight.fetch_add(1, Ordering::AcqRel);
-        if before >= max {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            return false;
-        }
-        true
-    }
-
-    /// Gives back a place taken by [`Pool::enter`].
-    pub fn leave(&self) {
-        if self.max_in_flight.is_some() {
-            self.in_flight.fetch_sub(1, Ordering::AcqRel);
-        }
+    /// Takes a place among the requests in flight, given back when dropped; `None` when the
+    /// upstream is at its limit.
+    pub fn enter(&self) -> Option<InFlight> {
+        InFlight::take(&self.in_flight, self.max_in_flight)
     }
 
     /// Whether some backend has not been tried yet.
@@ -386,7 +373,7 @@ impl Pool {
 
     /// Records a failed attempt on backend `i`: its counters and, when the kind is the
     /// backend's fault, its passive health.
-    pub fn record_failure(&self, i: usize, probe: bool, kind: FailureKind) {
+    pub fn record_failure(&self, i: usize, probe: Option<Probe>, kind: FailureKind) {
         if let Some(b) = self.backends.get(i) {
             b.metrics.failure(kind);
         }
@@ -395,7 +382,20 @@ impl Pool {
         } else {
             Verdict::Neutral
         };
-        self.health.record(i, verdict, probe);
+        self.record_health(i, probe, verdict);
+    }
+
+    /// Passive health learns the verdict of an attempt on backend `i`, from its probe when it
+    /// was one.
+    fn record_health(&self, i: usize, probe: Option<Probe>, verdict: Verdict) {
+        match probe {
+            Some(p) if p.backend() == i => {
+                p.report(verdict);
+            }
+            _ => {
+                self.health.record(i, verdict, false);
+            }
+        }
     }
 
     /// Records a response header from backend `i`: its counters and its passive health (a
@@ -403,7 +403,7 @@ impl Pool {
     pub fn record_response(
         &self,
         i: usize,
-        probe: bool,
+        probe: Option<Probe>,
         status: u16,
         header_time: Option<Duration>,
     ) {
@@ -418,7 +418,12 @@ impl Pool {
         } else {
             Verdict::Success
         };
-        self.health.record(i, verdict, probe);
+        self.record_health(i, probe, verdict);
+    }
+
+    /// An attempt on backend `i` starts: it is outstanding until it is answered or dropped.
+    pub fn start_attempt(&self, i: usize) -> Pending {
+        Pending::start(&self.answering, i)
     }
 
     /// Records that an attempt on backend `i` ended with its response (see
@@ -579,7 +584,7 @@ mod tests {
             "[{ address: \"127.0.0.1:9001\" }, { address: \"127.0.0.1:9002\" }]",
             "    health: { passive: { consecutive_failures: 1, max_ejected_percent: 50 } }\n",
         );
-        p.record_failure(0, false, FailureKind::ConnectionRefused);
+        p.record_failure(0, None, FailureKind::ConnectionRefused);
         for _ in 0..10 {
             assert_eq!(p.select(b"", |_| false).expect("a backend").index, 1);
         }

@@ -1,0 +1,112 @@
+//! Whether a request is taken, before any upstream work: the client connection limit, the
+//! request checks, routing, the route's body limit, the upstream's limit of requests in flight,
+//! and a backend to send it to. A refusal names its failure kind and whether the client
+//! connection may stay open after the answer.
+
+use pingora::http::RequestHeader;
+use pingora::proxy::Session;
+
+use crate::connections;
+use crate::context::RequestCtx;
+use crate::failure::FailureKind;
+use crate::request_checks;
+use crate::upstream::{Pool, Selected};
+
+/// A request that is not taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refusal {
+    /// Why, and so the answer.
+    pub kind: FailureKind,
+    /// Whether the client connection stays open after the answer: only when everything the
+    /// client sent was read and can be trusted. After a refusal of the request's framing or of
+    /// its body, what follows on the connection is never read.
+    pub keep_alive: bool,
+}
+
+impl Refusal {
+    const fn closing(kind: FailureKind) -> Refusal {
+        Refusal {
+            kind,
+            keep_alive: false,
+        }
+    }
+
+    const fn keeping(kind: FailureKind) -> Refusal {
+        Refusal {
+            kind,
+            keep_alive: true,
+        }
+    }
+}
+
+/// Admits the request or says why not. On admission the context holds the route, its pool,
+/// the request's place among the upstream's requests in flight and the backend of the first
+/// attempt.
+pub fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+    let refused = if connections::over_limit() {
+        Some(FailureKind::ClientConnectionLimit)
+    } else if session.as_downstream().as_http1().is_some() {
+        request_checks::check(&session.as_downstream().to_h1_raw())
+    } else {
+        None
+    };
+    if let Some(kind) = refused {
+        ctx.metrics = Some(ctx.snapshot.routes.get(None));
+        return Err(Refusal::closing(kind));
+    }
+    let req = session.req_header();
+    let route = ctx.snapshot.router.route(req);
+    ctx.metrics = Some(
+        ctx.snapshot
+            .routes
+            .get(route.as_deref().map(|r| r.name.as_str())),
+    );
+    let route = route.ok_or(Refusal::keeping(FailureKind::DestinationNotFound))?;
+    let too_large = route
+        .max_request_body
+        .is_some_and(|limit| declared_body_length(req) > Some(limit));
+    ctx.pool_index = ctx.snapshot.upstreams.index_of(&route.upstream);
+    ctx.route = Some(route);
+    if too_large {
+        return Err(Refusal::closing(FailureKind::HttpRequestBodySize));
+    }
+    let pool = ctx
+        .pool()
+        .ok_or(Refusal::keeping(FailureKind::ProxyConfigurationError))?;
+    let place = pool
+        .enter()
+        .ok_or(Refusal::keeping(FailureKind::ConnectionLimitReached))?;
+    // Selecting here lets "no backend" answer on a connection that stays open.
+    pool.budget.record_request();
+    let selected = select(pool, req, ctx);
+    ctx.in_flight = Some(place);
+    ctx.preselected = Some(selected.ok_or(Refusal::keeping(FailureKind::DestinationUnavailable))?);
+    Ok(())
+}
+
+/// A backend for the next attempt of the request, preferring one it has not tried.
+pub fn select(pool: &Pool, req: &RequestHeader, ctx: &RequestCtx) -> Option<Selected> {
+    let key = match (
+        pool.uses_key(),
+        ctx.route.as_ref().and_then(|r| r.hash_header.as_ref()),
+    ) {
+        (false, _) => &b""[..],
+        (true, Some(header)) => req.headers.get(header).map_or(&b""[..], |v| v.as_bytes()),
+        (true, None) => req
+            .uri
+            .path_and_query()
+            .map_or(&b""[..], |p| p.as_str().as_bytes()),
+    };
+    pool.select(key, |i| ctx.attempts.tried(i))
+}
+
+/// The body length a request declares with `Content-Length`, when it does.
+fn declared_body_length(req: &RequestHeader) -> Option<u64> {
+    req.headers
+        .get(http::header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
