@@ -4,34 +4,12 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::failure::FailureKind;
+use crate::failure::{FailureKind, Source};
 use crate::upstream::Pool;
 use crate::upstream::attempt::Attempts;
 
 /// The `log` target of access-log lines.
 pub const TARGET: &str = "access";
-
-/// Who produced the final response.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The origin's own response.
-    Origin,
-    /// A response the proxy generated.
-    Proxy,
-    /// No response: the client went away.
-    Client,
-}
-
-impl Source {
-    /// The log and metric label.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Source::Origin => "origin",
-            Source::Proxy => "proxy",
-            Source::Client => "client",
-        }
-    }
-}
 
 /// Whether access-log lines are written at all (so that a disabled log costs nothing).
 pub fn enabled() -> bool {

@@ -14,7 +14,6 @@
 //! at once, before its handshake.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -25,10 +24,11 @@ use pingora::protocols::{ALPN, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::access_log::{self, Source};
+use crate::access_log;
 use crate::config::ClientLimits;
 use crate::error_page::{self, Cause};
-use crate::failure::FailureKind;
+use crate::failure::{FailureKind, Source};
+use crate::metrics::ClientCounters;
 use crate::request_id;
 use crate::state::Shared;
 use crate::upstream::attempt::Attempts;
@@ -56,37 +56,12 @@ pub fn over_limit() -> bool {
     OVER_LIMIT.try_with(|over| *over).unwrap_or(false)
 }
 
-/// Counters of client connections, for the metrics.
-#[derive(Debug, Default)]
-pub struct ClientCounters {
-    open: AtomicUsize,
-    over_limit: AtomicU64,
-    header_timeouts: AtomicU64,
-}
-
-impl ClientCounters {
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Connections refused because `max_connections` were open.
-    pub fn over_limit(&self) -> u64 {
-        self.over_limit.load(Ordering::Relaxed)
-    }
-
-    /// Requests whose header did not arrive in time.
-    pub fn header_timeouts(&self) -> u64 {
-        self.header_timeouts.load(Ordering::Relaxed)
-    }
-}
-
 /// Holds one place among the open connections until dropped.
-struct Open<'a>(&'a AtomicUsize);
+struct Open<'a>(&'a ClientCounters);
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.closed();
     }
 }
 
@@ -127,12 +102,12 @@ where
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         let counters = self.shared.clients();
-        let open = counters.open.fetch_add(1, Ordering::Relaxed) + 1;
-        let _open = Open(&counters.open);
+        let open = counters.opened();
+        let _open = Open(counters);
         let limits = self.shared.current().clients;
         let over = limits.max_connections.is_some_and(|max| open > max);
         if over {
-            counters.over_limit.fetch_add(1, Ordering::Relaxed);
+            counters.refused_over_limit();
         }
         if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
             if over {
@@ -180,10 +155,7 @@ where
                 Head::Read(prefix) => prefix,
                 Head::Gone => return,
                 Head::TimedOut => {
-                    self.shared
-                        .clients()
-                        .header_timeouts
-                        .fetch_add(1, Ordering::Relaxed);
+                    self.shared.clients().header_timed_out();
                     self.answer(stream, FailureKind::HttpRequestTimeout).await;
                     return;
                 }

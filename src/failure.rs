@@ -111,6 +111,28 @@ macro_rules! failure_kinds {
     };
 }
 
+/// Who produced the final response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The origin's own response.
+    Origin,
+    /// A response the proxy generated.
+    Proxy,
+    /// No response: the client went away.
+    Client,
+}
+
+impl Source {
+    /// The log and metric label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Origin => "origin",
+            Source::Proxy => "proxy",
+            Source::Client => "client",
+        }
+    }
+}
+
 failure_kinds! {
     /// The backend refused or reset the connection attempt.
     ConnectionRefused => "connection_refused", 502, AnyMethod, true;

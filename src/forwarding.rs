@@ -10,6 +10,8 @@ use pingora::ErrorType::InvalidHTTPHeader;
 use pingora::OrErr;
 use pingora::http::RequestHeader;
 
+use crate::config::HeaderCase;
+
 /// The `Via` pseudonym (RFC 9110 §7.6.3): never a host name or address.
 pub const VIA_NAME: &str = "faultline";
 
@@ -36,20 +38,6 @@ pub struct Client<'a> {
     pub request_id: &'a str,
     /// The HTTP version the client spoke (the upstream request may use another).
     pub version: http::Version,
-}
-
-/// How header names are spelled on the way to an upstream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum HeaderCase {
-    /// Lowercase, as HAProxy and Envoy send them (names are case-insensitive, RFC 9110 §5.1),
-    /// except a dozen common names Pingora writes in their usual capitals (`Host`,
-    /// `Content-Length`, `Content-Type`, `Connection`, ...). The proxy's own headers go straight
-    /// into the header map: one reservation, no name parsed.
-    #[default]
-    Canonical,
-    /// Each name as the client spelled it, for origins that wrongly depend on it. Pingora keeps
-    /// the spelling in a second map, and each added header is parsed and inserted into both.
-    Preserve,
 }
 
 /// Rewrites the upstream request header in place.

@@ -16,14 +16,15 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::access_log::{self, Source};
+use crate::access_log;
 use crate::admin::Admin;
 use crate::admission::{self, Refusal};
 use crate::config::Config;
+use crate::config::HeaderCase;
 use crate::context::{Decision, RequestCtx};
 use crate::error_page::{self, Cause};
-use crate::failure::{FailureKind, Phase, Progress, classify};
-use crate::forwarding::{self, HeaderCase};
+use crate::failure::{FailureKind, Phase, Progress, Source, classify};
+use crate::forwarding;
 use crate::request_id;
 use crate::retry::{self, Trigger};
 use crate::routing::{Router, request_host};

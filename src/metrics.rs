@@ -8,11 +8,10 @@
 use std::collections::HashMap;
 use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use crate::access_log::Source;
-use crate::failure::FailureKind;
+use crate::failure::{FailureKind, Source};
 
 /// Status codes are stored by value; anything outside 0..=999 cannot come from `http`.
 const STATUSES: usize = 1000;
@@ -128,6 +127,51 @@ impl BackendMetrics {
     pub fn attempts(&self, kind: Option<FailureKind>) -> u64 {
         let i = kind.map_or(0, |k| 1 + k.index());
         self.attempts[i].load(Ordering::Relaxed)
+    }
+}
+
+/// Counters of client connections.
+#[derive(Debug, Default)]
+pub struct ClientCounters {
+    open: AtomicUsize,
+    over_limit: AtomicU64,
+    header_timeouts: AtomicU64,
+}
+
+impl ClientCounters {
+    /// A connection opened; returns how many are open now.
+    pub fn opened(&self) -> usize {
+        self.open.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// A connection closed.
+    pub fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// A connection came beyond `max_connections`.
+    pub fn refused_over_limit(&self) {
+        inc(&self.over_limit);
+    }
+
+    /// A request header did not arrive in time.
+    pub fn header_timed_out(&self) {
+        inc(&self.header_timeouts);
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    /// Connections refused because `max_connections` were open.
+    pub fn over_limit(&self) -> u64 {
+        self.over_limit.load(Ordering::Relaxed)
+    }
+
+    /// Requests whose header did not arrive in time.
+    pub fn header_timeouts(&self) -> u64 {
+        self.header_timeouts.load(Ordering::Relaxed)
     }
 }
 

@@ -13,9 +13,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 
 use crate::config::{ClientLimits, Config, IpNet};
-use crate::connections::ClientCounters;
 use crate::error_page::ErrorPages;
-use crate::metrics::RouteTable;
+use crate::metrics::{ClientCounters, RouteTable};
 use crate::routing::{ConfigRouter, Router};
 use crate::upstream::{PoolError, Upstreams};
 

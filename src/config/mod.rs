@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::forwarding::HeaderCase;
 use pingora::server::configuration::ServerConf;
 use pingora::tls::sign::CertifiedKey;
 
@@ -427,4 +426,18 @@ impl Config {
             .map_err(|e| ConfigError::Invalid(vec![validate::serde_error(e)]))?;
         validate::validate(file, base).map_err(ConfigError::Invalid)
     }
+}
+
+/// How header names are spelled on the way to an upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HeaderCase {
+    /// Lowercase, as HAProxy and Envoy send them (names are case-insensitive, RFC 9110 §5.1),
+    /// except a dozen common names Pingora writes in their usual capitals (`Host`,
+    /// `Content-Length`, `Content-Type`, `Connection`, ...). The proxy's own headers go straight
+    /// into the header map: one reservation, no name parsed.
+    #[default]
+    Canonical,
+    /// Each name as the client spelled it, for origins that wrongly depend on it. Pingora keeps
+    /// the spelling in a second map, and each added header is parsed and inserted into both.
+    Preserve,
 }

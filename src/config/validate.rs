@@ -10,10 +10,9 @@ use pingora::server::configuration::ServerConf;
 use super::file::{self, FileConfig};
 use super::{
     ActiveHealth, BackendConfig, ClientLimits, Config, DemoOrigin, ErrorPages, FailureRate,
-    FieldError, HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, RouteConfig, Timeouts,
-    UpstreamConfig, UpstreamTls,
+    FieldError, HeaderCase, HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, RouteConfig,
+    Timeouts, UpstreamConfig, UpstreamTls,
 };
-use crate::forwarding::HeaderCase;
 
 mod tls {
     //! Certificates and keys, loaded and checked while validating so that starting a listener

@@ -23,9 +23,8 @@ use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backend, Backends, LoadBalancer, discovery};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{Selection, UpstreamConfig};
+use crate::config::{HeaderCase, Selection, UpstreamConfig};
 use crate::failure::FailureKind;
-use crate::forwarding::HeaderCase;
 use crate::metrics::{BackendMetrics, BackendView, UpstreamMetrics, UpstreamView};
 use answering::Answering;
 use budget::RetryBudget;
