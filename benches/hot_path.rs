@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use faultline::Config;
-use faultline::failure::Source;
 use faultline::config::HeaderCase;
+use faultline::failure::Source;
 use faultline::metrics::{BackendMetrics, RouteTable};
 use faultline::routing::{ConfigRouter, Router};
 use faultline::upstream::Pool;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::error_page::Cause;
-use crate::failure::{FailureKind, Phase};
+use crate::failure::{FailureKind, Phase, Progress, Source};
 use crate::metrics::RouteMetrics;
 use crate::routing::Route;
 use crate::state::Snapshot;
@@ -94,14 +94,87 @@ impl RequestCtx {
         }
     }
 
-    /// Gives back everything the request holds of its upstream now, at its end: they would go
-    /// with the context anyway, a moment later, but the client's next request, and the access
-    /// log, must see them given back.
-    pub fn release(&mut self) {
+    /// An attempt on `selected` starts: it is outstanding on its backend until answered or
+    /// ended, and holds the backend's probe if it is one.
+    pub fn start_attempt(&mut self, selected: Selected) {
+        self.count_answered_attempt();
+        self.attempts
+            .start(selected.index, selected.probe.is_some());
+        self.pending = self.pool().map(|pool| pool.start_attempt(selected.index));
+        self.probe = selected.probe;
+        self.body_bytes = 0;
+        self.phase = Phase::Connect;
+        self.decision = Decision::Open;
+    }
+
+    /// The current attempt's connection is ready (`reused`: from the pool).
+    pub fn connected(&mut self, reused: bool) {
+        self.attempts.connected(reused);
+        self.phase = Phase::Exchange;
+        if let (Some(pool), Some(a)) = (self.pool(), self.attempts.last())
+            && let (Some(connect), false) = (a.connect, reused)
+        {
+            pool.record_connect(a.backend, connect);
+        }
+    }
+
+    /// The current attempt got a response header with `status`.
+    pub fn responded(&mut self, status: u16) {
+        self.attempts.responded(status);
+        self.phase = Phase::Body;
+        if let Some(pending) = self.pending.take() {
+            pending.answered();
+        }
+        let probe = self.probe.take();
+        if let (Some(pool), Some(a)) = (self.pool(), self.attempts.last()) {
+            pool.record_response(a.backend, probe, status, a.header);
+        }
+    }
+
+    /// The current attempt failed with `kind`, having got this far: its outcome, its
+    /// backend's counters and health, and the request's decision so far.
+    pub fn attempt_failed(&mut self, kind: FailureKind, progress: Progress) {
+        self.attempts.failed(kind, progress);
+        self.decision = Decision::Failed(kind);
+        self.pending = None;
+        let probe = self.probe.take();
+        if let (Some(pool), Some(a)) = (self.pool(), self.attempts.last()) {
+            pool.record_failure(a.backend, probe, kind);
+        }
+    }
+
+    /// Counts the last attempt's outcome when it ended with a response: at the next attempt (a
+    /// status retry) or at the end of the request. A failed attempt was counted when it failed.
+    fn count_answered_attempt(&self) {
+        if let (Some(a), Some(pool)) = (self.attempts.last(), self.pool())
+            && matches!(a.outcome, Outcome::Response(_))
+        {
+            pool.record_answered(a.backend);
+        }
+    }
+
+    /// The request ends: the last attempt's outcome is counted, and everything the request
+    /// holds of its upstream is given back now (it would go with the context a moment later,
+    /// but the client's next request must find it given back).
+    pub fn end(&mut self) {
+        self.count_answered_attempt();
         self.in_flight = None;
         self.pending = None;
         self.probe = None;
         self.preselected = None;
+    }
+
+    /// The status the request is logged and counted with, and who produced it, given the
+    /// status written to the client, if any.
+    pub fn final_status(&self, written: Option<u16>) -> (u16, Source) {
+        let generated = matches!(self.decision, Decision::Generated(_));
+        match (self.failure(), written) {
+            (Some(FailureKind::ClientAborted), _) => (499, Source::Client),
+            (_, Some(s)) if generated => (s, Source::Proxy),
+            (_, Some(s)) => (s, Source::Origin),
+            (Some(kind), None) => (kind.status(), Source::Proxy),
+            (None, None) => (0, Source::Proxy),
+        }
     }
 
     /// The route's upstream pool.

@@ -2,7 +2,7 @@
 //!
 //! Every struct denies unknown keys so a typo is an error that names its path. Values that need
 //! more than a type check (addresses, cross references) stay strings here and are checked in
-//! [`super::validate`], which collects every problem instead of stopping at the first.
+//! `validate`, which collects every problem instead of stopping at the first.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Configuration: the YAML file ([`file`]) turned into a validated runtime model ([`Config`]).
+//! Configuration: the YAML file ([`file`](mod@file)) turned into a validated runtime model ([`Config`]).
 //!
 //! Loading never panics. A syntax or type error stops parsing and names its field path; every
 //! semantic problem after that (unknown upstream, bad address, duplicate listener …) is collected,

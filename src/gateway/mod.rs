@@ -1,11 +1,14 @@
 //! The Pingora `ProxyHttp` implementation, a dispatcher: each hook records what happened in the
 //! request's [`RequestCtx`] and hands the decision to the module that owns it: admission
-//! ([`admission`]), selection, [`classify`](crate::failure::classify), [`retry`], error pages,
+//! ([`admission`]), selection, [`classify`], [`retry`], error pages,
 //! metrics and the access log. What the request holds of its upstream gives itself back when
 //! dropped ([`lease`](crate::upstream::lease)); what has been decided is a
-//! [`Decision`](crate::context::Decision).
+//! [`Decision`].
 
-use std::path::PathBuf;
+mod builder;
+
+pub use builder::GatewayBuilder;
+
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -19,18 +22,17 @@ use pingora::upstreams::peer::HttpPeer;
 use crate::access_log;
 use crate::admin::Admin;
 use crate::admission::{self, Refusal};
-use crate::config::Config;
 use crate::config::HeaderCase;
 use crate::context::{Decision, RequestCtx};
 use crate::error_page::{self, Cause};
-use crate::failure::{FailureKind, Phase, Progress, Source, classify};
+use crate::failure::{FailureKind, Phase, Progress, classify};
 use crate::forwarding;
 use crate::request_id;
 use crate::retry::{self, Trigger};
-use crate::routing::{Router, request_host};
+use crate::routing::request_host;
 use crate::state::Shared;
+use crate::upstream::Pool;
 use crate::upstream::attempt::Outcome;
-use crate::upstream::{Pool, PoolError};
 
 /// The error type used to unwind Pingora's flow when faultline already decided what happens.
 const DECIDED: ErrorType = ErrorType::new("FaultlineDecided");
@@ -38,7 +40,7 @@ const DECIDED: ErrorType = ErrorType::new("FaultlineDecided");
 /// The faultline proxy: routing, per-backend failure semantics, retries, error pages.
 ///
 /// Build one with [`Gateway::new`] (the configuration's routes) or [`Gateway::builder`] (a
-/// custom [`Router`]), then hand it to Pingora's `http_proxy_service`.
+/// custom [`Router`](crate::routing::Router)), then hand it to Pingora's `http_proxy_service`.
 pub struct Gateway {
     shared: Arc<Shared>,
 }
@@ -51,67 +53,7 @@ impl std::fmt::Debug for Gateway {
     }
 }
 
-/// Builds a [`Gateway`]: the configuration, and optionally a custom router and the file that
-/// reloads read.
-pub struct GatewayBuilder<'a> {
-    config: &'a Config,
-    router: Option<Arc<dyn Router>>,
-    route_names: Vec<String>,
-    source: Option<PathBuf>,
-}
-
-impl GatewayBuilder<'_> {
-    /// Routes with `router` instead of the configuration's routes. Its routes name the
-    /// configuration's upstreams; a name that does not exist is answered with a 500
-    /// (`proxy_configuration_error`). A closure `Fn(&RequestHeader) -> Option<Arc<Route>>` works.
-    pub fn router(mut self, router: impl Router + 'static) -> Self {
-        self.router = Some(Arc::new(router));
-        self
-    }
-
-    /// Names of the routes a custom router returns, so that their requests are counted under
-    /// their own `route` label (requests of undeclared routes count under `none`, keeping the
-    /// label set bounded).
-    pub fn route_names<S: Into<String>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
-        self.route_names.extend(names.into_iter().map(Into::into));
-        self
-    }
-
-    /// The file `SIGHUP` and `POST /reload` re-read.
-    pub fn reload_from(mut self, path: impl Into<PathBuf>) -> Self {
-        self.source = Some(path.into());
-        self
-    }
-
-    /// Builds the pools and the gateway.
-    pub fn build(self) -> Result<Gateway, PoolError> {
-        Ok(Gateway {
-            shared: Arc::new(Shared::new(
-                self.config,
-                self.router,
-                self.route_names,
-                self.source,
-            )?),
-        })
-    }
-}
-
 impl Gateway {
-    /// A gateway routing with the configuration's own routes.
-    pub fn new(config: &Config) -> Result<Gateway, PoolError> {
-        Self::builder(config).build()
-    }
-
-    /// A builder, to embed faultline with a custom router.
-    pub fn builder(config: &Config) -> GatewayBuilder<'_> {
-        GatewayBuilder {
-            config,
-            router: None,
-            route_names: Vec::new(),
-            source: None,
-        }
-    }
-
     /// The state shared with the admin listener and the background services.
     pub fn shared(&self) -> Arc<Shared> {
         self.shared.clone()
@@ -128,33 +70,12 @@ impl Gateway {
     fn attempt_failed(session: &Session, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
         let kind = classify(&e, ctx.phase);
         let progress = ctx.phase.progress();
-        Self::settle_attempt(ctx, kind, progress);
+        ctx.attempt_failed(kind, progress);
         let retry =
             kind.is_upstream() && retry::may_retry(session, ctx, Trigger::Failure(kind, progress));
         // Pingora panics on an undecided `ReusedOnly` retry: always decide.
         e.set_retry(retry);
         e
-    }
-
-    /// Ends the current attempt with `kind`: its outcome, its backend's counters and health.
-    fn settle_attempt(ctx: &mut RequestCtx, kind: FailureKind, progress: Progress) {
-        ctx.attempts.failed(kind, progress);
-        ctx.decision = Decision::Failed(kind);
-        ctx.pending = None;
-        let probe = ctx.probe.take();
-        if let (Some(pool), Some(a)) = (ctx.pool(), ctx.attempts.last()) {
-            pool.record_failure(a.backend, probe, kind);
-        }
-    }
-
-    /// Counts the last attempt's outcome when it ended with a response: at the next attempt (a
-    /// status retry) or at the end of the request. A failed attempt was counted when it failed.
-    fn end_answered_attempt(ctx: &RequestCtx) {
-        if let (Some(a), Some(pool)) = (ctx.attempts.last(), ctx.pool())
-            && matches!(a.outcome, Outcome::Response(_))
-        {
-            pool.record_answered(a.backend);
-        }
     }
 
     /// Unwinds Pingora's upstream flow with `decision` recorded.
@@ -259,13 +180,7 @@ impl ProxyHttp for Gateway {
             let none = Decision::Failed(FailureKind::DestinationUnavailable);
             return Err(Self::decide(ctx, none, "no backend can be selected"));
         };
-        Self::end_answered_attempt(ctx);
-        ctx.attempts.start(selected.index, selected.probe.is_some());
-        ctx.pending = ctx.pool().map(|pool| pool.start_attempt(selected.index));
-        ctx.probe = selected.probe;
-        ctx.body_bytes = 0;
-        ctx.phase = Phase::Connect;
-        ctx.decision = Decision::Open;
+        ctx.start_attempt(selected);
         Ok(peer)
     }
 
@@ -279,13 +194,7 @@ impl ProxyHttp for Gateway {
         _digest: Option<&Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        ctx.attempts.connected(reused);
-        ctx.phase = Phase::Exchange;
-        if let (Some(pool), Some(a)) = (ctx.pool(), ctx.attempts.last())
-            && let (Some(connect), false) = (a.connect, reused)
-        {
-            pool.record_connect(a.backend, connect);
-        }
+        ctx.connected(reused);
         Ok(())
     }
 
@@ -349,15 +258,7 @@ impl ProxyHttp for Gateway {
             return Ok(());
         }
         let status = upstream_response.status.as_u16();
-        ctx.attempts.responded(status);
-        ctx.phase = Phase::Body;
-        if let Some(pending) = ctx.pending.take() {
-            pending.answered();
-        }
-        let probe = ctx.probe.take();
-        if let (Some(pool), Some(a)) = (ctx.pool(), ctx.attempts.last()) {
-            pool.record_response(a.backend, probe, status, a.header);
-        }
+        ctx.responded(status);
         let Some(route) = ctx.route.clone() else {
             return Ok(());
         };
@@ -425,7 +326,7 @@ impl ProxyHttp for Gateway {
             Decision::Failed(FailureKind::HttpRequestBodySize) => {
                 // The client's fault, not the backend's (the kind never counts against it): the
                 // attempt ends with it, and is never retried.
-                Self::settle_attempt(ctx, FailureKind::HttpRequestBodySize, Progress::Sent);
+                ctx.attempt_failed(FailureKind::HttpRequestBodySize, Progress::Sent);
                 e.set_retry(false);
                 e
             }
@@ -486,8 +387,7 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.release();
-        Self::end_answered_attempt(ctx);
+        ctx.end();
         let failure = ctx.failure();
         if let (Some(kind), Some(e)) = (failure, e)
             && kind.is_upstream()
@@ -500,14 +400,7 @@ impl ProxyHttp for Gateway {
             );
         }
         let written = session.response_written().map(|r| r.status.as_u16());
-        let generated = matches!(ctx.decision, Decision::Generated(_));
-        let (status, source) = match (failure, written) {
-            (Some(FailureKind::ClientAborted), _) => (499, Source::Client),
-            (_, Some(s)) if generated => (s, Source::Proxy),
-            (_, Some(s)) => (s, Source::Origin),
-            (Some(kind), None) => (kind.status(), Source::Proxy),
-            (None, None) => (0, Source::Proxy),
-        };
+        let (status, source) = ctx.final_status(written);
         if let Some(m) = &ctx.metrics {
             m.request(status, source);
         }
