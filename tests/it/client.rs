@@ -271,7 +271,9 @@ impl Client {
     /// on EOF.
     fn fill(&mut self, deadline: Option<Instant>) -> std::io::Result<usize> {
         let wait = match deadline {
-            Some(d) => d.saturating_duration_since(Instant::now()).min(READ_TIMEOUT),
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .min(READ_TIMEOUT),
             None => READ_TIMEOUT,
         };
         if wait.is_zero() {

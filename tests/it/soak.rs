@@ -694,7 +694,10 @@ fn client_loop(
             };
             let mut c = c;
             let request = client::request("GET", "/soak", "app.test", &[("x-request-id", &rid)]);
-            match c.exchange(&request, "GET", CLIENT_TIMEOUT).and_then(complete) {
+            match c
+                .exchange(&request, "GET", CLIENT_TIMEOUT)
+                .and_then(complete)
+            {
                 Ok(reply) => {
                     conn = Some(c);
                     break Ok(reply);
