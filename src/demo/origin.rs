@@ -133,7 +133,7 @@ pub struct Stats {
     pub connections: AtomicUsize,
     /// Requests read completely (head and body).
     pub requests: AtomicUsize,
-    /// The first [`KEPT_HEADS`] request heads, as text.
+    /// The first 4096 request heads, as text (a long run stays bounded).
     pub heads: Mutex<Vec<String>>,
 }
 
