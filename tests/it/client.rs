@@ -1,9 +1,11 @@
-//! A small HTTP/1.1 client over a real socket that reports exactly what came back, including
-//! whether the body ended cleanly or the stream was cut.
+//! The tests' one HTTP/1.1 client, over a real socket: it reports exactly what came back,
+//! including whether the body ended cleanly or the stream was cut, what followed a HEAD
+//! response's header, and (for keep-alive load) whether a reused connection was found closed
+//! before any response byte. Tests that send malformed bytes on purpose use raw sockets.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// A response as the client saw it.
 #[derive(Debug)]
@@ -32,7 +34,39 @@ impl Response {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).to_string()
     }
+
+    /// Status, headers and body on one line, for a failure message.
+    pub fn describe(&self) -> String {
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {v}"))
+            .collect();
+        format!("{} [{}] {:?}", self.status, headers.join("; "), self.text())
+    }
 }
+
+/// Why an exchange produced no response.
+#[derive(Debug)]
+pub enum Failed {
+    /// The connection was closed (EOF or reset) before a single byte of the response: on a
+    /// reused connection, the server closed it after the previous, complete response.
+    ClosedBeforeResponse(String),
+    /// Anything else: a head cut or unparseable, a read error or the deadline.
+    Other(String),
+}
+
+impl std::fmt::Display for Failed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failed::ClosedBeforeResponse(e) => write!(f, "closed before any response byte: {e}"),
+            Failed::Other(e) => f.write_str(e),
+        }
+    }
+}
+
+/// How long one read may wait unless a deadline says less.
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// A client connection.
 pub struct Client {
@@ -43,17 +77,28 @@ pub struct Client {
 impl Client {
     /// Connects to `addr`.
     pub fn connect(addr: SocketAddr) -> Client {
-        Client::from_stream(TcpStream::connect(addr).expect("connect to proxy"))
+        Client::try_connect(addr, READ_TIMEOUT).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Connects to `addr` within `timeout`, with writes bounded by it too.
+    pub fn try_connect(addr: SocketAddr, timeout: Duration) -> Result<Client, String> {
+        let stream = TcpStream::connect_timeout(&addr, timeout)
+            .map_err(|e| format!("connecting to {addr}: {e}"))?;
+        stream
+            .set_nodelay(true)
+            .and_then(|()| stream.set_write_timeout(Some(timeout)))
+            .map_err(|e| format!("socket options: {e}"))?;
+        Ok(Client::from_stream(stream))
     }
 
     /// Wraps an already connected stream.
     pub fn from_stream(stream: TcpStream) -> Client {
         stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
+            .set_read_timeout(Some(READ_TIMEOUT))
             .expect("timeout");
         Client {
             stream,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(4096),
         }
     }
 
@@ -62,33 +107,93 @@ impl Client {
         self.stream.write_all(bytes).expect("write request");
     }
 
-    /// Reads one response to a request of `method`.
+    /// Reads one response to a request of `method`; each read may wait 20 s.
     pub fn read_response(&mut self, method: &str) -> Response {
-        let head_end = loop {
-            if let Some(pos) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
+        self.try_read_response(method, None)
+            .unwrap_or_else(|e| panic!("no response: {e}"))
+    }
+
+    /// One request on a kept-alive connection, its response read completely before
+    /// `within` has passed. A connection found closed before any response byte (on the write
+    /// or the read) is [`Failed::ClosedBeforeResponse`], which the caller may take as the
+    /// server closing a reused connection; bytes left over from an earlier response fail.
+    pub fn exchange(
+        &mut self,
+        request: &[u8],
+        method: &str,
+        within: Duration,
+    ) -> Result<Response, Failed> {
+        let deadline = Instant::now() + within;
+        if !self.buf.is_empty() {
+            return Err(Failed::Other(format!(
+                "bytes after the previous response: {:?}",
+                String::from_utf8_lossy(&self.buf)
+            )));
+        }
+        if let Err(e) = self.stream.write_all(request) {
+            return Err(if closed(&e) {
+                Failed::ClosedBeforeResponse(format!("write: {e}"))
+            } else {
+                Failed::Other(format!("writing the request: {e}"))
+            });
+        }
+        self.try_read_response(method, Some(deadline))
+    }
+
+    /// Reads one response to a request of `method`, before `deadline` if there is one.
+    fn try_read_response(
+        &mut self,
+        method: &str,
+        deadline: Option<Instant>,
+    ) -> Result<Response, Failed> {
+        let (status, headers, head_len) = loop {
+            let mut slots = [httparse::EMPTY_HEADER; 256];
+            let mut parsed = httparse::Response::new(&mut slots);
+            match parsed.parse(&self.buf) {
+                Ok(httparse::Status::Complete(n)) => {
+                    let headers: Vec<(String, String)> = parsed
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_ascii_lowercase(),
+                                String::from_utf8_lossy(h.value).trim().to_string(),
+                            )
+                        })
+                        .collect();
+                    break (parsed.code.unwrap_or(0), headers, n);
+                }
+                Ok(httparse::Status::Partial) => {}
+                Err(e) => {
+                    return Err(Failed::Other(format!(
+                        "unparseable response head ({e}): {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    )));
+                }
             }
-            if !self.fill() {
-                panic!(
-                    "connection closed before a response header; got {:?}",
-                    String::from_utf8_lossy(&self.buf)
-                );
+            match self.fill(deadline) {
+                Ok(0) if self.buf.is_empty() => {
+                    return Err(Failed::ClosedBeforeResponse("EOF".into()));
+                }
+                Err(e) if self.buf.is_empty() && closed(&e) => {
+                    return Err(Failed::ClosedBeforeResponse(format!("read: {e}")));
+                }
+                Ok(0) => {
+                    return Err(Failed::Other(format!(
+                        "closed in the middle of the response head: {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    )));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    return Err(Failed::Other(format!(
+                        "reading the response head: {e}; got {:?}",
+                        String::from_utf8_lossy(&self.buf)
+                    )));
+                }
             }
         };
-        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or("");
-        let status: u16 = status_line
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| panic!("bad status line {status_line:?}"));
-        let headers: Vec<(String, String)> = lines
-            .filter(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':'))
-            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
-            .collect();
-        self.buf.drain(..head_end);
+        self.buf.drain(..head_len);
         let find = |name: &str| {
             headers
                 .iter()
@@ -105,34 +210,40 @@ impl Client {
         } else if no_body {
             (Vec::new(), true)
         } else if find("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
-            self.read_chunked()
+            self.read_chunked(deadline)
         } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
-            while self.buf.len() < len && self.fill() {}
+            while self.buf.len() < len && self.fill(deadline).is_ok_and(|n| n > 0) {}
             let n = len.min(self.buf.len());
             let body: Vec<u8> = self.buf.drain(..n).collect();
             let complete = body.len() == len;
             (body, complete)
         } else {
-            while self.fill() {}
-            let body: Vec<u8> = std::mem::take(&mut self.buf);
-            (body, true)
+            // Delimited by the close: complete only if the close came.
+            let complete = loop {
+                match self.fill(deadline) {
+                    Ok(0) => break true,
+                    Ok(_) => {}
+                    Err(_) => break false,
+                }
+            };
+            (std::mem::take(&mut self.buf), complete)
         };
-        Response {
+        Ok(Response {
             status,
             headers,
             body,
             complete,
-        }
+        })
     }
 
-    fn read_chunked(&mut self) -> (Vec<u8>, bool) {
+    fn read_chunked(&mut self, deadline: Option<Instant>) -> (Vec<u8>, bool) {
         let mut body = Vec::new();
         loop {
             let line_end = loop {
                 if let Some(pos) = self.buf.windows(2).position(|w| w == b"\r\n") {
                     break pos;
                 }
-                if !self.fill() {
+                if !self.fill(deadline).is_ok_and(|n| n > 0) {
                     return (body, false);
                 }
             };
@@ -141,7 +252,7 @@ impl Client {
                 .unwrap_or_else(|_| panic!("bad chunk size {size_text:?}"));
             let need = line_end + 2 + size + 2;
             while self.buf.len() < need {
-                if !self.fill() {
+                if !self.fill(deadline).is_ok_and(|n| n > 0) {
                     let start = (line_end + 2).min(self.buf.len());
                     body.extend_from_slice(&self.buf[start..]);
                     self.buf.clear();
@@ -156,24 +267,37 @@ impl Client {
         }
     }
 
-    /// Reads more bytes; false on EOF or error.
-    fn fill(&mut self) -> bool {
-        let mut chunk = [0u8; 16384];
-        match self.stream.read(&mut chunk) {
-            Ok(0) | Err(_) => false,
-            Ok(n) => {
-                self.buf.extend_from_slice(&chunk[..n]);
-                true
-            }
+    /// Reads more bytes, waiting [`READ_TIMEOUT`] at most and never past `deadline`; `Ok(0)`
+    /// on EOF.
+    fn fill(&mut self, deadline: Option<Instant>) -> std::io::Result<usize> {
+        let wait = match deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .min(READ_TIMEOUT),
+            None => READ_TIMEOUT,
+        };
+        if wait.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
         }
+        self.stream.set_read_timeout(Some(wait))?;
+        let mut chunk = [0u8; 16384];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
     }
 
     /// Everything the server sends until it closes or stays quiet for `quiet`.
     fn bytes_until_quiet(&mut self, quiet: Duration) -> Vec<u8> {
+        let mut chunk = [0u8; 16384];
         self.stream.set_read_timeout(Some(quiet)).expect("timeout");
-        while self.buf.len() < 1 << 20 && self.fill() {}
+        while self.buf.len() < 1 << 20 {
+            match self.stream.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+            }
+        }
         self.stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
+            .set_read_timeout(Some(READ_TIMEOUT))
             .expect("timeout");
         std::mem::take(&mut self.buf)
     }
@@ -190,7 +314,7 @@ impl Client {
             Err(e) => e.kind() == std::io::ErrorKind::ConnectionReset,
         };
         self.stream
-            .set_read_timeout(Some(Duration::from_secs(20)))
+            .set_read_timeout(Some(READ_TIMEOUT))
             .expect("timeout");
         closed
     }
@@ -199,6 +323,16 @@ impl Client {
     pub fn into_stream(self) -> TcpStream {
         self.stream
     }
+}
+
+/// Whether an I/O error means the peer closed or reset the connection.
+fn closed(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::BrokenPipe
+            | std::io::ErrorKind::ConnectionReset
+            | std::io::ErrorKind::ConnectionAborted
+    )
 }
 
 /// Builds a request.

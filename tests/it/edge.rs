@@ -23,8 +23,8 @@ fn two_upstreams(blue: &Origin, green: &Origin) -> String {
 
 #[test]
 fn a_closure_routes_requests() {
-    let blue = Origin::start(Behavior::Named("blue"));
-    let green = Origin::start(Behavior::Named("green"));
+    let blue = Origin::start(Behavior::named("blue"));
+    let green = Origin::start(Behavior::named("green"));
     let to_blue = Arc::new(Route::to_upstream("blue-route", "blue"));
     let to_green = Arc::new(Route::to_upstream("green-route", "green"));
     let proxy = Proxy::start_with(&two_upstreams(&blue, &green), move |b| {
@@ -73,8 +73,8 @@ fn a_closure_routes_requests() {
 
 #[test]
 fn a_route_to_a_missing_upstream_is_a_configuration_error() {
-    let blue = Origin::start(Behavior::Named("blue"));
-    let green = Origin::start(Behavior::Named("green"));
+    let blue = Origin::start(Behavior::named("blue"));
+    let green = Origin::start(Behavior::named("green"));
     let nowhere = Arc::new(Route::to_upstream("nowhere", "purple"));
     let proxy = Proxy::start_with(&two_upstreams(&blue, &green), move |b| {
         b.router(move |_: &RequestHeader| Some(nowhere.clone()))
@@ -91,7 +91,7 @@ fn a_route_to_a_missing_upstream_is_a_configuration_error() {
 fn consistent_hashing_on_a_header_keeps_a_tenant_on_one_backend() {
     let origins: Vec<Origin> = ["a", "b", "c"]
         .iter()
-        .map(|t| Origin::start(Behavior::Named(t)))
+        .map(|t| Origin::start(Behavior::named(t)))
         .collect();
     let mut body =
         String::from("upstreams:\n  app:\n    selection: consistent_hash\n    backends:\n");
@@ -120,8 +120,8 @@ fn consistent_hashing_on_a_header_keeps_a_tenant_on_one_backend() {
 
 #[test]
 fn methods_and_headers_select_routes() {
-    let reads = Origin::start(Behavior::Named("reads"));
-    let writes = Origin::start(Behavior::Named("writes"));
+    let reads = Origin::start(Behavior::named("reads"));
+    let writes = Origin::start(Behavior::named("writes"));
     let body = format!(
         "upstreams:\n  reads: {{ backends: [{{ address: \"{}\" }}] }}\n  writes: {{ backends: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ match: {{ methods: [POST, put] }}, upstream: writes }}\n  - {{ match: {{ headers: {{ x-force-writes: \"1\" }} }}, upstream: writes }}\n  - {{ upstream: reads }}\n",
         reads.addr, writes.addr
@@ -158,8 +158,8 @@ fn temp_file(tag: &str) -> std::path::PathBuf {
 
 #[test]
 fn reload_under_load_loses_nothing() {
-    let a = Origin::start(Behavior::Named("a"));
-    let b = Origin::start(Behavior::Named("b"));
+    let a = Origin::start(Behavior::named("a"));
+    let b = Origin::start(Behavior::named("b"));
     let file = temp_file("reload");
     let body = one_upstream(&[a.addr], "", "");
     let source = file.clone();
@@ -261,7 +261,7 @@ fn reload_under_load_loses_nothing() {
 #[test]
 fn an_ejected_backend_stays_ejected_across_a_reload() {
     let bad = Origin::start(Behavior::Reset);
-    let good = Origin::start(Behavior::Named("good"));
+    let good = Origin::start(Behavior::named("good"));
     let file = temp_file("eject");
     let health = "    health:\n      passive: { consecutive_failures: 2, base_ejection: 30s, max_ejected_percent: 50 }\n";
     let body = one_upstream(&[bad.addr, good.addr], health, "");
@@ -298,7 +298,7 @@ fn an_ejected_backend_stays_ejected_across_a_reload() {
 #[test]
 fn requests_in_flight_finish_on_the_config_they_started_with() {
     let gate = Gate::new();
-    let slow = Origin::start(Behavior::Held(
+    let slow = Origin::start(Behavior::held(
         gate.clone(),
         b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow".to_vec(),
     ));
@@ -338,7 +338,7 @@ fn requests_in_flight_finish_on_the_config_they_started_with() {
 
 #[test]
 fn reload_without_a_file_is_refused() {
-    let a = Origin::start(Behavior::Named("a"));
+    let a = Origin::start(Behavior::named("a"));
     let proxy = Proxy::start(&one_upstream(&[a.addr], "", ""));
     let resp = reload(&proxy);
     assert_eq!(resp.status, 422);

@@ -1,7 +1,10 @@
 //! One test per row of the failure table (DESIGN §1): what the client sees, in every body format,
-//! and what the access log records.
+//! and what the access log records. The rows that share a shape are data, one table for the
+//! failures before any response byte and one for those after the header went downstream, each
+//! run by one driver.
 
 use std::net::SocketAddr;
+use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, Client, Response};
@@ -83,29 +86,6 @@ fn assert_generated(
     }
 }
 
-/// Sends one request per body format and checks the response and the access-log entry.
-fn expect_failure(proxy: &Proxy, method: &str, status: u16, reason: &str, kind: &str, tag: &str) {
-    for (i, accept) in FORMATS.iter().enumerate() {
-        let rid = format!("{tag}-{i}");
-        let resp = client::send_one(
-            proxy.addr,
-            method,
-            "/row",
-            &[("accept", accept), ("x-request-id", &rid)],
-        );
-        assert_generated(&resp, status, reason, kind, &rid, accept);
-        let entry = access_entry(&rid);
-        assert_eq!(entry["status"], status);
-        assert_eq!(entry["source"], "proxy");
-        assert_eq!(entry["failure"], kind);
-        assert_eq!(entry["route"], "main");
-        assert_eq!(entry["upstream"], "app");
-        let attempts = entry["attempts"].as_array().expect("attempts");
-        assert_eq!(attempts.len(), 1, "{entry}");
-        assert_eq!(attempts[0]["outcome"], kind);
-    }
-}
-
 fn proxy_for(backend: SocketAddr, timeouts: &str) -> Proxy {
     let extra = if timeouts.is_empty() {
         String::new()
@@ -115,46 +95,188 @@ fn proxy_for(backend: SocketAddr, timeouts: &str) -> Proxy {
     Proxy::start(&one_upstream(&[backend], &extra, ""))
 }
 
-#[test]
-fn refused_connection_is_502() {
-    let proxy = proxy_for(refused_addr(), "");
-    expect_failure(
-        &proxy,
-        "GET",
-        502,
-        "Bad Gateway",
-        "connection_refused",
-        "refused",
-    );
-    let entry = access_entry("refused-0");
-    assert_eq!(entry["attempts"][0]["progress"], "not_sent");
-    // Pingora 0.9 cannot keep the client connection after an upstream attempt failed: the page
-    // says so with `Connection: close`, and the connection really closes.
-    let mut c = Client::connect(proxy.addr);
-    c.send(&client::request("GET", "/", "app.test", &[]));
-    let resp = c.read_response("GET");
-    assert_eq!(resp.status, 502);
-    assert_eq!(resp.header("connection"), Some("close"));
-    assert!(c.is_closed());
+/// Where a row's one backend is.
+enum Backend {
+    /// A port where connecting is refused.
+    Refused,
+    /// A listener whose accept queue is full: a connect gets no answer.
+    Blackhole,
+    /// An origin that behaves so.
+    Origin(Behavior),
 }
 
-#[test]
-fn connect_timeout_is_504() {
-    let hole = Blackhole::start();
-    let proxy = proxy_for(hole.addr, "connect: 200ms");
+/// A row of the failure table (DESIGN §1) that fails before any response byte reached the
+/// client: what the backend does, and what the client and the access log must show.
+struct Row {
+    backend: Backend,
+    /// The upstream's `timeouts` (YAML flow-map body), none when empty.
+    timeouts: &'static str,
+    method: &'static str,
+    status: u16,
+    reason: &'static str,
+    kind: &'static str,
+    /// How far the one attempt got, as the access log says.
+    progress: &'static str,
+    /// Bounds on the time the three requests (one per body format) take together.
+    took: Range<Duration>,
+}
+
+impl Row {
+    /// A GET to `backend` with the default timeouts, answered `status reason` for `kind`.
+    fn new(
+        backend: Backend,
+        status: u16,
+        reason: &'static str,
+        kind: &'static str,
+        progress: &'static str,
+    ) -> Row {
+        Row {
+            backend,
+            timeouts: "",
+            method: "GET",
+            status,
+            reason,
+            kind,
+            progress,
+            took: Duration::ZERO..Duration::MAX,
+        }
+    }
+
+    fn timeouts(self, timeouts: &'static str) -> Row {
+        Row { timeouts, ..self }
+    }
+
+    fn took(self, took: Range<Duration>) -> Row {
+        Row { took, ..self }
+    }
+}
+
+/// The driver: one request per body format, each on a new connection with the request id
+/// `<tag>-<n>`. Each gets the exact page, then the connection closes; the access log has one
+/// attempt with the row's outcome and progress; an origin saw each request once.
+fn run(tag: &str, row: Row) {
+    let (mut origin, mut _hole) = (None, None);
+    let backend = match row.backend {
+        Backend::Refused => refused_addr(),
+        Backend::Blackhole => _hole.insert(Blackhole::start()).addr,
+        Backend::Origin(behavior) => origin.insert(Origin::start(behavior)).addr,
+    };
+    let proxy = proxy_for(backend, row.timeouts);
     let started = Instant::now();
-    expect_failure(
-        &proxy,
-        "GET",
-        504,
-        "Gateway Timeout",
-        "connection_timeout",
-        "ctimeout",
-    );
+    for (i, accept) in FORMATS.iter().enumerate() {
+        let rid = format!("{tag}-{i}");
+        let mut c = Client::connect(proxy.addr);
+        c.send(&client::request(
+            row.method,
+            "/row",
+            "app.test",
+            &[("accept", accept), ("x-request-id", &rid)],
+        ));
+        let resp = c.read_response(row.method);
+        assert_generated(&resp, row.status, row.reason, row.kind, &rid, accept);
+        // Pingora 0.9 cannot keep the client connection after an upstream attempt failed: the
+        // page says so with `Connection: close`, and the connection really closes.
+        assert_eq!(resp.header("connection"), Some("close"), "{rid}");
+        assert!(c.is_closed(), "{rid}: the connection stayed open");
+        let entry = access_entry(&rid);
+        assert_eq!(entry["status"], row.status);
+        assert_eq!(entry["source"], "proxy");
+        assert_eq!(entry["failure"], row.kind);
+        assert_eq!(entry["route"], "main");
+        assert_eq!(entry["upstream"], "app");
+        let attempts = entry["attempts"].as_array().expect("attempts");
+        assert_eq!(attempts.len(), 1, "{entry}");
+        assert_eq!(attempts[0]["outcome"], row.kind, "{entry}");
+        assert_eq!(attempts[0]["progress"], row.progress, "{entry}");
+    }
+    let took = started.elapsed();
     assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "three connect timeouts of 200ms"
+        row.took.contains(&took),
+        "{tag}: {took:?} is outside {:?}",
+        row.took
     );
+    if let Some(origin) = origin {
+        assert_eq!(
+            origin.requests(),
+            FORMATS.len(),
+            "each request reached the origin once"
+        );
+    }
+}
+
+/// One `#[test]` per row, named after the behaviour, running `driver` on its row with the
+/// test's name as the request-id tag.
+macro_rules! rows {
+    ($driver:ident; $($name:ident: $row:expr;)*) => {
+        $(
+            #[test]
+            fn $name() {
+                $driver(stringify!($name), $row);
+            }
+        )*
+    };
+}
+
+rows! { run;
+    refused_connection_is_502:
+        Row::new(Backend::Refused, 502, "Bad Gateway", "connection_refused", "not_sent");
+    connect_timeout_is_504:
+        Row::new(Backend::Blackhole, 504, "Gateway Timeout", "connection_timeout", "not_sent")
+            .timeouts("connect: 200ms")
+            // Three connect timeouts of 200 ms.
+            .took(Duration::ZERO..Duration::from_secs(5));
+    reset_before_any_byte_is_502:
+        Row::new(origin(Behavior::Reset), 502, "Bad Gateway", "connection_terminated", "sent");
+    close_before_any_byte_is_502:
+        Row::new(origin(Behavior::Close), 502, "Bad Gateway", "connection_terminated", "sent");
+    close_after_partial_header_is_502:
+        Row::new(
+            origin(Behavior::WriteThenClose(b"HTTP/1.1 200 OK\r\nContent-Ty".to_vec())),
+            502, "Bad Gateway", "http_response_incomplete", "sent",
+        );
+    garbage_status_line_is_502:
+        Row::new(
+            origin(Behavior::Raw(b"THIS IS NOT HTTP AT ALL\r\n\r\n".to_vec())),
+            502, "Bad Gateway", "http_protocol_error", "sent",
+        );
+    malformed_content_length_is_502:
+        Row::new(
+            origin(Behavior::Raw(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello".to_vec(),
+            )),
+            502, "Bad Gateway", "http_protocol_error", "sent",
+        );
+    too_many_response_headers_is_502:
+        Row::new(
+            origin(Behavior::Raw(head_with(300, 1))),
+            502, "Bad Gateway", "http_response_header_section_size", "sent",
+        );
+    oversized_response_header_section_is_502:
+        Row::new(
+            origin(Behavior::WriteThenClose(head_with(1, 1_200_000))),
+            502, "Bad Gateway", "http_response_header_section_size", "sent",
+        );
+    no_response_header_in_time_is_504:
+        Row::new(origin(Behavior::Hang), 504, "Gateway Timeout", "http_response_timeout", "sent")
+            .timeouts("response_header: 300ms")
+            // Three waits of 300 ms.
+            .took(Duration::from_millis(900)..Duration::MAX);
+}
+
+fn origin(behavior: Behavior) -> Backend {
+    Backend::Origin(behavior)
+}
+
+/// A `200` head with `count` headers of `size` bytes of value each, and an empty body.
+fn head_with(count: usize, size: usize) -> Vec<u8> {
+    let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
+    for i in 0..count {
+        raw.extend_from_slice(format!("x-h{i}: ").as_bytes());
+        raw.extend(std::iter::repeat_n(b'v', size));
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"content-length: 0\r\n\r\n");
+    raw
 }
 
 #[test]
@@ -204,136 +326,6 @@ fn tls_handshake_with_a_server_not_speaking_tls_is_502_retried_for_any_method() 
         );
         assert_eq!(proxy.metric(&series), 1, "{series}");
     }
-}
-
-#[test]
-fn reset_before_any_byte_is_502() {
-    let origin = Origin::start(Behavior::Reset);
-    let proxy = proxy_for(origin.addr, "");
-    expect_failure(
-        &proxy,
-        "GET",
-        502,
-        "Bad Gateway",
-        "connection_terminated",
-        "reset",
-    );
-    assert_eq!(origin.requests(), 3, "each request reached the origin once");
-}
-
-#[test]
-fn close_before_any_byte_is_502() {
-    let origin = Origin::start(Behavior::Close);
-    let proxy = proxy_for(origin.addr, "");
-    expect_failure(
-        &proxy,
-        "GET",
-        502,
-        "Bad Gateway",
-        "connection_terminated",
-        "close",
-    );
-}
-
-#[test]
-fn close_after_partial_header_is_502() {
-    let origin = Origin::start(Behavior::WriteThenClose(
-        b"HTTP/1.1 200 OK\r\nContent-Ty".to_vec(),
-    ));
-    let proxy = proxy_for(origin.addr, "");
-    expect_failure(
-        &proxy,
-        "GET",
-        502,
-        "Bad Gateway",
-        "http_response_incomplete",
-        "partial",
-    );
-}
-
-#[test]
-fn garbage_status_line_is_502() {
-    let origin = Origin::start(Behavior::Raw(b"THIS IS NOT HTTP AT ALL\r\n\r\n".to_vec()));
-    let proxy = proxy_for(origin.addr, "");
-    expect_failure(
-        &proxy,
-        "GET",
-        502,
-        "Bad Gateway",
-        "http_protocol_error",
-        "garbage",
-    );
-}
-
-#[test]
-fn malformed_content_length_is_502() {
-    let origin = Origin::start(Behavior::Raw(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 7\r\n\r\nhello".to_vec(),
-    ));
-    let proxy = proxy_for(origin.addr, "");
-    expect_failure(
-        &proxy,
-        "GET",
-        502,
-        "Bad Gateway",
-        "http_protocol_error",
-        "badcl",
-    );
-}
-
-#[test]
-fn too_many_response_headers_is_502() {
-    let mut raw = b"HTTP/1.1 200 OK\r\n".to_vec();
-    for i in 0..300 {
-        raw.extend_from_slice(format!("x-h{i}: v\r\n").as_bytes());
-    }
-    raw.extend_from_slice(b"content-length: 0\r\n\r\n");
-    let origin = Origin::start(Behavior::Raw(raw));
-    let proxy = proxy_for(origin.addr, "");
-    expect_failure(
-        &proxy,
-        "GET",
-        502,
-        "Bad Gateway",
-        "http_response_header_section_size",
-        "manyhdr",
-    );
-}
-
-#[test]
-fn oversized_response_header_section_is_502() {
-    let mut raw = b"HTTP/1.1 200 OK\r\nx-big: ".to_vec();
-    raw.extend(std::iter::repeat_n(b'a', 1_200_000));
-    raw.extend_from_slice(b"\r\ncontent-length: 0\r\n\r\n");
-    let origin = Origin::start(Behavior::WriteThenClose(raw));
-    let proxy = proxy_for(origin.addr, "");
-    expect_failure(
-        &proxy,
-        "GET",
-        502,
-        "Bad Gateway",
-        "http_response_header_section_size",
-        "bighdr",
-    );
-}
-
-#[test]
-fn no_response_header_in_time_is_504() {
-    let origin = Origin::start(Behavior::Hang);
-    let proxy = proxy_for(origin.addr, "response_header: 300ms");
-    let started = Instant::now();
-    expect_failure(
-        &proxy,
-        "GET",
-        504,
-        "Gateway Timeout",
-        "http_response_timeout",
-        "hang",
-    );
-    assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "three waits of 300ms"
-    );
 }
 
 #[test]
@@ -461,116 +453,103 @@ fn origin_404_passes_through() {
     expect_pass_through("404 Not Found", 404);
 }
 
-#[test]
-fn close_mid_body_aborts_the_client_stream() {
-    let mut raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
-    raw.extend(std::iter::repeat_n(b'z', 100));
-    let origin = Origin::start(Behavior::WriteThenClose(raw));
-    let proxy = proxy_for(origin.addr, "");
-    let resp = client::get(proxy.addr, "/b", &[("x-request-id", "midbody")]);
+/// A row of the failure table whose failure comes after the response header went downstream:
+/// the status cannot change, so the client's stream is aborted after the bytes that came.
+struct BodyRow {
+    behavior: Behavior,
+    timeouts: &'static str,
+    /// The body bytes the client gets before the abort.
+    body: Vec<u8>,
+    kind: &'static str,
+    /// Bounds on the time the request takes.
+    took: Range<Duration>,
+}
+
+impl BodyRow {
+    fn new(behavior: Behavior, body: &[u8], kind: &'static str) -> BodyRow {
+        BodyRow {
+            behavior,
+            timeouts: "",
+            body: body.to_vec(),
+            kind,
+            took: Duration::ZERO..Duration::MAX,
+        }
+    }
+}
+
+/// The driver of the body rows: a `200` whose body is cut after the row's bytes; the access
+/// log says the origin answered and the attempt failed with the row's kind once the response
+/// had started; the attempt counts once, under that kind and not as a response.
+fn run_body(tag: &str, row: BodyRow) {
+    let origin = Origin::start(row.behavior);
+    let proxy = proxy_for(origin.addr, row.timeouts);
+    let started = Instant::now();
+    let resp = client::get(proxy.addr, "/b", &[("x-request-id", tag)]);
+    let took = started.elapsed();
     assert_eq!(resp.status, 200, "the status was already sent");
     assert!(
         !resp.complete,
-        "client must see an aborted body, got {} bytes",
+        "the client must see an aborted body, got {} bytes",
         resp.body.len()
     );
-    assert_eq!(resp.body.len(), 100);
-    let entry = access_entry("midbody");
-    assert_eq!(entry["status"], 200);
-    assert_eq!(entry["failure"], "http_response_incomplete");
-    assert_eq!(entry["source"], "origin");
-    assert_eq!(entry["attempts"][0]["outcome"], "http_response_incomplete");
-    assert_eq!(entry["attempts"][0]["progress"], "response_started");
-}
-
-#[test]
-fn close_mid_chunked_body_aborts_the_client_stream() {
-    let raw =
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n".to_vec();
-    let origin = Origin::start(Behavior::WriteThenClose(raw));
-    let proxy = proxy_for(origin.addr, "");
-    let resp = client::get(proxy.addr, "/c", &[("x-request-id", "midchunk")]);
-    assert_eq!(resp.status, 200);
-    assert!(!resp.complete, "no terminating chunk may reach the client");
-    assert_eq!(resp.body, b"0123456789abcdef");
-    let entry = access_entry("midchunk");
-    assert_eq!(entry["failure"], "http_response_incomplete");
-}
-
-#[test]
-fn origin_stalling_mid_body_aborts_the_client_stream_after_the_read_timeout() {
-    let mut raw = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
-    raw.extend(std::iter::repeat_n(b's', 100));
-    let origin = Origin::start(Behavior::WriteThenHang(raw));
-    let proxy = proxy_for(origin.addr, "response_header: 400ms");
-    let started = Instant::now();
-    let resp = client::get(proxy.addr, "/s", &[("x-request-id", "midstall")]);
-    let took = started.elapsed();
-    assert_eq!(resp.status, 200, "the status was already sent");
-    assert!(!resp.complete, "the client must see an aborted body");
-    assert_eq!(resp.body, vec![b's'; 100]);
-    // The read timeout (the upstream's `response_header`) ends the wait for the rest.
+    assert_eq!(resp.body, row.body);
     assert!(
-        took >= Duration::from_millis(400) && took < Duration::from_secs(3),
-        "{took:?}"
+        row.took.contains(&took),
+        "{took:?} is outside {:?}",
+        row.took
     );
-    let entry = access_entry("midstall");
+    let entry = access_entry(tag);
     assert_eq!(entry["status"], 200);
     assert_eq!(entry["source"], "origin");
-    assert_eq!(entry["failure"], "connection_read_timeout");
-    assert_eq!(entry["attempts"][0]["outcome"], "connection_read_timeout");
+    assert_eq!(entry["failure"], row.kind);
+    assert_eq!(entry["attempts"][0]["outcome"], row.kind);
     assert_eq!(entry["attempts"][0]["progress"], "response_started");
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"connection_read_timeout\"}}",
+    let series = |outcome: &str| {
+        format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"{outcome}\"}}",
             origin.addr
-        )),
-        1
-    );
+        )
+    };
+    assert_eq!(proxy.metric(&series(row.kind)), 1);
     // One outcome per attempt: the response header that came first is not counted as one.
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"response\"}}",
-            origin.addr
-        )),
-        0
-    );
+    assert_eq!(proxy.metric(&series("response")), 0);
 }
 
-#[test]
-fn a_broken_chunk_in_the_response_aborts_the_client_stream() {
-    let raw =
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\ngood\r\nzz\r\nbad\r\n0\r\n\r\n"
-            .to_vec();
-    let origin = Origin::start(Behavior::WriteThenHang(raw));
-    let proxy = proxy_for(origin.addr, "");
-    let resp = client::get(proxy.addr, "/t", &[("x-request-id", "badchunk")]);
-    assert_eq!(resp.status, 200, "the status was already sent");
-    assert!(!resp.complete, "no terminating chunk may reach the client");
-    assert_eq!(resp.body, b"good");
-    let entry = access_entry("badchunk");
-    assert_eq!(entry["status"], 200);
-    assert_eq!(entry["failure"], "http_response_transfer_coding");
-    assert_eq!(
-        entry["attempts"][0]["outcome"],
-        "http_response_transfer_coding"
-    );
-    assert_eq!(entry["attempts"][0]["progress"], "response_started");
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"http_response_transfer_coding\"}}",
-            origin.addr
-        )),
-        1
-    );
-    // One outcome per attempt: the response header that came first is not counted as one.
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"response\"}}",
-            origin.addr
-        )),
-        0
-    );
+rows! { run_body;
+    close_mid_body_aborts_the_client_stream:
+        BodyRow::new(
+            Behavior::WriteThenClose(head_then(b"Content-Length: 1000", &[b'z'; 100])),
+            &[b'z'; 100], "http_response_incomplete",
+        );
+    close_mid_chunked_body_aborts_the_client_stream:
+        BodyRow::new(
+            Behavior::WriteThenClose(head_then(
+                b"Transfer-Encoding: chunked", b"10\r\n0123456789abcdef\r\n",
+            )),
+            b"0123456789abcdef", "http_response_incomplete",
+        );
+    origin_stalling_mid_body_aborts_the_client_stream_after_the_read_timeout:
+        BodyRow {
+            timeouts: "response_header: 400ms",
+            // The read timeout (the upstream's `response_header`) ends the wait for the rest.
+            took: Duration::from_millis(400)..Duration::from_secs(3),
+            ..BodyRow::new(
+                Behavior::WriteThenHang(head_then(b"Content-Length: 1000", &[b's'; 100])),
+                &[b's'; 100], "connection_read_timeout",
+            )
+        };
+    a_broken_chunk_in_the_response_aborts_the_client_stream:
+        BodyRow::new(
+            Behavior::WriteThenHang(head_then(
+                b"Transfer-Encoding: chunked", b"4\r\ngood\r\nzz\r\nbad\r\n0\r\n\r\n",
+            )),
+            b"good", "http_response_transfer_coding",
+        );
+}
+
+/// A `200` head with one framing header, then these body bytes.
+fn head_then(framing: &[u8], body: &[u8]) -> Vec<u8> {
+    [b"HTTP/1.1 200 OK\r\n", framing, b"\r\n\r\n", body].concat()
 }
 
 #[test]

@@ -19,7 +19,7 @@ fn passive(consecutive: u32, base: &str, percent: u8, statuses: &str) -> String 
 #[test]
 fn failing_backend_is_ejected_then_probed_then_ejected_for_longer() {
     let bad = Origin::start(Behavior::Reset);
-    let good = Origin::start(Behavior::Named("good"));
+    let good = Origin::start(Behavior::named("good"));
     let proxy = Proxy::start(&one_upstream(
         &[bad.addr, good.addr],
         &passive(3, "1500ms", 50, ""),
@@ -110,7 +110,7 @@ fn failing_backend_is_ejected_then_probed_then_ejected_for_longer() {
 #[test]
 fn a_successful_probe_brings_the_backend_back() {
     let flaky = Origin::start(Behavior::Reset);
-    let good = Origin::start(Behavior::Named("good"));
+    let good = Origin::start(Behavior::named("good"));
     let proxy = Proxy::start(&one_upstream(
         &[flaky.addr, good.addr],
         &passive(2, "300ms", 50, ""),
@@ -125,7 +125,7 @@ fn a_successful_probe_brings_the_backend_back() {
     wait_for_status(&proxy, "ejection", |s| {
         backend_status(s, flaky.addr)["state"] == "ejected"
     });
-    flaky.set(Behavior::Named("flaky"));
+    flaky.set(Behavior::named("flaky"));
     wait_for_status(&proxy, "half-open", |s| {
         backend_status(s, flaky.addr)["state"] == "half_open"
     });
@@ -220,7 +220,7 @@ fn origin_503_counts_only_when_listed() {
     let busy = b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy".to_vec();
     for (listed, expect_ejection) in [("503", true), ("", false)] {
         let sick = Origin::start(Behavior::Raw(busy.clone()));
-        let good = Origin::start(Behavior::Named("good"));
+        let good = Origin::start(Behavior::named("good"));
         let proxy = Proxy::start(&one_upstream(
             &[sick.addr, good.addr],
             &passive(2, "10s", 50, listed),
@@ -278,8 +278,8 @@ fn client_aborts_never_count_against_a_backend() {
 
 #[test]
 fn active_check_marks_a_stalled_backend_down_and_back_up() {
-    let a = Origin::start(Behavior::Named("a"));
-    let b = Origin::start(Behavior::Named("b"));
+    let a = Origin::start(Behavior::named("a"));
+    let b = Origin::start(Behavior::named("b"));
     let proxy = Proxy::start(&one_upstream(
         &[a.addr, b.addr],
         "    health:\n      active: { path: /healthz, interval: 100ms, timeout: 100ms }\n",
@@ -305,7 +305,7 @@ fn active_check_marks_a_stalled_backend_down_and_back_up() {
             .iter()
             .all(|h| h.contains("faultline-health"))
     );
-    a.set(Behavior::Named("a"));
+    a.set(Behavior::named("a"));
     wait_for_status(&proxy, "a up", |s| {
         backend_status(s, a.addr)["active_check"] == "up"
     });
@@ -325,7 +325,7 @@ fn active_check_marks_a_stalled_backend_down_and_back_up() {
 #[test]
 fn an_active_check_success_ends_a_passive_ejection() {
     let flaky = Origin::start(Behavior::Reset);
-    let good = Origin::start(Behavior::Named("good"));
+    let good = Origin::start(Behavior::named("good"));
     // TCP checks: a backend that accepts connections passes, so the checks pass all along while
     // the requests fail; the passive ejection is long, so only a check can end it in time.
     let proxy = Proxy::start(&one_upstream(
@@ -349,7 +349,7 @@ fn an_active_check_success_ends_a_passive_ejection() {
         "the failing backend was ejected"
     );
     let ejected = std::time::Instant::now();
-    flaky.set(Behavior::Named("flaky"));
+    flaky.set(Behavior::named("flaky"));
     wait_for_status(&proxy, "the ejection to end", |s| {
         backend_status(s, flaky.addr)["state"] == "healthy"
     });
@@ -368,7 +368,7 @@ fn an_active_check_success_ends_a_passive_ejection() {
 fn metrics_tell_which_backend_failed_how() {
     let dead = refused_addr();
     let slow = Origin::start(Behavior::Hang);
-    let ok = Origin::start(Behavior::Named("ok"));
+    let ok = Origin::start(Behavior::named("ok"));
     let body = format!(
         "upstreams:
   dead: {{ backends: [{{ address: \"{dead}\" }}] }}
@@ -482,7 +482,7 @@ routes:
 
 #[test]
 fn admin_endpoints() {
-    let ok = Origin::start(Behavior::Named("ok"));
+    let ok = Origin::start(Behavior::named("ok"));
     let proxy = Proxy::start(&one_upstream(&[ok.addr], "", ""));
     let h = client::get(proxy.admin, "/healthz", &[]);
     assert_eq!((h.status, h.text().as_str()), (200, "ok\n"));
@@ -500,7 +500,7 @@ fn failure_rate_ejects_a_backend_that_fails_half_the_time() {
     // Never three in a row, but half of all attempts fail.
     let ok = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec();
     let flaky = Origin::start(Behavior::Cycle(vec![Behavior::Raw(ok), Behavior::Reset]));
-    let good = Origin::start(Behavior::Named("good"));
+    let good = Origin::start(Behavior::named("good"));
     let health = "    health:\n      passive: { consecutive_failures: 3, base_ejection: 10s, failure_rate: { percent: 40, window: 30s, min_requests: 6 } }\n";
     let proxy = Proxy::start(&one_upstream(&[flaky.addr, good.addr], health, ""));
     for _ in 0..40 {
@@ -523,8 +523,8 @@ fn failure_rate_ejects_a_backend_that_fails_half_the_time() {
 
 #[test]
 fn a_backend_that_stops_answering_is_passed_over_before_its_first_timeout() {
-    let good = Origin::start(Behavior::Named("good"));
-    let silent = Origin::start(Behavior::Named("silent"));
+    let good = Origin::start(Behavior::named("good"));
+    let silent = Origin::start(Behavior::named("silent"));
     // No passive health: only the answering check keeps requests away from the silent backend.
     let proxy = Proxy::start(&one_upstream(
         &[good.addr, silent.addr],

@@ -46,7 +46,7 @@ fn raw_exchange(proxy: &Proxy, raw: &[u8]) -> Exchange {
 
 #[test]
 fn ambiguous_framing_is_refused_and_never_forwarded() {
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
     let cases: &[(&str, &[u8], &str)] = &[
         (
@@ -100,7 +100,7 @@ fn ambiguous_framing_is_refused_and_never_forwarded() {
 
 #[test]
 fn a_broken_chunked_body_is_400() {
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
     let answer = raw_exchange(
         &proxy,
@@ -117,7 +117,7 @@ fn a_broken_chunked_body_is_400() {
 
 #[test]
 fn an_oversized_header_section_is_431() {
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
     let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: big431\r\nX-Big: ".to_vec();
     raw.extend(std::iter::repeat_n(
@@ -141,7 +141,7 @@ fn an_oversized_header_section_is_431() {
 #[test]
 fn an_upstream_at_its_in_flight_limit_answers_503_at_once() {
     let gate = Gate::new();
-    let slow = Origin::start(Behavior::Held(
+    let slow = Origin::start(Behavior::held(
         gate.clone(),
         b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nslow".to_vec(),
     ));

@@ -32,8 +32,8 @@ fn route_to(origin: &Origin) -> String {
 
 #[test]
 fn sighup_reloads_the_file() {
-    let a = Origin::start(Behavior::Named("a"));
-    let b = Origin::start(Behavior::Named("b"));
+    let a = Origin::start(Behavior::named("a"));
+    let b = Origin::start(Behavior::named("b"));
     let running = Running::start("hup", "server: { threads: 1 }", &route_to(&a));
     assert_eq!(client::get(running.addr, "/", &[]).text(), "origin a");
 
@@ -59,8 +59,8 @@ fn sighup_reloads_the_file() {
 
 #[test]
 fn sigterm_stops_accepting_and_lets_slow_requests_finish() {
-    let slow = Origin::start(Behavior::Delayed(
-        1500,
+    let slow = Origin::start(Behavior::delayed(
+        Duration::from_millis(1500),
         b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished".to_vec(),
     ));
     let mut running = Running::start(
@@ -156,7 +156,7 @@ fn sigint_exits_at_once_and_closes_requests_in_flight() {
 
 #[test]
 fn upgrade_hands_the_listeners_over_without_a_failed_request() {
-    let origin = Origin::start(Behavior::Named("up"));
+    let origin = Origin::start(Behavior::named("up"));
     let mut old = Running::start(
         "upgrade",
         "server: { threads: 1, pid_file: \"{dir}/pid\", upgrade_sock: \"{dir}/upgrade.sock\", grace_period_seconds: 1, graceful_shutdown_timeout_seconds: 1 }",

@@ -83,7 +83,7 @@ fn header_of<'a>(response: &'a str, name: &str) -> Option<&'a str> {
 
 #[test]
 fn a_header_trickled_past_the_deadline_gets_408_and_the_connection_closes() {
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&format!(
         "clients: {{ header_timeout: 400ms }}\n{}",
         one_upstream(&[origin.addr], "", "")
@@ -142,7 +142,7 @@ fn a_connection_that_sends_nothing_is_closed_without_a_word() {
 
 #[test]
 fn on_a_kept_alive_connection_the_next_header_has_its_own_deadline() {
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&format!(
         "clients: {{ header_timeout: 300ms, keepalive_timeout: 5s }}\n{}",
         one_upstream(&[origin.addr], "", "")
@@ -173,7 +173,7 @@ fn on_a_kept_alive_connection_the_next_header_has_its_own_deadline() {
 
 #[test]
 fn a_declared_body_over_the_route_limit_is_413_before_any_byte_is_forwarded() {
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&one_upstream(
         &[origin.addr],
         "",
@@ -263,7 +263,7 @@ fn a_chunked_body_growing_past_the_limit_is_413_and_not_the_backends_fault() {
 
 #[test]
 fn connections_beyond_the_limit_get_503_and_are_closed() {
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&format!(
         "clients: {{ max_connections: 2 }}\n{}",
         one_upstream(&[origin.addr], "", "")
@@ -363,7 +363,7 @@ fn a_body_that_stalls_mid_way_is_408_and_not_the_backends_fault() {
 
 #[test]
 fn a_big_header_sent_fast_then_trickled_still_meets_the_deadline() {
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&format!(
         "clients: {{ header_timeout: 500ms }}\n{}",
         one_upstream(&[origin.addr], "", "")

@@ -6,8 +6,8 @@ use crate::origin::{Behavior, Origin};
 
 #[test]
 fn round_robin_spreads_across_two_backends() {
-    let a = Origin::start(Behavior::Named("a"));
-    let b = Origin::start(Behavior::Named("b"));
+    let a = Origin::start(Behavior::named("a"));
+    let b = Origin::start(Behavior::named("b"));
     let proxy = Proxy::start(&one_upstream(&[a.addr, b.addr], "", ""));
     let mut seen = Vec::new();
     for _ in 0..10 {
@@ -25,8 +25,8 @@ fn round_robin_spreads_across_two_backends() {
 
 #[test]
 fn weights_shape_the_share() {
-    let a = Origin::start(Behavior::Named("a"));
-    let b = Origin::start(Behavior::Named("b"));
+    let a = Origin::start(Behavior::named("a"));
+    let b = Origin::start(Behavior::named("b"));
     let body = format!(
         "upstreams:\n  app:\n    backends:\n      - {{ address: \"{}\", weight: 3 }}\n      - {{ address: \"{}\" }}\nroutes:\n  - upstream: app\n",
         a.addr, b.addr
@@ -41,10 +41,10 @@ fn weights_shape_the_share() {
 
 #[test]
 fn host_and_longest_prefix_routing() {
-    let api = Origin::start(Behavior::Named("api"));
-    let api_v2 = Origin::start(Behavior::Named("api-v2"));
-    let wild = Origin::start(Behavior::Named("wild"));
-    let fallback = Origin::start(Behavior::Named("fallback"));
+    let api = Origin::start(Behavior::named("api"));
+    let api_v2 = Origin::start(Behavior::named("api-v2"));
+    let wild = Origin::start(Behavior::named("wild"));
+    let fallback = Origin::start(Behavior::named("fallback"));
     let body = format!(
         "upstreams:
   api: {{ backends: [{{ address: \"{}\" }}] }}
@@ -78,7 +78,7 @@ routes:
 
 #[test]
 fn no_route_is_a_404_from_the_proxy_and_keeps_the_connection() {
-    let a = Origin::start(Behavior::Named("a"));
+    let a = Origin::start(Behavior::named("a"));
     let body = format!(
         "upstreams:\n  app: {{ backends: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ match: {{ host: app.test, path_prefix: /api }}, upstream: app }}\n",
         a.addr
@@ -116,7 +116,7 @@ fn no_route_is_a_404_from_the_proxy_and_keeps_the_connection() {
 
 #[test]
 fn upstream_connections_are_reused() {
-    let a = Origin::start(Behavior::Named("a"));
+    let a = Origin::start(Behavior::named("a"));
     let proxy = Proxy::start(&one_upstream(&[a.addr], "", ""));
     for _ in 0..20 {
         assert_eq!(client::get(proxy.addr, "/", &[]).status, 200);
@@ -136,7 +136,7 @@ fn upstream_connections_are_reused() {
 
 #[test]
 fn forwarded_headers_and_hop_by_hop() {
-    let a = Origin::start(Behavior::Named("a"));
+    let a = Origin::start(Behavior::named("a"));
     let proxy = Proxy::start(&one_upstream(&[a.addr], "", ""));
     let mut c = Client::connect(proxy.addr);
     c.send(&client::request(
@@ -177,7 +177,7 @@ fn forwarded_headers_and_hop_by_hop() {
 
 #[test]
 fn header_names_reach_the_origin_lowercase_unless_case_is_preserved() {
-    let a = Origin::start(Behavior::Named("a"));
+    let a = Origin::start(Behavior::named("a"));
     let cases = [
         (
             "",
@@ -213,7 +213,7 @@ fn header_names_reach_the_origin_lowercase_unless_case_is_preserved() {
 
 #[test]
 fn trusted_proxies_extend_x_forwarded_for() {
-    let a = Origin::start(Behavior::Named("a"));
+    let a = Origin::start(Behavior::named("a"));
     let body = format!(
         "trusted_proxies: [\"127.0.0.0/8\"]\n{}",
         one_upstream(&[a.addr], "", "")

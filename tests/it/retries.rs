@@ -10,7 +10,7 @@ use crate::origin::{Behavior, Blackhole, Origin, refused_addr};
 /// (milliseconds) and these extra route lines.
 fn hanging_and_good(timeout_ms: u64, route: &str) -> (Origin, Origin, Proxy) {
     let hang = Origin::start(Behavior::Hang);
-    let good = Origin::start(Behavior::Named("good"));
+    let good = Origin::start(Behavior::named("good"));
     let proxy = Proxy::start(&one_upstream(
         &[hang.addr, good.addr],
         &format!("    timeouts: {{ response_header: {timeout_ms}ms }}\n"),
@@ -31,7 +31,7 @@ fn outcomes(rid: &str) -> Vec<String> {
 
 #[test]
 fn refused_backend_is_failed_over_for_every_method() {
-    let good = Origin::start(Behavior::Named("good"));
+    let good = Origin::start(Behavior::named("good"));
     let dead = refused_addr();
     let proxy = Proxy::start(&one_upstream(&[dead, good.addr], "", ""));
     let mut failed_over = 0;
@@ -125,7 +125,7 @@ fn get_to_a_hanging_backend_fails_over() {
 
 #[test]
 fn attempts_one_means_no_retry() {
-    let good = Origin::start(Behavior::Named("good"));
+    let good = Origin::start(Behavior::named("good"));
     let proxy = Proxy::start(&one_upstream(
         &[refused_addr(), good.addr],
         "",
@@ -154,8 +154,8 @@ const ORIGIN_503: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: te
 
 #[test]
 fn three_backends_one_refusing_every_request_succeeds() {
-    let a = Origin::start(Behavior::Named("a"));
-    let b = Origin::start(Behavior::Named("b"));
+    let a = Origin::start(Behavior::named("a"));
+    let b = Origin::start(Behavior::named("b"));
     let dead = refused_addr();
     let proxy = Proxy::start(&one_upstream(&[a.addr, dead, b.addr], "", ""));
     for i in 0..100 {
@@ -589,7 +589,7 @@ fn the_retry_column_of_the_failure_table_row_by_row() {
         row("http_response_timeout", origins[4].addr, true, false),
     ];
     for r in &rows {
-        let good = Origin::start(Behavior::Named("good"));
+        let good = Origin::start(Behavior::named("good"));
         let proxy = Proxy::start(&one_upstream(
             &[r.backend, good.addr],
             &format!("    timeouts: {{ {} }}\n", r.timeouts),

@@ -11,18 +11,17 @@
 //! non-zero counters at the end. Run with `--nocapture` for the summary.
 
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket};
 
 use faultline::FailureKind;
+use faultline::demo::origin::{Behavior, Origin as KitOrigin};
 
-use crate::client;
+use crate::client::{self, Client, Failed, Response};
 use crate::harness::Binary;
 
 /// Origins behind the upstream.
@@ -67,7 +66,6 @@ impl XorShift {
 
 /// What an origin does right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-#[repr(u8)]
 enum Mode {
     /// 200 with a body naming the origin, keep-alive.
     Healthy,
@@ -79,7 +77,8 @@ enum Mode {
     Stalling,
     /// Answers bytes that are not HTTP, then closes.
     Garbage,
-    /// 200 after 50 to 150 ms, well inside the proxy's 300 ms response-header timeout.
+    /// 200 after 50 to 150 ms (one delay per slow period), well inside the proxy's 300 ms
+    /// response-header timeout.
     Slow,
     /// 503 with a body naming the origin.
     Unavailable,
@@ -95,8 +94,28 @@ const MODES: [Mode; 6] = [
 ];
 
 impl Mode {
-    fn from_u8(v: u8) -> Mode {
-        MODES[usize::from(v).min(MODES.len() - 1)]
+    /// What origin `index` does with each request in this mode (the listener's part of
+    /// `Refusing` is `run_origin`'s). Answers echo the request's `X-Request-Id`, so the client
+    /// can tell that the response it got is the one to its own request. A slow period's delay
+    /// is drawn from `delay_rng`.
+    fn behavior(self, index: usize, delay_rng: &mut XorShift) -> Behavior {
+        let text = |status, body| Behavior::Text {
+            status,
+            body,
+            echo_request_id: true,
+        };
+        match self {
+            Mode::Healthy => text(200, ok_body(index)),
+            Mode::Slow => Behavior::Delayed(
+                Duration::from_millis(delay_rng.range(50, 150)),
+                Box::new(text(200, ok_body(index))),
+            ),
+            Mode::Unavailable => text(503, unavailable_body(index)),
+            // A crashed process: a request on a connection accepted earlier is reset.
+            Mode::Refusing => Behavior::Reset,
+            Mode::Stalling => Behavior::Hang,
+            Mode::Garbage => Behavior::WriteThenClose(b"THIS IS NOT HTTP\r\n\r\n".to_vec()),
+        }
     }
 
     /// The failure kinds an attempt on an origin in this mode can end with, as `classify`
@@ -248,8 +267,8 @@ async fn run_origin(index: usize, listener: TcpListener, seed: u64, shared: Arc<
     // The schedule has a stream of its own, so that the mode sequence of each origin depends on
     // the seed alone, not on how many connections happened to arrive.
     let mut rng = XorShift::new(seed ^ (index as u64).wrapping_mul(0xA24B_AED4_963E_E407));
-    let mut conn_rng = XorShift::new(rng.next());
-    let mode = Arc::new(AtomicU8::new(Mode::Healthy as u8));
+    let mut delay_rng = XorShift::new(rng.next());
+    let origin = KitOrigin::new(Mode::Healthy.behavior(index, &mut delay_rng));
     let Ok(addr) = listener.local_addr() else {
         return;
     };
@@ -266,7 +285,7 @@ async fn run_origin(index: usize, listener: TcpListener, seed: u64, shared: Arc<
                 () = tokio::time::sleep_until(until) => break,
                 accepted = l.accept() => {
                     if let Ok((stream, _)) = accepted {
-                        tokio::spawn(serve(index, stream, mode.clone(), conn_rng.next()));
+                        tokio::spawn(origin.clone().connection(stream));
                     }
                 }
             }
@@ -282,7 +301,7 @@ async fn run_origin(index: usize, listener: TcpListener, seed: u64, shared: Arc<
             });
             journal.len() - 1
         });
-        mode.store(next as u8, Ordering::SeqCst);
+        origin.set(next.behavior(index, &mut delay_rng));
         if next == Mode::Refusing && listener.is_some() {
             drop(listener.take());
             match hold(addr) {
@@ -313,81 +332,6 @@ async fn run_origin(index: usize, listener: TcpListener, seed: u64, shared: Arc<
 fn push_error(shared: &Shared, e: String) {
     if let Ok(mut errors) = shared.origin_errors.lock() {
         errors.push(e);
-    }
-}
-
-/// One accepted connection: each request is answered as the origin's mode says at that moment.
-/// Answers echo the request's `X-Request-Id`, so the client can tell that the response it got
-/// is the one to its own request.
-async fn serve(index: usize, mut stream: tokio::net::TcpStream, mode: Arc<AtomicU8>, seed: u64) {
-    let mut rng = XorShift::new(seed);
-    let mut buf = Vec::new();
-    loop {
-        // Requests are GETs without a body: the head is the request.
-        let head_end = loop {
-            if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break pos + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match stream.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-        buf.drain(..head_end);
-        let rid = head
-            .lines()
-            .find_map(|l| {
-                let (name, value) = l.split_once(':')?;
-                name.eq_ignore_ascii_case("x-request-id")
-                    .then(|| value.trim().to_string())
-            })
-            .unwrap_or_default();
-        let answer = |status: &str, body: String| {
-            format!(
-                "HTTP/1.1 {status}\r\ncontent-type: text/plain\r\nx-request-id: {rid}\r\ncontent-length: {}\r\n\r\n{body}",
-                body.len()
-            )
-        };
-        let written = match Mode::from_u8(mode.load(Ordering::SeqCst)) {
-            Mode::Healthy => {
-                stream
-                    .write_all(answer("200 OK", ok_body(index)).as_bytes())
-                    .await
-            }
-            Mode::Slow => {
-                tokio::time::sleep(Duration::from_millis(rng.range(50, 150))).await;
-                stream
-                    .write_all(answer("200 OK", ok_body(index)).as_bytes())
-                    .await
-            }
-            Mode::Unavailable => {
-                let resp = answer("503 Service Unavailable", unavailable_body(index));
-                stream.write_all(resp.as_bytes()).await
-            }
-            Mode::Garbage => {
-                let _ = stream.write_all(b"THIS IS NOT HTTP\r\n\r\n").await;
-                let _ = stream.flush().await;
-                return;
-            }
-            Mode::Stalling => {
-                let mut sink = [0u8; 1024];
-                while let Ok(n) = stream.read(&mut sink).await {
-                    if n == 0 {
-                        break;
-                    }
-                }
-                return;
-            }
-            Mode::Refusing => {
-                let _ = stream.set_zero_linger();
-                return;
-            }
-        };
-        if written.is_err() {
-            return;
-        }
     }
 }
 
@@ -470,186 +414,26 @@ fn counters(running: &Binary) -> Counters {
     c
 }
 
-/// A response as the soak client saw it.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
+/// The soak's framing rule: every response, an origin's or the proxy's, has a Content-Length
+/// and arrives whole.
+fn complete(reply: Response) -> Result<Response, Failed> {
+    let Some(length) = reply
+        .header("content-length")
+        .and_then(|v| v.parse::<usize>().ok())
+    else {
+        return Err(Failed::Other(format!(
+            "no Content-Length in a {} response: {:?}",
+            reply.status, reply.headers
+        )));
+    };
+    if !reply.complete {
+        return Err(Failed::Other(format!(
+            "{} response cut at {} of {length} body bytes",
+            reply.status,
+            reply.body.len()
+        )));
     }
-
-    fn describe(&self) -> String {
-        let headers: Vec<String> = self
-            .headers
-            .iter()
-            .map(|(n, v)| format!("{n}: {v}"))
-            .collect();
-        format!(
-            "{} [{}] {:?}",
-            self.status,
-            headers.join("; "),
-            String::from_utf8_lossy(&self.body)
-        )
-    }
-}
-
-/// Why an exchange produced no response.
-enum Failed {
-    /// The connection was closed (EOF or reset) before a single byte of the response: on a
-    /// reused connection, the proxy closed it after the previous, complete response.
-    ClosedBeforeResponse(String),
-    /// Anything else.
-    Other(String),
-}
-
-/// A keep-alive client connection to the proxy.
-struct Conn {
-    stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Conn {
-    fn connect(addr: SocketAddr) -> Result<Conn, String> {
-        let stream = TcpStream::connect_timeout(&addr, CLIENT_TIMEOUT)
-            .map_err(|e| format!("connecting to the proxy: {e}"))?;
-        stream
-            .set_nodelay(true)
-            .and_then(|()| stream.set_write_timeout(Some(CLIENT_TIMEOUT)))
-            .map_err(|e| format!("socket options: {e}"))?;
-        Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(4096),
-        })
-    }
-
-    /// Reads more bytes before `deadline`.
-    fn fill(&mut self, deadline: Instant) -> std::io::Result<usize> {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(std::io::ErrorKind::TimedOut.into());
-        }
-        self.stream.set_read_timeout(Some(left))?;
-        let mut chunk = [0u8; 16384];
-        let n = self.stream.read(&mut chunk)?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    /// One GET with `rid`, read completely within [`CLIENT_TIMEOUT`].
-    fn exchange(&mut self, rid: &str) -> Result<Reply, Failed> {
-        let deadline = Instant::now() + CLIENT_TIMEOUT;
-        if !self.buf.is_empty() {
-            return Err(Failed::Other(format!(
-                "bytes after the previous response: {:?}",
-                String::from_utf8_lossy(&self.buf)
-            )));
-        }
-        let request =
-            format!("GET /soak HTTP/1.1\r\nhost: app.test\r\nx-request-id: {rid}\r\n\r\n");
-        let closed = |e: &std::io::Error| {
-            matches!(
-                e.kind(),
-                std::io::ErrorKind::BrokenPipe
-                    | std::io::ErrorKind::ConnectionReset
-                    | std::io::ErrorKind::ConnectionAborted
-            )
-        };
-        if let Err(e) = self.stream.write_all(request.as_bytes()) {
-            return Err(if closed(&e) {
-                Failed::ClosedBeforeResponse(format!("write: {e}"))
-            } else {
-                Failed::Other(format!("writing the request: {e}"))
-            });
-        }
-        let (status, headers, head_len) = loop {
-            let mut slots = [httparse::EMPTY_HEADER; 32];
-            let mut parsed = httparse::Response::new(&mut slots);
-            match parsed.parse(&self.buf) {
-                Ok(httparse::Status::Complete(n)) => {
-                    let headers: Vec<(String, String)> = parsed
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_ascii_lowercase(),
-                                String::from_utf8_lossy(h.value).to_string(),
-                            )
-                        })
-                        .collect();
-                    break (parsed.code.unwrap_or(0), headers, n);
-                }
-                Ok(httparse::Status::Partial) => {}
-                Err(e) => {
-                    return Err(Failed::Other(format!(
-                        "unparseable response head ({e}): {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    )));
-                }
-            }
-            match self.fill(deadline) {
-                Ok(0) if self.buf.is_empty() => {
-                    return Err(Failed::ClosedBeforeResponse("EOF".into()));
-                }
-                Err(e) if self.buf.is_empty() && closed(&e) => {
-                    return Err(Failed::ClosedBeforeResponse(format!("read: {e}")));
-                }
-                Ok(0) => {
-                    return Err(Failed::Other(format!(
-                        "closed in the middle of the response head: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(Failed::Other(format!(
-                        "reading the response head: {e}; got {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    )));
-                }
-            }
-        };
-        let find = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n == name)
-                .map(|(_, v)| v.clone())
-        };
-        let Some(length) = find("content-length").and_then(|v| v.parse::<usize>().ok()) else {
-            return Err(Failed::Other(format!(
-                "no Content-Length in a {status} response: {headers:?}"
-            )));
-        };
-        while self.buf.len() < head_len + length {
-            match self.fill(deadline) {
-                Ok(0) => {
-                    return Err(Failed::Other(format!(
-                        "{status} response cut at {} of {length} body bytes",
-                        self.buf.len() - head_len
-                    )));
-                }
-                Ok(_) => {}
-                Err(e) => {
-                    return Err(Failed::Other(format!(
-                        "reading the {status} response body: {e}"
-                    )));
-                }
-            }
-        }
-        let body = self.buf[head_len..head_len + length].to_vec();
-        self.buf.drain(..head_len + length);
-        Ok(Reply {
-            status,
-            headers,
-            body,
-        })
-    }
+    Ok(reply)
 }
 
 /// Who produced a response.
@@ -696,7 +480,7 @@ struct Verdict {
 /// Checks one response against the contract and the modes its origin was in while it was in
 /// flight.
 fn judge(
-    reply: &Reply,
+    reply: &Response,
     rid: &str,
     origins: &[SocketAddr],
     window: &Window<'_>,
@@ -893,7 +677,7 @@ fn client_loop(
     shared: &Shared,
 ) -> Tally {
     let mut tally = Tally::default();
-    let mut conn: Option<Conn> = None;
+    let mut conn: Option<Client> = None;
     let mut n = 0u64;
     while Instant::now() < end && sent.fetch_add(1, Ordering::SeqCst) < MAX_REQUESTS {
         let rid = format!("soak-{t}-{n}");
@@ -903,13 +687,17 @@ fn client_loop(
             let fresh = conn.is_none();
             let c = match conn.take() {
                 Some(c) => c,
-                None => match Conn::connect(addr) {
+                None => match Client::try_connect(addr, CLIENT_TIMEOUT) {
                     Ok(c) => c,
                     Err(e) => break Err(e),
                 },
             };
             let mut c = c;
-            match c.exchange(&rid) {
+            let request = client::request("GET", "/soak", "app.test", &[("x-request-id", &rid)]);
+            match c
+                .exchange(&request, "GET", CLIENT_TIMEOUT)
+                .and_then(complete)
+            {
                 Ok(reply) => {
                     conn = Some(c);
                     break Ok(reply);

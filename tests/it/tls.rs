@@ -271,7 +271,7 @@ fn tls_proxy(pki: &Pki, body: &str) -> Proxy {
 #[test]
 fn https_with_http1_and_http2_to_plain_and_tls_origins() {
     let pki = Pki::new("edge");
-    let plain = Origin::start(Behavior::Named("plain"));
+    let plain = Origin::start(Behavior::named("plain"));
     let secure = tls_origin(&pki.origin);
     let proxy = tls_proxy(&pki, &edge_config(plain.addr, secure));
 
@@ -323,7 +323,7 @@ fn http2_clients_get_the_same_failure_answers() {
 #[test]
 fn an_upstream_with_a_bad_certificate_is_502_tls_certificate_error() {
     let pki = Pki::new("rogue");
-    let plain = Origin::start(Behavior::Named("plain"));
+    let plain = Origin::start(Behavior::named("plain"));
     let rogue = tls_origin(&pki.rogue);
     let proxy = tls_proxy(&pki, &edge_config(plain.addr, rogue));
     let (status, head, _) = https1(&pki, proxy.addr, "/secure");
@@ -395,7 +395,7 @@ fn tls_configuration_errors_name_their_field() {
 #[test]
 fn client_limits_hold_on_tls_listeners_for_http1_and_http2() {
     let pki = Pki::new("limits");
-    let origin = Origin::start(Behavior::Named("o"));
+    let origin = Origin::start(Behavior::named("o"));
     let body = format!(
         "clients: {{ max_connections: 1, header_timeout: 300ms }}\nupstreams:\n  app: {{ backends: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ upstream: app }}\n",
         origin.addr
@@ -480,7 +480,7 @@ fn http2_body_cut_after_the_header_resets_the_stream_not_the_connection() {
     let close = Gate::new();
     let origin = Origin::start(Behavior::Cycle(vec![
         Behavior::WriteThenCloseWhen(cut, close.clone()),
-        Behavior::Named("after"),
+        Behavior::named("after"),
     ]));
     let proxy = tls_proxy(&pki, &crate::harness::one_upstream(&[origin.addr], "", ""));
     let connector = connector(&pki, b"h2");
