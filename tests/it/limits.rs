@@ -58,14 +58,15 @@ fn trickle_until_answered(
 }
 
 /// Asserts that an answer that a `setting` deadline caused came after it, and not much later:
-/// a default of seconds must not pass for a setting of milliseconds, nor an instant close.
+/// the 15 s default must not pass for a setting of milliseconds, nor an instant close. The
+/// margin above the setting absorbs a loaded 2-core machine.
 fn assert_deadline(took: Duration, setting: Duration, what: &str) {
     assert!(
         took >= setting,
         "{what}: after {took:?}, before its {setting:?}"
     );
     assert!(
-        took < setting + Duration::from_secs(2),
+        took < setting + Duration::from_secs(5),
         "{what}: after {took:?}, long past its {setting:?}"
     );
 }
