@@ -66,7 +66,7 @@ fn bench(c: &mut Criterion) {
     });
     // One backend ejected: selection must step over it.
     for _ in 0..3 {
-        pool.record_failure(0, None, faultline::FailureKind::ConnectionRefused);
+        pool.record_failure(0, None, false, faultline::FailureKind::ConnectionRefused);
     }
     c.bench_function("select 4 backends, one ejected", |b| {
         b.iter(|| pool.select(b"", |_| false))

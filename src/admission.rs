@@ -10,7 +10,6 @@ use crate::connections;
 use crate::context::RequestCtx;
 use crate::failure::FailureKind;
 use crate::request_checks;
-use crate::upstream::{Pool, Selected};
 
 /// A request that is not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,26 +77,10 @@ pub fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
         .ok_or(Refusal::keeping(FailureKind::ConnectionLimitReached))?;
     // Selecting here lets "no backend" answer on a connection that stays open.
     pool.budget.record_request();
-    let selected = select(pool, req, ctx);
+    let selected = ctx.select(req);
     ctx.in_flight = Some(place);
     ctx.preselected = Some(selected.ok_or(Refusal::keeping(FailureKind::DestinationUnavailable))?);
     Ok(())
-}
-
-/// A backend for the next attempt of the request, preferring one it has not tried.
-pub fn select(pool: &Pool, req: &RequestHeader, ctx: &RequestCtx) -> Option<Selected> {
-    let key = match (
-        pool.uses_key(),
-        ctx.route.as_ref().and_then(|r| r.hash_header.as_ref()),
-    ) {
-        (false, _) => &b""[..],
-        (true, Some(header)) => req.headers.get(header).map_or(&b""[..], |v| v.as_bytes()),
-        (true, None) => req
-            .uri
-            .path_and_query()
-            .map_or(&b""[..], |p| p.as_str().as_bytes()),
-    };
-    pool.select(key, |i| ctx.attempts.tried(i))
 }
 
 /// The body length a request declares with `Content-Length`, when it does.

@@ -5,6 +5,8 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use pingora::http::RequestHeader;
+
 use crate::error_page::Cause;
 use crate::failure::{FailureKind, Phase, Progress, Source};
 use crate::metrics::RouteMetrics;
@@ -20,7 +22,9 @@ use crate::upstream::{Pool, Selected};
 pub enum Decision {
     /// Nothing yet: the request is being proxied.
     Open,
-    /// A failure decided the response, or ended it once its header was out.
+    /// The current attempt failed with this kind, or the request was refused or stopped with
+    /// it; at the end of the request, the failure that decided the response (or ended it once
+    /// its header was out).
     Failed(FailureKind),
     /// The route intercepts this origin status: the proxy's page replaces it.
     Intercepted(u16),
@@ -31,7 +35,7 @@ pub enum Decision {
 }
 
 impl Decision {
-    /// The failure the request ended with, if one did.
+    /// The failure of the decision so far; at the end of the request, the one it ended with.
     pub fn failure(self) -> Option<FailureKind> {
         match self {
             Decision::Failed(kind) | Decision::Generated(Cause::Failure(kind)) => Some(kind),
@@ -94,6 +98,23 @@ impl RequestCtx {
         }
     }
 
+    /// A backend for the next attempt, preferring one the request has not tried.
+    pub fn select(&self, req: &RequestHeader) -> Option<Selected> {
+        let pool = self.pool()?;
+        let key = match (
+            pool.uses_key(),
+            self.route.as_ref().and_then(|r| r.hash_header.as_ref()),
+        ) {
+            (false, _) => &b""[..],
+            (true, Some(header)) => req.headers.get(header).map_or(&b""[..], |v| v.as_bytes()),
+            (true, None) => req
+                .uri
+                .path_and_query()
+                .map_or(&b""[..], |p| p.as_str().as_bytes()),
+        };
+        pool.select(key, |i| self.attempts.tried(i))
+    }
+
     /// An attempt on `selected` starts: it is outstanding on its backend until answered or
     /// ended, and holds the backend's probe if it is one.
     pub fn start_attempt(&mut self, selected: Selected) {
@@ -139,7 +160,9 @@ impl RequestCtx {
         self.pending = None;
         let probe = self.probe.take();
         if let (Some(pool), Some(a)) = (self.pool(), self.attempts.last()) {
-            pool.record_failure(a.backend, probe, kind);
+            // A probe whose header already closed the breaker is judged again by a failure of
+            // its body (`a.probe` stays set): a backend that breaks mid-body goes back out.
+            pool.record_failure(a.backend, probe, a.probe, kind);
         }
     }
 
@@ -154,8 +177,9 @@ impl RequestCtx {
     }
 
     /// The request ends: the last attempt's outcome is counted, and everything the request
-    /// holds of its upstream is given back now (it would go with the context a moment later,
-    /// but the client's next request must find it given back).
+    /// holds of its upstream is given back now. The context itself lives on until Pingora has
+    /// finished the client's side (it may still drain the request body), and the client's
+    /// next request must find the places given back.
     pub fn end(&mut self) {
         self.count_answered_attempt();
         self.in_flight = None;

@@ -150,6 +150,8 @@ impl ProxyHttp for Gateway {
         let Err(Refusal { kind, keep_alive }) = admission::admit(session, ctx) else {
             return Ok(false);
         };
+        // Decided before the page is written: if writing fails, the failure stays this one.
+        ctx.decision = Decision::Failed(kind);
         Self::respond(session, ctx, Cause::Failure(kind), keep_alive).await?;
         Ok(true)
     }
@@ -169,7 +171,7 @@ impl ProxyHttp for Gateway {
         }
         let selected = match (ctx.preselected.take(), ctx.pool()) {
             (Some(backend), _) => Some(backend),
-            (None, Some(pool)) => admission::select(pool, session.req_header(), ctx),
+            (None, Some(_)) => ctx.select(session.req_header()),
             (None, None) => None,
         };
         let Some((selected, peer)) = selected.and_then(|s| {
@@ -289,7 +291,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let next_hop = ctx.next_hop(Outcome::Response(upstream_response.status.as_u16()));
+        let status = upstream_response.status.as_u16();
+        if status < 400 {
+            return Ok(());
+        }
+        let next_hop = ctx.next_hop(Outcome::Response(status));
         ctx.snapshot
             .pages
             .mark_passed_through(upstream_response, next_hop)
@@ -343,6 +349,8 @@ impl ProxyHttp for Gateway {
         let cause = match ctx.decision {
             Decision::Intercepted(status) => Cause::Intercepted(status),
             Decision::Failed(kind) => Cause::Failure(kind),
+            // Writing the proxy's own page failed.
+            Decision::Generated(cause) => cause,
             _ => {
                 let kind = classify(e, ctx.phase);
                 ctx.decision = Decision::Failed(kind);

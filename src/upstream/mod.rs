@@ -372,7 +372,15 @@ impl Pool {
 
     /// Records a failed attempt on backend `i`: its counters and, when the kind is the
     /// backend's fault, its passive health.
-    pub fn record_failure(&self, i: usize, probe: Option<Probe>, kind: FailureKind) {
+    /// `was_probe`: the attempt was the backend's half-open probe, already reported by its
+    /// response header.
+    pub fn record_failure(
+        &self,
+        i: usize,
+        probe: Option<Probe>,
+        was_probe: bool,
+        kind: FailureKind,
+    ) {
         if let Some(b) = self.backends.get(i) {
             b.metrics.failure(kind);
         }
@@ -381,17 +389,23 @@ impl Pool {
         } else {
             Verdict::Neutral
         };
-        self.record_health(i, probe, verdict);
+        match probe {
+            Some(p) => self.record_health(i, Some(p), verdict),
+            None => {
+                self.health.record(i, verdict, was_probe);
+            }
+        }
     }
 
     /// Passive health learns the verdict of an attempt on backend `i`, from its probe when it
     /// was one.
     fn record_health(&self, i: usize, probe: Option<Probe>, verdict: Verdict) {
         match probe {
-            Some(p) if p.backend() == i => {
+            Some(p) => {
+                debug_assert_eq!(p.backend(), i, "a probe reported for another backend");
                 p.report(verdict);
             }
-            _ => {
+            None => {
                 self.health.record(i, verdict, false);
             }
         }
@@ -583,7 +597,7 @@ mod tests {
             "[{ address: \"127.0.0.1:9001\" }, { address: \"127.0.0.1:9002\" }]",
             "    health: { passive: { consecutive_failures: 1, max_ejected_percent: 50 } }\n",
         );
-        p.record_failure(0, None, FailureKind::ConnectionRefused);
+        p.record_failure(0, None, false, FailureKind::ConnectionRefused);
         for _ in 0..10 {
             assert_eq!(p.select(b"", |_| false).expect("a backend").index, 1);
         }
