@@ -230,7 +230,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
         .routes
         .into_iter()
         .enumerate()
-        .map(|(i, r)| route(i, r, &upstreams, &mut errors))
+        .map(|(i, r)| route(i, r, &upstreams, server.max_retries, &mut errors))
         .collect();
 
     let trusted_proxies = file
@@ -561,6 +561,7 @@ fn route(
     i: usize,
     r: file::RouteFile,
     upstreams: &[UpstreamConfig],
+    max_attempts: usize,
     errors: &mut Errors,
 ) -> RouteConfig {
     let at = format!("routes[{i}]");
@@ -586,6 +587,13 @@ fn route(
     }
     if r.retry.attempts == 0 {
         errors.push(format!("{at}.retry.attempts"), "must be at least 1");
+    } else if r.retry.attempts as usize > max_attempts {
+        // Pingora stops after `max_retries` tries: more would be counted and charged to the
+        // retry budget without ever being made.
+        errors.push(
+            format!("{at}.retry.attempts"),
+            format!("at most {max_attempts}, the attempts Pingora makes (server.max_retries)"),
+        );
     }
     errors.percent(
         &format!("{at}.retry.budget_percent"),

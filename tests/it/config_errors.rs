@@ -112,6 +112,26 @@ fn route_to_a_missing_upstream() {
 }
 
 #[test]
+fn retry_attempts_stay_within_what_pingora_makes() {
+    // Pingora makes at most `server.max_retries` tries (16 by default).
+    let over = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, retry: { attempts: 17 } }",
+    );
+    assert_eq!(
+        one_error(&over),
+        "routes[0].retry.attempts: at most 16, the attempts Pingora makes (server.max_retries)"
+    );
+    let raised = format!("server: {{ max_retries: 20 }}\n{over}");
+    assert!(Config::from_yaml(&raised).is_ok());
+    let at_limit = VALID.replace(
+        "  - { upstream: app }",
+        "  - { upstream: app, retry: { attempts: 16 } }",
+    );
+    assert!(Config::from_yaml(&at_limit).is_ok());
+}
+
+#[test]
 fn upstream_without_backends() {
     let yaml = VALID.replace(
         "    backends:\n      - { address: \"127.0.0.1:9001\" }",
