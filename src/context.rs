@@ -206,7 +206,7 @@ impl RequestCtx {
         self.snapshot.upstreams.get(self.pool_index?)
     }
 
-    /// The failure the request ended with, if one did.
+    /// The failure decided so far; at the end of the request, the one it ended with.
     pub fn failure(&self) -> Option<FailureKind> {
         self.decision.failure()
     }
