@@ -169,11 +169,8 @@ impl ProxyHttp for Gateway {
             let spent = Decision::Failed(FailureKind::HttpResponseTimeout);
             return Err(Self::decide(ctx, spent, "the route's deadline passed"));
         }
-        let selected = match (ctx.preselected.take(), ctx.pool()) {
-            (Some(backend), _) => Some(backend),
-            (None, Some(_)) => ctx.select(session.req_header()),
-            (None, None) => None,
-        };
+        let preselected = ctx.preselected.take();
+        let selected = preselected.or_else(|| ctx.select(session.req_header()));
         let Some((selected, peer)) = selected.and_then(|s| {
             let peer = ctx.pool()?.peer(s.index, time_left)?;
             Some((s, peer))
