@@ -235,17 +235,18 @@ impl ErrorPages {
 
     /// Adds faultline's member to the `Proxy-Status` of an origin error response passed through
     /// (status 400 and up), after the members of the intermediaries before it (RFC 9209), when
-    /// `Proxy-Status` is enabled.
-    pub fn mark_passed_through(
+    /// `Proxy-Status` is enabled. `next_hop` names the backend for a status; it is asked only
+    /// when the member is written.
+    pub fn mark_passed_through<'a>(
         &self,
         response: &mut ResponseHeader,
-        next_hop: Option<&str>,
+        next_hop: impl FnOnce(u16) -> Option<&'a str>,
     ) -> pingora::Result<()> {
         let status = response.status.as_u16();
         if status < 400 || !self.proxy_status_enabled() {
             return Ok(());
         }
-        let ours = proxy_status_received(status, next_hop);
+        let ours = proxy_status_received(status, next_hop(status));
         let value = match response
             .headers
             .get("proxy-status")

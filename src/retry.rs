@@ -14,9 +14,8 @@ use http::Method;
 use pingora::proxy::Session;
 use rand::Rng;
 
-use crate::context::RequestCtx;
-
 use crate::config::RetryPolicy;
+use crate::context::RequestCtx;
 use crate::failure::{FailureKind, Progress, RetrySafety};
 
 /// First pause before a status-driven retry; doubled per retry, jittered, capped.

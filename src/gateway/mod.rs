@@ -288,14 +288,11 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        let status = upstream_response.status.as_u16();
-        if status < 400 {
-            return Ok(());
-        }
-        let next_hop = ctx.next_hop(Outcome::Response(status));
         ctx.snapshot
             .pages
-            .mark_passed_through(upstream_response, next_hop)
+            .mark_passed_through(upstream_response, |status| {
+                ctx.next_hop(Outcome::Response(status))
+            })
     }
 
     fn fail_to_connect(

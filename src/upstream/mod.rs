@@ -389,24 +389,19 @@ impl Pool {
         } else {
             Verdict::Neutral
         };
-        match probe {
-            Some(p) => self.record_health(i, Some(p), verdict),
-            None => {
-                self.health.record(i, verdict, was_probe);
-            }
-        }
+        self.record_health(i, probe, was_probe, verdict);
     }
 
-    /// Passive health learns the verdict of an attempt on backend `i`, from its probe when it
-    /// was one.
-    fn record_health(&self, i: usize, probe: Option<Probe>, verdict: Verdict) {
+    /// Passive health learns the verdict of an attempt on backend `i`: through its probe
+    /// permit when it holds one, else as a probe only when `was_probe`.
+    fn record_health(&self, i: usize, probe: Option<Probe>, was_probe: bool, verdict: Verdict) {
         match probe {
             Some(p) => {
                 debug_assert_eq!(p.backend(), i, "a probe reported for another backend");
                 p.report(verdict);
             }
             None => {
-                self.health.record(i, verdict, false);
+                self.health.record(i, verdict, was_probe);
             }
         }
     }
@@ -431,7 +426,7 @@ impl Pool {
         } else {
             Verdict::Success
         };
-        self.record_health(i, probe, verdict);
+        self.record_health(i, probe, false, verdict);
     }
 
     /// An attempt on backend `i` starts: it is outstanding until it is answered or dropped.

@@ -308,11 +308,7 @@ fn requests_in_flight_finish_on_the_config_they_started_with() {
     let proxy = Proxy::start_with(&body, move |b| b.reload_from(source));
     let addr = proxy.addr;
     let in_flight = std::thread::spawn(move || client::get(addr, "/", &[]));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while slow.requests() == 0 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(2));
-    }
+    slow.wait_for_requests(1);
     // The new configuration has no route for "/" at all.
     let no_routes = format!(
         "upstreams:\n  app: {{ backends: [{{ address: \"{}\" }}] }}\nroutes: []\n",

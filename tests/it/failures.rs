@@ -564,14 +564,7 @@ fn client_abort_is_499_and_not_an_upstream_failure() {
         &[("x-request-id", "abort")],
     ));
     // Readiness: the origin has the request.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while origin.requests() == 0 {
-        assert!(
-            Instant::now() < deadline,
-            "request never reached the origin"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    origin.wait_for_requests(1);
     let started = Instant::now();
     drop(c);
     let entry = access_entry("abort");

@@ -150,14 +150,7 @@ fn an_upstream_at_its_in_flight_limit_answers_503_at_once() {
     let held: Vec<_> = (0..2)
         .map(|_| std::thread::spawn(move || crate::client::get(addr, "/", &[])))
         .collect();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while slow.requests() < 2 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the held requests never arrived"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    slow.wait_for_requests(2);
     let started = std::time::Instant::now();
     let refused = crate::client::get(addr, "/", &[("x-request-id", "limit1")]);
     assert!(

@@ -74,11 +74,7 @@ fn sigterm_stops_accepting_and_lets_slow_requests_finish() {
             std::thread::spawn(move || client::get(addr, "/", &[]))
         })
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while slow.requests() < 3 {
-        assert!(Instant::now() < deadline, "the slow requests never arrived");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    slow.wait_for_requests(3);
     running.signal(Signal::SIGTERM);
     // Pingora 0.9 on SIGTERM (`Server::main_loop`) broadcasts its shutdown watch; each accept
     // loop (`services::listening::Service::run_endpoint`) then breaks and drops its endpoint,
@@ -128,14 +124,7 @@ fn sigint_exits_at_once_and_closes_requests_in_flight() {
     );
     let mut client = client::Client::connect(running.addr);
     client.send(&client::request("GET", "/", "app.test", &[]));
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while hang.requests() < 1 {
-        assert!(
-            Instant::now() < deadline,
-            "the request never reached the origin"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    hang.wait_for_requests(1);
     running.signal(Signal::SIGINT);
     // Pingora's fast shutdown: no grace period, the runtimes are shut down without waiting for
     // their tasks, and `run_forever` exits with 0.

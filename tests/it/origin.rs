@@ -69,6 +69,20 @@ impl Origin {
         self.kit.stats().requests.load(Ordering::SeqCst)
     }
 
+    /// Waits (5 s at most) until `n` requests have reached the origin: the readiness signal of a
+    /// request in flight.
+    pub fn wait_for_requests(&self, n: usize) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while self.requests() < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{} of {n} requests reached the origin",
+                self.requests()
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.kit.stats().connections.load(Ordering::SeqCst)
