@@ -314,20 +314,27 @@ fn status_retries_never_repeat_a_post() {
     assert_eq!(origin.requests(), 1);
 }
 
-#[test]
-fn long_retry_after_is_not_waited_for() {
-    let busy =
-        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 120\r\nContent-Length: 4\r\n\r\nbusy"
-            .to_vec();
+/// An origin that answers 503 with `Retry-After: seconds`, then 200 with `then`, behind a route
+/// that retries 503.
+fn busy_then_ok(seconds: u64, then: &str) -> (Origin, Proxy) {
+    let busy = format!(
+        "HTTP/1.1 503 Service Unavailable\r\nRetry-After: {seconds}\r\nContent-Length: 4\r\n\r\nbusy"
+    );
     let origin = Origin::start(Behavior::Cycle(vec![
-        Behavior::Raw(busy),
-        Behavior::Raw(ok_response("second")),
+        Behavior::Raw(busy.into_bytes()),
+        Behavior::Raw(ok_response(then)),
     ]));
     let proxy = Proxy::start(&one_upstream(
         &[origin.addr],
         "",
         "    retry: { attempts: 3, on_status: [503] }\n",
     ));
+    (origin, proxy)
+}
+
+#[test]
+fn long_retry_after_is_not_waited_for() {
+    let (origin, proxy) = busy_then_ok(120, "second");
     let resp = client::get(proxy.addr, "/", &[]);
     assert_eq!(resp.status, 503);
     assert_eq!(resp.header("retry-after"), Some("120"));
@@ -336,18 +343,7 @@ fn long_retry_after_is_not_waited_for() {
 
 #[test]
 fn a_short_retry_after_is_waited_for_then_retried() {
-    let busy =
-        b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 4\r\n\r\nbusy"
-            .to_vec();
-    let origin = Origin::start(Behavior::Cycle(vec![
-        Behavior::Raw(busy),
-        Behavior::Raw(ok_response("after the pause")),
-    ]));
-    let proxy = Proxy::start(&one_upstream(
-        &[origin.addr],
-        "",
-        "    retry: { attempts: 3, on_status: [503] }\n",
-    ));
+    let (origin, proxy) = busy_then_ok(1, "after the pause");
     let started = std::time::Instant::now();
     let resp = client::get(proxy.addr, "/", &[("x-request-id", "ra1")]);
     let took = started.elapsed();
