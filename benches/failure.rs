@@ -7,8 +7,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use faultline::FailureKind;
-use faultline::error_page::{Cause, ErrorPages, Request, negotiate};
-use faultline::failure::{Phase, classify};
+use faultline::internals::error_page::{Cause, ErrorPages, Request, negotiate};
+use faultline::internals::failure::{Phase, classify};
 use pingora::{Error, ErrorType};
 
 fn bench(c: &mut Criterion) {

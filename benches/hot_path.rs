@@ -9,11 +9,12 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use faultline::Config;
+use faultline::Router;
 use faultline::config::HeaderCase;
-use faultline::failure::Source;
-use faultline::metrics::{BackendMetrics, RouteTable};
-use faultline::routing::{ConfigRouter, Router};
-use faultline::upstream::Pool;
+use faultline::internals::failure::Source;
+use faultline::internals::metrics::{BackendMetrics, RouteTable};
+use faultline::internals::routing::ConfigRouter;
+use faultline::internals::upstream::Pool;
 use pingora::http::RequestHeader;
 
 fn config(routes: usize) -> Config {
@@ -80,7 +81,7 @@ fn bench(c: &mut Criterion) {
         .insert_header("User-Agent", "bench/1.0")
         .expect("ua");
     incoming.insert_header("Accept", "*/*").expect("accept");
-    let client = faultline::forwarding::Client {
+    let client = faultline::internals::forwarding::Client {
         ip: Some("192.0.2.7".parse().expect("ip")),
         trusted: false,
         proto: "http",
@@ -100,7 +101,9 @@ fn bench(c: &mut Criterion) {
         c.bench_function(name, |b| {
             b.iter_batched(
                 || incoming.clone(),
-                |mut req| faultline::forwarding::apply(&mut req, client, case).map(|()| req),
+                |mut req| {
+                    faultline::internals::forwarding::apply(&mut req, client, case).map(|()| req)
+                },
                 criterion::BatchSize::SmallInput,
             )
         });

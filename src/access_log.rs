@@ -12,13 +12,13 @@ use crate::upstream::attempt::Attempts;
 pub const TARGET: &str = "access";
 
 /// Whether access-log lines are written at all (so that a disabled log costs nothing).
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     log::log_enabled!(target: TARGET, log::Level::Info)
 }
 
 /// Everything one line says.
 #[derive(Debug)]
-pub struct Entry<'a> {
+pub(crate) struct Entry<'a> {
     /// Request id.
     pub request_id: &'a str,
     /// Method.
@@ -49,7 +49,7 @@ fn millis(d: Duration) -> f64 {
 
 impl Entry<'_> {
     /// The JSON object.
-    pub fn to_json(&self) -> Value {
+    pub(crate) fn to_json(&self) -> Value {
         let attempts: Vec<Value> = self
             .attempts
             .iter()
@@ -57,7 +57,7 @@ impl Entry<'_> {
                 let backend = self
                     .pool
                     .and_then(|p| p.backends().get(a.backend))
-                    .map(|b| b.name.as_str());
+                    .map(|b| b.name());
                 let status = match a.outcome {
                     crate::upstream::attempt::Outcome::Response(s) => Some(s),
                     _ => None,
@@ -90,7 +90,7 @@ impl Entry<'_> {
     }
 
     /// Writes the line, when the `access` target is enabled.
-    pub fn emit(&self) {
+    pub(crate) fn emit(&self) {
         if enabled() {
             log::info!(target: TARGET, "{}", self.to_json());
         }

@@ -67,14 +67,14 @@ fn pool_status(pool: &Pool) -> serde_json::Value {
         .enumerate()
         .map(|(i, b)| {
             let mut outcomes = serde_json::Map::new();
-            outcomes.insert("response".into(), b.metrics.attempts(None).into());
+            outcomes.insert("response".into(), b.metrics().attempts(None).into());
             for kind in FailureKind::ALL {
-                let n = b.metrics.attempts(Some(*kind));
+                let n = b.metrics().attempts(Some(*kind));
                 if n > 0 {
                     outcomes.insert(kind.as_str().into(), n.into());
                 }
             }
-            let state = pool.health.state(i);
+            let state = b.state();
             let ejected_for_ms = match state {
                 State::Ejected(left) => Some(u64::try_from(left.as_millis()).unwrap_or(u64::MAX)),
                 _ => None,
@@ -85,15 +85,15 @@ fn pool_status(pool: &Pool) -> serde_json::Value {
                 (Some(_), false) => "down",
             };
             json!({
-                "backend": b.name,
+                "backend": b.name(),
                 "up": pool.is_up(i),
                 "state": state.as_str(),
                 "ejected_for_ms": ejected_for_ms,
                 "active_check": active,
-                "consecutive_failures": pool.health.consecutive_failures(i),
-                "pending": pool.answering.pending(i),
-                "lagging": pool.answering.lagging(i),
-                "ejections": pool.health.ejections_total(i),
+                "consecutive_failures": b.breaker().consecutive_failures(),
+                "pending": b.pending(),
+                "lagging": b.lagging(),
+                "ejections": b.breaker().ejections_total(),
                 "attempts": outcomes,
             })
         })

@@ -13,7 +13,7 @@ use crate::request_checks;
 
 /// A request that is not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Refusal {
+pub(crate) struct Refusal {
     /// Why, and so the answer.
     pub kind: FailureKind,
     /// Whether the client connection stays open after the answer: only when everything the
@@ -41,7 +41,7 @@ impl Refusal {
 /// Admits the request or says why not. On admission the context holds the route, its pool,
 /// the request's place among the upstream's requests in flight and the backend of the first
 /// attempt.
-pub fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+pub(crate) fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
     let refused = if connections::over_limit() {
         Some(FailureKind::ClientConnectionLimit)
     } else if session.as_downstream().as_http1().is_some() {

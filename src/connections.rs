@@ -52,7 +52,7 @@ tokio::task_local! {
 }
 
 /// Whether the request being handled came on a connection beyond `clients.max_connections`.
-pub fn over_limit() -> bool {
+pub(crate) fn over_limit() -> bool {
     OVER_LIMIT.try_with(|over| *over).unwrap_or(false)
 }
 
@@ -76,14 +76,14 @@ enum Head {
 }
 
 /// The HTTP application `A` (faultline's proxy) behind a connection limit and a header deadline.
-pub struct ClientConnections<A> {
+pub(crate) struct ClientConnections<A> {
     app: Arc<A>,
     shared: Arc<Shared>,
 }
 
 impl<A> ClientConnections<A> {
     /// Wraps `app`; limits are read from `shared`'s current configuration for each connection.
-    pub fn new(app: A, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(app: A, shared: Arc<Shared>) -> Self {
         ClientConnections {
             app: Arc::new(app),
             shared,

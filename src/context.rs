@@ -19,7 +19,7 @@ use crate::upstream::{Pool, Selected};
 /// What has been decided about the response. Hooks that unwind Pingora's flow with an error
 /// record here why; the hooks that run next (retry, failure, logging) read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Decision {
+pub(crate) enum Decision {
     /// Nothing yet: the request is being proxied.
     Open,
     /// The current attempt failed with this kind, or the request was refused or stopped with
@@ -36,7 +36,7 @@ pub enum Decision {
 
 impl Decision {
     /// The failure of the decision so far; at the end of the request, the one it ended with.
-    pub fn failure(self) -> Option<FailureKind> {
+    pub(crate) fn failure(self) -> Option<FailureKind> {
         match self {
             Decision::Failed(kind) | Decision::Generated(Cause::Failure(kind)) => Some(kind),
             _ => None,
@@ -48,38 +48,38 @@ impl Decision {
 #[derive(Debug)]
 pub struct RequestCtx {
     /// The configuration the request runs on, from start to end.
-    pub snapshot: Arc<Snapshot>,
+    pub(crate) snapshot: Arc<Snapshot>,
     /// The route's pool in the snapshot.
-    pub pool_index: Option<usize>,
+    pub(crate) pool_index: Option<usize>,
     /// When the request header was read.
-    pub started: Instant,
+    pub(crate) started: Instant,
     /// The request id.
-    pub request_id: String,
+    pub(crate) request_id: String,
     /// The matched route.
-    pub route: Option<Arc<Route>>,
+    pub(crate) route: Option<Arc<Route>>,
     /// A backend chosen while filtering the request, used by the first attempt.
-    pub preselected: Option<Selected>,
+    pub(crate) preselected: Option<Selected>,
     /// Every attempt.
-    pub attempts: Attempts,
+    pub(crate) attempts: Attempts,
     /// Phase of the current attempt.
-    pub phase: Phase,
+    pub(crate) phase: Phase,
     /// What has been decided about the response.
-    pub decision: Decision,
+    pub(crate) decision: Decision,
     /// The counters of the route (or of `none`).
-    pub metrics: Option<Arc<RouteMetrics>>,
+    pub(crate) metrics: Option<Arc<RouteMetrics>>,
     /// The request's place among its upstream's requests in flight.
-    pub in_flight: Option<InFlight>,
+    pub(crate) in_flight: Option<InFlight>,
     /// The current attempt, while its backend owes an answer.
-    pub pending: Option<Pending>,
+    pub(crate) pending: Option<Pending>,
     /// The current attempt's half-open probe, until its outcome is reported.
-    pub probe: Option<Probe>,
+    pub(crate) probe: Option<Probe>,
     /// Request body bytes the current attempt has forwarded.
-    pub body_bytes: u64,
+    pub(crate) body_bytes: u64,
 }
 
 impl RequestCtx {
     /// A request starting now on `snapshot`.
-    pub fn new(snapshot: Arc<Snapshot>) -> Self {
+    pub(crate) fn new(snapshot: Arc<Snapshot>) -> Self {
         RequestCtx {
             snapshot,
             pool_index: None,
@@ -99,7 +99,7 @@ impl RequestCtx {
     }
 
     /// A backend for the next attempt, preferring one the request has not tried.
-    pub fn select(&self, req: &RequestHeader) -> Option<Selected> {
+    pub(crate) fn select(&self, req: &RequestHeader) -> Option<Selected> {
         let pool = self.pool()?;
         let key = match (
             pool.uses_key(),
@@ -117,11 +117,13 @@ impl RequestCtx {
 
     /// An attempt on `selected` starts: it is outstanding on its backend until answered or
     /// ended, and holds the backend's probe if it is one.
-    pub fn start_attempt(&mut self, selected: Selected) {
+    pub(crate) fn start_attempt(&mut self, selected: Selected) {
         self.count_answered_attempt();
         self.attempts
             .start(selected.index, selected.probe.is_some());
-        self.pending = self.pool().map(|pool| pool.start_attempt(selected.index));
+        self.pending = self
+            .pool()
+            .and_then(|pool| pool.start_attempt(selected.index));
         self.probe = selected.probe;
         self.body_bytes = 0;
         self.phase = Phase::Connect;
@@ -129,7 +131,7 @@ impl RequestCtx {
     }
 
     /// The current attempt's connection is ready (`reused`: from the pool).
-    pub fn connected(&mut self, reused: bool) {
+    pub(crate) fn connected(&mut self, reused: bool) {
         self.attempts.connected(reused);
         self.phase = Phase::Exchange;
         if let (Some(pool), Some(a)) = (self.pool(), self.attempts.last())
@@ -140,7 +142,7 @@ impl RequestCtx {
     }
 
     /// The current attempt got a response header with `status`.
-    pub fn responded(&mut self, status: u16) {
+    pub(crate) fn responded(&mut self, status: u16) {
         self.attempts.responded(status);
         self.phase = Phase::Body;
         if let Some(pending) = self.pending.take() {
@@ -154,7 +156,7 @@ impl RequestCtx {
 
     /// The current attempt failed with `kind`, having got this far: its outcome, its
     /// backend's counters and health, and the request's decision so far.
-    pub fn attempt_failed(&mut self, kind: FailureKind, progress: Progress) {
+    pub(crate) fn attempt_failed(&mut self, kind: FailureKind, progress: Progress) {
         self.attempts.failed(kind, progress);
         self.decision = Decision::Failed(kind);
         self.pending = None;
@@ -180,7 +182,7 @@ impl RequestCtx {
     /// holds of its upstream is given back now. The context itself lives on until Pingora has
     /// finished the client's side (it may still drain the request body), and the client's
     /// next request must find the places given back.
-    pub fn end(&mut self) {
+    pub(crate) fn end(&mut self) {
         self.count_answered_attempt();
         self.in_flight = None;
         self.pending = None;
@@ -190,7 +192,7 @@ impl RequestCtx {
 
     /// The status the request is logged and counted with, and who produced it, given the
     /// status written to the client, if any.
-    pub fn final_status(&self, written: Option<u16>) -> (u16, Source) {
+    pub(crate) fn final_status(&self, written: Option<u16>) -> (u16, Source) {
         let generated = matches!(self.decision, Decision::Generated(_));
         match (self.failure(), written) {
             (Some(FailureKind::ClientAborted), _) => (499, Source::Client),
@@ -202,17 +204,17 @@ impl RequestCtx {
     }
 
     /// The route's upstream pool.
-    pub fn pool(&self) -> Option<&Pool> {
+    pub(crate) fn pool(&self) -> Option<&Pool> {
         self.snapshot.upstreams.get(self.pool_index?)
     }
 
     /// The failure decided so far; at the end of the request, the one it ended with.
-    pub fn failure(&self) -> Option<FailureKind> {
+    pub(crate) fn failure(&self) -> Option<FailureKind> {
         self.decision.failure()
     }
 
     /// Time left before the route's deadline, if it has one.
-    pub fn time_left(&self) -> Option<Duration> {
+    pub(crate) fn time_left(&self) -> Option<Duration> {
         let deadline = self.route.as_ref()?.deadline?;
         Some(deadline.saturating_sub(self.started.elapsed()))
     }
@@ -221,17 +223,17 @@ impl RequestCtx {
     /// attempt, if that attempt ended with `outcome`, the one the client is told about. A
     /// request that failed without reaching a backend again (none left to select after a failed
     /// attempt) names none: the last backend tried is not the one that failed it.
-    pub fn next_hop(&self, outcome: Outcome) -> Option<&str> {
+    pub(crate) fn next_hop(&self, outcome: Outcome) -> Option<&str> {
         if !self.snapshot.pages.reveal_backends() {
             return None;
         }
         let a = self.attempts.last().filter(|a| a.outcome == outcome)?;
-        Some(self.pool()?.backends().get(a.backend)?.name.as_str())
+        Some(self.pool()?.backend(a.backend)?.name())
     }
 
     /// Seconds until the first ejected backend of the pool comes back, for `Retry-After`.
-    pub fn retry_after(&self) -> Option<u64> {
-        let d = self.pool()?.health.next_return()?;
+    pub(crate) fn retry_after(&self) -> Option<u64> {
+        let d = self.pool()?.next_return()?;
         Some(d.as_secs() + u64::from(d.subsec_nanos() > 0))
     }
 }

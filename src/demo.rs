@@ -3,7 +3,7 @@
 //! nothing else running. Each is an [`origin::Origin`] of the origin kit, which the integration
 //! tests use too. Not for production traffic.
 
-pub mod origin;
+pub(crate) mod origin;
 
 use std::io;
 use std::net::SocketAddr;

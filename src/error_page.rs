@@ -11,11 +11,11 @@ use crate::config;
 use crate::failure::{FailureKind, reason_phrase};
 
 /// The `Proxy-Status` member name of this proxy.
-pub const PROXY_NAME: &str = "faultline";
+pub(crate) const PROXY_NAME: &str = "faultline";
 
 /// Seconds a client should wait before retrying when no backend is available and no ejection
 /// end is known.
-pub const RETRY_AFTER_SECONDS: u64 = 1;
+pub(crate) const RETRY_AFTER_SECONDS: u64 = 1;
 
 /// What happened, from the client's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -386,7 +386,7 @@ fn header_too_large(error: &Error) -> bool {
 }
 
 /// The standard reason phrase for the statuses faultline generates.
-pub fn reason_phrase(status: u16) -> &'static str {
+pub(crate) fn reason_phrase(status: u16) -> &'static str {
     http::StatusCode::from_u16(status)
         .ok()
         .and_then(|s| s.canonical_reason())

@@ -13,7 +13,7 @@ use pingora::http::RequestHeader;
 use crate::config::HeaderCase;
 
 /// The `Via` pseudonym (RFC 9110 §7.6.3): never a host name or address.
-pub const VIA_NAME: &str = "faultline";
+pub(crate) const VIA_NAME: &str = "faultline";
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1). `Transfer-Encoding` is framing and left to Pingora.
 const HOP_BY_HOP: [&str; 6] = [

@@ -28,27 +28,77 @@
 //! faultline::server::serve(gateway, config, None).run_forever();
 //! ```
 
-pub mod access_log;
-pub mod admin;
-pub mod admission;
+mod access_log;
+mod admin;
+mod admission;
 pub mod config;
-pub mod connections;
-pub mod context;
-pub mod demo;
-pub mod error_page;
-pub mod failure;
-pub mod forwarding;
-pub mod gateway;
-pub mod metrics;
-pub mod request_checks;
-pub mod request_id;
-pub mod retry;
-pub mod routing;
+mod connections;
+mod context;
+mod demo;
+mod error_page;
+mod failure;
+mod forwarding;
+mod gateway;
+mod metrics;
+mod request_checks;
+mod request_id;
+mod retry;
+mod routing;
 pub mod server;
-pub mod state;
-pub mod upstream;
+mod state;
+mod upstream;
 
-pub use config::Config;
+pub use access_log::TARGET as ACCESS_LOG_TARGET;
+pub use config::{Config, Route};
 pub use failure::FailureKind;
-pub use gateway::Gateway;
-pub use routing::{Route, Router};
+pub use gateway::{Gateway, GatewayBuilder};
+pub use routing::Router;
+
+/// Not part of the API: the pieces that the project's own binary, benchmarks, fuzz targets and
+/// integration tests reach into. Anything here may change in any release.
+#[doc(hidden)]
+pub mod internals {
+    /// The demo origins and the misbehaving-origin kit.
+    pub mod demo {
+        pub use crate::demo::spawn;
+        /// The misbehaving-origin kit.
+        pub mod origin {
+            pub use crate::demo::origin::{Behavior, Gate, Origin, Stats};
+        }
+    }
+    /// Error pages and `Proxy-Status`.
+    pub mod error_page {
+        pub use crate::error_page::{
+            Cause, ErrorPages, Format, Request, negotiate, proxy_status_error,
+            proxy_status_received,
+        };
+    }
+    /// Failure classification.
+    pub mod failure {
+        pub use crate::failure::{Phase, Source, classify};
+    }
+    /// Forwarding headers.
+    pub mod forwarding {
+        pub use crate::forwarding::{Client, apply};
+    }
+    /// Counters.
+    pub mod metrics {
+        pub use crate::metrics::{BackendMetrics, RouteTable};
+    }
+    /// Request checks.
+    pub mod request_checks {
+        pub use crate::request_checks::{MAX_HEADER_BYTES, check};
+    }
+    /// Request ids.
+    pub mod request_id {
+        pub use crate::request_id::{MAX_LEN, accept_incoming, for_request};
+    }
+    /// The configuration router.
+    pub mod routing {
+        pub use crate::routing::ConfigRouter;
+    }
+    /// Upstream pools.
+    pub mod upstream {
+        pub use crate::upstream::Pool;
+    }
+}

@@ -36,7 +36,7 @@ struct Args {
 fn init_logging() {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
         .format(|buf, record| {
-            if record.target() == faultline::access_log::TARGET {
+            if record.target() == faultline::ACCESS_LOG_TARGET {
                 writeln!(buf, "{}", record.args())
             } else {
                 writeln!(
@@ -73,7 +73,7 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     init_logging();
-    if let Err(e) = faultline::demo::spawn(&config.demo) {
+    if let Err(e) = faultline::internals::demo::spawn(&config.demo) {
         eprintln!("faultline: {e}");
         return ExitCode::from(1);
     }

@@ -23,7 +23,7 @@ const OUTCOMES: usize = 1 + FailureKind::ALL.len();
 const REASONS: usize = 1 + FailureKind::ALL.len();
 
 /// Upper bounds of the latency histograms, in seconds.
-pub const BUCKETS: [f64; 12] = [
+pub(crate) const BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
@@ -263,7 +263,7 @@ impl RouteTable {
 const SOURCES: [Source; 3] = [Source::Origin, Source::Proxy, Source::Client];
 
 /// One backend as the exposition sees it.
-pub struct BackendView<'a> {
+pub(crate) struct BackendView<'a> {
     /// Backend name.
     pub name: &'a str,
     /// Its counters.
@@ -275,7 +275,7 @@ pub struct BackendView<'a> {
 }
 
 /// One upstream as the exposition sees it.
-pub struct UpstreamView<'a> {
+pub(crate) struct UpstreamView<'a> {
     /// Upstream name.
     pub name: &'a str,
     /// Its counters.
@@ -285,7 +285,7 @@ pub struct UpstreamView<'a> {
 }
 
 /// Writes every series in the Prometheus text format.
-pub fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
+pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> String {
     let mut out = String::with_capacity(16 * 1024);
     let all_routes = || {
         routes

@@ -4,7 +4,7 @@
 //! it is short and made of characters that are inert in all three.
 
 /// The header carrying the id, both ways.
-pub const HEADER: &str = "x-request-id";
+pub(crate) const HEADER: &str = "x-request-id";
 
 /// Longest id accepted from a client.
 pub const MAX_LEN: usize = 128;
@@ -25,7 +25,7 @@ pub fn accept_incoming(value: &[u8]) -> Option<&str> {
 
 /// A new random id: 32 lowercase hex digits. (Every request without an id of its own needs one:
 /// the digits are written directly rather than through the formatting machinery.)
-pub fn generate() -> String {
+pub(crate) fn generate() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let n: u128 = rand::random();
     let mut s = String::with_capacity(32);

@@ -19,36 +19,26 @@ use crate::context::RequestCtx;
 use crate::failure::{FailureKind, Progress, RetrySafety};
 
 /// First pause before a status-driven retry; doubled per retry, jittered, capped.
-pub const BACKOFF_BASE: Duration = Duration::from_millis(25);
+pub(crate) const BACKOFF_BASE: Duration = Duration::from_millis(25);
 
 /// Longest jittered pause between status-driven retries.
-pub const BACKOFF_CAP: Duration = Duration::from_millis(250);
+pub(crate) const BACKOFF_CAP: Duration = Duration::from_millis(250);
 
 /// Longest origin `Retry-After` faultline waits for; a longer one means "not now": no retry.
-pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3);
+pub(crate) const MAX_RETRY_AFTER: Duration = Duration::from_secs(3);
 
 /// What made the attempt a candidate for a retry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Trigger {
+pub(crate) enum Trigger {
     /// The attempt failed, having got this far.
     Failure(FailureKind, Progress),
     /// The origin answered with this status.
     Status(u16),
 }
 
-impl Trigger {
-    /// The metric label of a retry for this reason.
-    pub fn reason(self) -> &'static str {
-        match self {
-            Trigger::Failure(kind, _) => kind.as_str(),
-            Trigger::Status(_) => "status",
-        }
-    }
-}
-
 /// What the decision looks at.
 #[derive(Debug, Clone, Copy)]
-pub struct Facts<'a> {
+pub(crate) struct Facts<'a> {
     /// Why a retry is considered.
     pub trigger: Trigger,
     /// The route's policy.
@@ -67,7 +57,7 @@ pub struct Facts<'a> {
 
 /// Whether the request is idempotent by method (RFC 9110 §9.2.2), or by `Idempotency-Key` on a
 /// route that honours it.
-pub fn idempotent(method: &Method, idempotency_key: bool) -> bool {
+pub(crate) fn idempotent(method: &Method, idempotency_key: bool) -> bool {
     idempotency_key
         || matches!(
             *method,
@@ -82,7 +72,7 @@ pub fn idempotent(method: &Method, idempotency_key: bool) -> bool {
 
 /// Whether the policy allows one more attempt. The retry budget is checked after this, so that
 /// only retries that would really happen spend it.
-pub fn allowed(f: Facts<'_>) -> bool {
+pub(crate) fn allowed(f: Facts<'_>) -> bool {
     if f.attempts_made >= f.policy.attempts as usize {
         return false;
     }
@@ -108,7 +98,7 @@ pub fn allowed(f: Facts<'_>) -> bool {
 /// Whether the request makes another attempt: the policy must allow it, then, for a request a
 /// backend may have processed, the upstream's retry budget must have room. Counts the retry, or
 /// the refusal by the budget.
-pub fn may_retry(session: &Session, ctx: &RequestCtx, trigger: Trigger) -> bool {
+pub(crate) fn may_retry(session: &Session, ctx: &RequestCtx, trigger: Trigger) -> bool {
     let (Some(route), Some(pool)) = (ctx.route.as_deref(), ctx.pool()) else {
         return false;
     };
@@ -144,7 +134,7 @@ pub fn may_retry(session: &Session, ctx: &RequestCtx, trigger: Trigger) -> bool 
 }
 
 /// The jittered pause before status-driven retry number `retry` (1 for the first retry).
-pub fn backoff(retry: usize) -> Duration {
+pub(crate) fn backoff(retry: usize) -> Duration {
     let shift = u32::try_from(retry.saturating_sub(1))
         .unwrap_or(u32::MAX)
         .min(8);
@@ -155,7 +145,7 @@ pub fn backoff(retry: usize) -> Duration {
 }
 
 /// `Retry-After` as delay-seconds (RFC 9110 §10.2.3); an HTTP-date or garbage gives `None`.
-pub fn retry_after(value: &[u8]) -> Option<Duration> {
+pub(crate) fn retry_after(value: &[u8]) -> Option<Duration> {
     let text = std::str::from_utf8(value).ok()?.trim();
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -166,7 +156,7 @@ pub fn retry_after(value: &[u8]) -> Option<Duration> {
 /// The pause before a status-driven retry, or `None` when the retry should not happen: the
 /// origin asked for a longer wait than faultline honours, or the wait would not fit in the time
 /// left before the route's deadline.
-pub fn status_pause(
+pub(crate) fn status_pause(
     retry: usize,
     origin_retry_after: Option<&[u8]>,
     time_left: Option<Duration>,

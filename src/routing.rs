@@ -8,10 +8,8 @@ use std::sync::Arc;
 
 use pingora::http::RequestHeader;
 
+pub(crate) use crate::config::Route;
 use crate::config::{HostMatch, RouteConfig};
-
-/// A route: where a request goes and with which policy.
-pub type Route = RouteConfig;
 
 /// Chooses the route of a request.
 pub trait Router: Send + Sync {
@@ -29,7 +27,7 @@ where
 }
 
 /// The request's host: the `Host` header, or the URI authority (HTTP/2), without port.
-pub fn request_host(req: &RequestHeader) -> Option<&str> {
+pub(crate) fn request_host(req: &RequestHeader) -> Option<&str> {
     let raw = req
         .headers
         .get(http::header::HOST)
@@ -53,10 +51,10 @@ fn strip_port(host: &str) -> &str {
 /// `*.suffix`, then any host); within it, the longest matching `path_prefix`.
 #[derive(Debug, Default)]
 pub struct ConfigRouter {
-    exact: HashMap<String, Vec<Arc<Route>>>,
+    exact: HashMap<String, Vec<Arc<RouteConfig>>>,
     /// By suffix with its leading dot (`.example.com`).
-    suffix: HashMap<String, Vec<Arc<Route>>>,
-    any: Vec<Arc<Route>>,
+    suffix: HashMap<String, Vec<Arc<RouteConfig>>>,
+    any: Vec<Arc<RouteConfig>>,
 }
 
 impl ConfigRouter {
@@ -74,7 +72,7 @@ impl ConfigRouter {
             }
         }
         // Longest prefix first; a stable sort keeps file order among equals.
-        let by_prefix = |list: &mut Vec<Arc<Route>>| {
+        let by_prefix = |list: &mut Vec<Arc<RouteConfig>>| {
             list.sort_by_key(|r| std::cmp::Reverse(r.path_prefix.len()));
         };
         router.exact.values_mut().for_each(by_prefix);
@@ -85,19 +83,24 @@ impl ConfigRouter {
 
     /// The first route of `list` (longest prefix first) whose prefix, methods and headers
     /// all match.
-    fn first_match<'a>(list: &'a [Arc<Route>], req: &RequestHeader) -> Option<&'a Arc<Route>> {
+    fn first_match<'a>(
+        list: &'a [Arc<RouteConfig>],
+        req: &RequestHeader,
+    ) -> Option<&'a Arc<Route>> {
         let path = req.uri.path();
-        list.iter().find(|r| {
-            path.starts_with(r.path_prefix.as_str())
-                && (r.methods.is_empty() || r.methods.contains(&req.method))
-                && r.headers
-                    .iter()
-                    .all(|(name, value)| match (req.headers.get(name), value) {
-                        (Some(_), None) => true,
-                        (Some(got), Some(want)) => got == want,
-                        (None, _) => false,
-                    })
-        })
+        list.iter()
+            .find(|r| {
+                path.starts_with(r.path_prefix.as_str())
+                    && (r.methods.is_empty() || r.methods.contains(&req.method))
+                    && r.headers
+                        .iter()
+                        .all(|(name, value)| match (req.headers.get(name), value) {
+                            (Some(_), None) => true,
+                            (Some(got), Some(want)) => got == want,
+                            (None, _) => false,
+                        })
+            })
+            .map(|r| &r.route)
     }
 }
 
@@ -143,7 +146,9 @@ mod tests {
         RouteConfig {
             host,
             path_prefix: prefix.into(),
-            ..RouteConfig::to_upstream(name, "app")
+            methods: Vec::new(),
+            headers: Vec::new(),
+            route: Arc::new(Route::to_upstream(name, "app")),
         }
     }
 
@@ -251,7 +256,7 @@ mod tests {
 
     #[test]
     fn closures_are_routers() {
-        let r = Arc::new(route("x", None, "/"));
+        let r = Arc::new(Route::to_upstream("x", "app"));
         let router = move |_: &RequestHeader| Some(r.clone());
         assert_eq!(
             Router::route(&router, &req("a", "/"))

@@ -60,7 +60,7 @@ impl Snapshot {
                 config
                     .routes
                     .iter()
-                    .map(|r| r.name.as_str())
+                    .map(|r| r.route.name.as_str())
                     .chain(route_names.iter().map(String::as_str)),
                 previous.map(|p| &p.routes),
             ),

@@ -53,7 +53,7 @@ impl ProxyHttp for Bare {
 
 /// Runs the proxy: `LISTEN BACKEND…` from the command line, `THREADS` and `FORWARDING` from the
 /// environment.
-pub fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
+pub(crate) fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().ok_or("usage: bare_proxy LISTEN BACKEND…")?;
     let backends: Vec<String> = args.collect();

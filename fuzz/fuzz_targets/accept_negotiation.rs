@@ -2,7 +2,7 @@
 //! that is not UTF-8, gives plain text.
 #![no_main]
 
-use faultline::error_page::{Format, negotiate};
+use faultline::internals::error_page::{Format, negotiate};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

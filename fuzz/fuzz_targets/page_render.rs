@@ -15,8 +15,9 @@
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
 
-use faultline::error_page::{Cause, ErrorPages, Format, Request, negotiate};
-use faultline::{Config, FailureKind, request_id};
+use faultline::internals::error_page::{Cause, ErrorPages, Format, Request, negotiate};
+use faultline::internals::request_id;
+use faultline::{Config, FailureKind};
 use libfuzzer_sys::fuzz_target;
 
 const MINIMAL: &str = r#"

@@ -4,7 +4,7 @@
 #![no_main]
 
 use faultline::FailureKind;
-use faultline::error_page::{proxy_status_error, proxy_status_received};
+use faultline::internals::error_page::{proxy_status_error, proxy_status_received};
 use libfuzzer_sys::fuzz_target;
 
 /// Header-safe: visible ASCII and space only (RFC 9110 field value, RFC 8941 sf-string).

@@ -3,7 +3,7 @@
 #![no_main]
 
 use faultline::FailureKind;
-use faultline::request_checks::{MAX_HEADER_BYTES, check};
+use faultline::internals::request_checks::{MAX_HEADER_BYTES, check};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

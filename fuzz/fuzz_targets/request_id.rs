@@ -3,7 +3,7 @@
 //! line and an HTML page.
 #![no_main]
 
-use faultline::request_id::{MAX_LEN, accept_incoming, for_request};
+use faultline::internals::request_id::{MAX_LEN, accept_incoming, for_request};
 use libfuzzer_sys::fuzz_target;
 
 fn check_id(id: &str, input: &[u8]) {

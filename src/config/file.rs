@@ -12,7 +12,7 @@ use serde::{Deserialize, Deserializer};
 /// The whole file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(super) struct FileConfig {
     /// Pingora's own `ServerConf`, checked key by key in validation.
     #[serde(default)]
     pub server: Option<serde_norway::Value>,
@@ -43,7 +43,7 @@ pub struct FileConfig {
 /// One client-facing listener.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerFile {
+pub(super) struct ListenerFile {
     /// `IP:port`.
     pub address: String,
     /// Terminate TLS here (HTTP/2 and HTTP/1.1 negotiated by ALPN).
@@ -54,7 +54,7 @@ pub struct ListenerFile {
 /// A TLS listener's certificate.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ListenerTlsFile {
+pub(super) struct ListenerTlsFile {
     /// PEM certificate chain, leaf first.
     pub cert: String,
     /// PEM private key.
@@ -71,7 +71,7 @@ fn yes() -> bool {
 /// The admin listener.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct AdminFile {
+pub(super) struct AdminFile {
     /// `IP:port`.
     pub address: String,
 }
@@ -79,7 +79,7 @@ pub struct AdminFile {
 /// Error page settings.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ErrorPagesFile {
+pub(super) struct ErrorPagesFile {
     /// A link shown on HTML error pages and in problem+json `type`.
     pub support_url: Option<String>,
     /// Whether responses carry a `Proxy-Status` header.
@@ -134,7 +134,7 @@ impl Default for ClientsFile {
 /// A pool of backends.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamFile {
+pub(super) struct UpstreamFile {
     /// The backends; at least one.
     pub backends: Vec<BackendFile>,
     /// How a backend is picked.
@@ -169,7 +169,7 @@ pub struct UpstreamFile {
 /// One backend.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct BackendFile {
+pub(super) struct BackendFile {
     /// `IP:port`.
     pub address: String,
     /// Relative share of traffic.
@@ -197,7 +197,7 @@ pub enum Selection {
 /// Upstream timeouts.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct TimeoutsFile {
+pub(super) struct TimeoutsFile {
     /// TCP connect.
     #[serde(deserialize_with = "duration")]
     pub connect: Duration,
@@ -226,7 +226,7 @@ impl Default for TimeoutsFile {
 /// Health checking of one pool.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct HealthFile {
+pub(super) struct HealthFile {
     /// Active checks.
     #[serde(default)]
     pub active: Option<ActiveHealthFile>,
@@ -238,7 +238,7 @@ pub struct HealthFile {
 /// Active health checks.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ActiveHealthFile {
+pub(super) struct ActiveHealthFile {
     /// HTTP path to request; a TCP connect check when absent.
     #[serde(default)]
     pub path: Option<String>,
@@ -266,7 +266,7 @@ fn two_hundred() -> u16 {
 /// Passive health (outlier detection).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PassiveHealthFile {
+pub(super) struct PassiveHealthFile {
     /// Gateway failures in a row that eject a backend.
     #[serde(default = "five")]
     pub consecutive_failures: u32,
@@ -290,7 +290,7 @@ pub struct PassiveHealthFile {
 /// Failure-rate ejection.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct FailureRateFile {
+pub(super) struct FailureRateFile {
     /// Failure share (percent) that ejects.
     pub percent: u8,
     /// The window the share is taken over.
@@ -327,7 +327,7 @@ fn five_minutes() -> Duration {
 /// One route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RouteFile {
+pub(super) struct RouteFile {
     /// A name for metrics and logs; `route<N>` when absent.
     #[serde(default)]
     pub name: Option<String>,
@@ -356,7 +356,7 @@ pub struct RouteFile {
 /// Route matching.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MatchFile {
+pub(super) struct MatchFile {
     /// Exact host, or `*.suffix`.
     #[serde(default)]
     pub host: Option<String>,
@@ -374,7 +374,7 @@ pub struct MatchFile {
 /// Retry policy of a route.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RetryFile {
+pub(super) struct RetryFile {
     /// Total tries, the first included.
     pub attempts: u32,
     /// Origin statuses that trigger a retry (idempotent requests only).
@@ -399,7 +399,7 @@ impl Default for RetryFile {
 /// Demo origins served by faultline itself.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DemoFile {
+pub(super) struct DemoFile {
     /// Origins to start before the proxy.
     pub origins: Vec<DemoOriginFile>,
 }
@@ -407,7 +407,7 @@ pub struct DemoFile {
 /// One demo origin.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct DemoOriginFile {
+pub(super) struct DemoOriginFile {
     /// `IP:port` to listen on (loopback).
     pub address: String,
     /// How it behaves.
@@ -451,7 +451,7 @@ fn optional_byte_size<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D:
 }
 
 /// Parses a byte size: `1000`, `64KiB`, `10MiB`, `1GiB`, or the decimal `KB`/`MB`/`GB`.
-pub fn parse_byte_size(text: &str) -> Result<u64, String> {
+pub(super) fn parse_byte_size(text: &str) -> Result<u64, String> {
     let trimmed = text.trim();
     let split = trimmed
         .find(|c: char| !c.is_ascii_digit())
@@ -479,7 +479,7 @@ pub fn parse_byte_size(text: &str) -> Result<u64, String> {
 }
 
 /// Parses `250ms`, `5s`, `1m30s`; a bare number is refused because its unit would be a guess.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
+pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
     if !trimmed.is_empty() && trimmed.bytes().all(|b| b.is_ascii_digit()) {
         return Err(format!(

@@ -1,10 +1,10 @@
-//! Configuration: the YAML file ([`file`](mod@file)) turned into a validated runtime model ([`Config`]).
+//! Configuration: the YAML file (parsed strictly into its own shape, then validated) turned into the runtime model ([`Config`]).
 //!
 //! Loading never panics. A syntax or type error stops parsing and names its field path; every
 //! semantic problem after that (unknown upstream, bad address, duplicate listener …) is collected,
 //! so `faultline -t` reports them all at once.
 
-pub mod file;
+mod file;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -257,11 +257,9 @@ pub enum HostMatch {
     Suffix(String),
 }
 
-/// One validated route.
+/// One validated route: what it matches, and the route it leads to.
 #[derive(Debug, Clone)]
 pub struct RouteConfig {
-    /// Name for metrics and logs.
-    pub name: String,
     /// Host match; any host when `None`.
     pub host: Option<HostMatch>,
     /// Path prefix, always starting with `/`.
@@ -270,6 +268,16 @@ pub struct RouteConfig {
     pub methods: Vec<http::Method>,
     /// Headers that must be present: with exactly this value, or any value for `None`.
     pub headers: Vec<(http::HeaderName, Option<http::HeaderValue>)>,
+    /// Where a matching request goes, and with which policy.
+    pub route: Arc<Route>,
+}
+
+/// A route: where a request goes and with which policy. What a [`Router`](crate::Router)
+/// returns; how a request is matched to it is the router's business.
+#[derive(Debug, Clone)]
+pub struct Route {
+    /// Name for metrics and logs.
+    pub name: String,
     /// The name of the upstream it sends to.
     pub upstream: String,
     /// Bound on the whole request.
@@ -284,17 +292,12 @@ pub struct RouteConfig {
     pub max_request_body: Option<u64>,
 }
 
-impl RouteConfig {
-    /// A route named `name` to upstream `upstream` that matches every request, with the default
-    /// policy: three attempts, no status retries, no deadline. A starting point for custom
-    /// routers.
-    pub fn to_upstream(name: &str, upstream: &str) -> RouteConfig {
-        RouteConfig {
+impl Route {
+    /// A route named `name` to upstream `upstream`, with the default policy: three attempts,
+    /// no status retries, no deadline. A starting point for custom routers.
+    pub fn to_upstream(name: &str, upstream: &str) -> Route {
+        Route {
             name: name.to_string(),
-            host: None,
-            path_prefix: "/".to_string(),
-            methods: Vec::new(),
-            headers: Vec::new(),
             upstream: upstream.to_string(),
             deadline: None,
             retry: RetryPolicy {

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
@@ -10,8 +11,8 @@ use pingora::server::configuration::ServerConf;
 use super::file::{self, FileConfig};
 use super::{
     ActiveHealth, BackendConfig, ClientLimits, Config, DemoOrigin, ErrorPages, FailureRate,
-    FieldError, HeaderCase, HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, RouteConfig,
-    Timeouts, UpstreamConfig, UpstreamTls,
+    FieldError, HeaderCase, HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, Route,
+    RouteConfig, Timeouts, UpstreamConfig, UpstreamTls,
 };
 
 mod tls {
@@ -652,22 +653,24 @@ fn route(
             .ok()
     });
     RouteConfig {
-        name: r.name.unwrap_or_else(|| format!("route{i}")),
         host,
         path_prefix,
         methods,
         headers,
-        upstream: r.upstream,
-        deadline: r.deadline,
-        retry: RetryPolicy {
-            attempts: r.retry.attempts,
-            on_status: r.retry.on_status,
-            idempotency_key: r.retry.idempotency_key,
-            budget_percent: r.retry.budget_percent,
-        },
-        intercept_origin_errors: r.intercept_origin_errors,
-        hash_header,
-        max_request_body: r.max_request_body,
+        route: Arc::new(Route {
+            name: r.name.unwrap_or_else(|| format!("route{i}")),
+            upstream: r.upstream,
+            deadline: r.deadline,
+            retry: RetryPolicy {
+                attempts: r.retry.attempts,
+                on_status: r.retry.on_status,
+                idempotency_key: r.retry.idempotency_key,
+                budget_percent: r.retry.budget_percent,
+            },
+            intercept_origin_errors: r.intercept_origin_errors,
+            hash_header,
+            max_request_body: r.max_request_body,
+        }),
     }
 }
 

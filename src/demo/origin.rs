@@ -7,7 +7,7 @@
 //! looking at the request beyond its framing, and keeps what it saw in memory.
 //!
 //! ```no_run
-//! use faultline::demo::origin::{Behavior, Origin};
+//! use faultline::internals::demo::origin::{Behavior, Origin};
 //!
 //! # async fn demo() -> std::io::Result<()> {
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

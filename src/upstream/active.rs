@@ -10,15 +10,15 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::lb::Backend;
 use pingora::lb::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 
-use super::health::PassiveHealth;
+use super::backend::Backend as PoolBackend;
 use super::index_of;
 use crate::config::ActiveHealth;
 
 /// The check for one pool.
-pub fn check(
+pub(crate) fn check(
     settings: &ActiveHealth,
     upstream: &str,
-    passive: Arc<PassiveHealth>,
+    backends: Box<[Arc<PoolBackend>]>,
 ) -> Box<dyn HealthCheck + Send + Sync> {
     let inner: Box<dyn HealthCheck + Send + Sync> = match &settings.path {
         Some(path) => {
@@ -62,13 +62,14 @@ pub fn check(
             tcp
         }
     };
-    Box::new(Observed { inner, passive })
+    Box::new(Observed { inner, backends })
 }
 
-/// Passes every result through, and tells passive health about each success.
+/// Passes every result through, and tells the checked backend's breaker about each success.
 struct Observed {
     inner: Box<dyn HealthCheck + Send + Sync>,
-    passive: Arc<PassiveHealth>,
+    /// The pool's backends, by the position each Pingora backend carries.
+    backends: Box<[Arc<PoolBackend>]>,
 }
 
 #[async_trait]
@@ -76,9 +77,9 @@ impl HealthCheck for Observed {
     async fn check(&self, target: &Backend) -> pingora::Result<()> {
         let result = self.inner.check(target).await;
         if result.is_ok()
-            && let Some(i) = index_of(target)
+            && let Some(b) = index_of(target).and_then(|i| self.backends.get(i))
         {
-            self.passive.active_success(i);
+            b.breaker().active_success();
         }
         result
     }

@@ -10,90 +10,62 @@
 //! refused outright: it is only skipped while a backend that answers exists, and it takes
 //! requests again as soon as its outstanding ones end, which is also how it recovers.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
-/// One backend's outstanding attempts, the pool's answer count at its last progress, and the
-/// answers it may lag by.
-#[derive(Debug)]
-struct Backend {
+/// The answers of one pool, counted across its backends (and across reloads: every generation
+/// of the pool shares it).
+pub(crate) type Answers = Arc<AtomicU64>;
+
+/// The answers a backend may lag by, given its selection weight among the pool's: more than
+/// two of its turns, and at least four. A backend with a tenth of the weight gets its turn
+/// once in ten answers, so it may lag by twenty.
+pub(crate) fn allowed_lag(weight: usize, total_weight: usize) -> u64 {
+    (2 * total_weight.max(1).div_ceil(weight.max(1)) as u64).max(4)
+}
+
+/// One backend's outstanding attempts and the pool's answer count at its last progress.
+#[derive(Debug, Default)]
+pub(crate) struct Progress {
     pending: AtomicU32,
     mark: AtomicU64,
-    lag: u64,
 }
 
-/// Progress of the backends of one pool.
-#[derive(Debug)]
-pub struct Answering {
-    answered: AtomicU64,
-    backends: Box<[Backend]>,
-}
-
-impl Answering {
-    /// For a pool of backends with these selection weights. A backend lags once the pool
-    /// answered more than two of its turns (and at least four times) since it last made
-    /// progress with work outstanding: a backend with a tenth of the weight gets its turn once
-    /// in ten answers, so it may lag by twenty.
-    pub fn new(weights: &[usize]) -> Self {
-        let total: usize = weights.iter().map(|w| (*w).max(1)).sum();
-        Answering {
-            answered: AtomicU64::new(0),
-            backends: weights
-                .iter()
-                .map(|w| Backend {
-                    pending: AtomicU32::new(0),
-                    mark: AtomicU64::new(0),
-                    lag: (2 * total.div_ceil((*w).max(1)) as u64).max(4),
-                })
-                .collect(),
-        }
-    }
-
-    /// An attempt on backend `i` starts.
-    pub fn started(&self, i: usize) {
-        if let Some(b) = self.backends.get(i)
-            && b.pending.fetch_add(1, Ordering::Relaxed) == 0
-        {
+impl Progress {
+    /// An attempt starts.
+    pub(crate) fn started(&self, answers: &AtomicU64) {
+        if self.pending.fetch_add(1, Ordering::Relaxed) == 0 {
             // Idle until now: its lag counts from here.
-            b.mark
-                .store(self.answered.load(Ordering::Relaxed), Ordering::Relaxed);
+            self.mark
+                .store(answers.load(Ordering::Relaxed), Ordering::Relaxed);
         }
     }
 
-    /// Backend `i` answered an attempt (a response header arrived).
-    pub fn answered(&self, i: usize) {
-        if let Some(b) = self.backends.get(i) {
-            decrement(&b.pending);
-            let now = self.answered.fetch_add(1, Ordering::Relaxed) + 1;
-            b.mark.store(now, Ordering::Relaxed);
-        }
+    /// An attempt was answered (a response header arrived).
+    pub(crate) fn answered(&self, answers: &AtomicU64) {
+        decrement(&self.pending);
+        let now = answers.fetch_add(1, Ordering::Relaxed) + 1;
+        self.mark.store(now, Ordering::Relaxed);
     }
 
-    /// An attempt on backend `i` ended without an answer (a failure, or the client left).
-    pub fn ended(&self, i: usize) {
-        if let Some(b) = self.backends.get(i) {
-            decrement(&b.pending);
-        }
+    /// An attempt ended without an answer (a failure, or the client left).
+    pub(crate) fn ended(&self) {
+        decrement(&self.pending);
     }
 
-    /// Whether backend `i` has work outstanding and made no progress while the pool answered
-    /// more than the lag allows.
-    pub fn lagging(&self, i: usize) -> bool {
-        let Some(b) = self.backends.get(i) else {
-            return false;
-        };
-        b.pending.load(Ordering::Relaxed) > 0
-            && self
-                .answered
+    /// Whether the backend has work outstanding and made no progress while the pool answered
+    /// more than `lag` times.
+    pub(crate) fn lagging(&self, answers: &AtomicU64, lag: u64) -> bool {
+        self.pending.load(Ordering::Relaxed) > 0
+            && answers
                 .load(Ordering::Relaxed)
-                .saturating_sub(b.mark.load(Ordering::Relaxed))
-                > b.lag
+                .saturating_sub(self.mark.load(Ordering::Relaxed))
+                > lag
     }
 
-    /// Attempts outstanding on backend `i`.
-    pub fn pending(&self, i: usize) -> u32 {
-        self.backends
-            .get(i)
-            .map_or(0, |b| b.pending.load(Ordering::Relaxed))
+    /// Attempts outstanding.
+    pub(crate) fn pending(&self) -> u32 {
+        self.pending.load(Ordering::Relaxed)
     }
 }
 
@@ -105,9 +77,44 @@ fn decrement(counter: &AtomicU32) {
 mod tests {
     use super::*;
 
+    /// A pool's answer count and its backends' progress, with lags from the weights.
+    struct Pool {
+        answers: AtomicU64,
+        backends: Vec<(Progress, u64)>,
+    }
+
+    impl Pool {
+        fn new(weights: &[usize]) -> Pool {
+            let total = weights.iter().sum();
+            Pool {
+                answers: AtomicU64::new(0),
+                backends: weights
+                    .iter()
+                    .map(|w| (Progress::default(), allowed_lag(*w, total)))
+                    .collect(),
+            }
+        }
+        fn started(&self, i: usize) {
+            self.backends[i].0.started(&self.answers);
+        }
+        fn answered(&self, i: usize) {
+            self.backends[i].0.answered(&self.answers);
+        }
+        fn ended(&self, i: usize) {
+            self.backends[i].0.ended();
+        }
+        fn lagging(&self, i: usize) -> bool {
+            let (p, lag) = &self.backends[i];
+            p.lagging(&self.answers, *lag)
+        }
+        fn pending(&self, i: usize) -> u32 {
+            self.backends[i].0.pending()
+        }
+    }
+
     #[test]
     fn a_backend_that_never_answers_lags_after_the_pool_answers_enough() {
-        let a = Answering::new(&[1, 1, 1]);
+        let a = Pool::new(&[1, 1, 1]);
         a.started(1);
         for _ in 0..6 {
             a.started(0);
@@ -126,7 +133,7 @@ mod tests {
 
     #[test]
     fn busy_backends_that_answer_never_lag() {
-        let a = Answering::new(&[1, 1]);
+        let a = Pool::new(&[1, 1]);
         // Both always have work outstanding, and both answer in turn.
         a.started(0);
         a.started(1);
@@ -142,7 +149,7 @@ mod tests {
     #[test]
     fn a_light_backend_may_lag_by_more() {
         // Weights 9 and 1: the light backend gets one turn in ten answers.
-        let a = Answering::new(&[9, 1]);
+        let a = Pool::new(&[9, 1]);
         a.started(1);
         for _ in 0..20 {
             a.started(0);
@@ -156,7 +163,7 @@ mod tests {
 
     #[test]
     fn an_idle_backend_starts_afresh() {
-        let a = Answering::new(&[1, 1]);
+        let a = Pool::new(&[1, 1]);
         for _ in 0..100 {
             a.started(0);
             a.answered(0);

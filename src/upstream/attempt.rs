@@ -8,7 +8,7 @@ use crate::failure::{FailureKind, Progress};
 
 /// How an attempt ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// Still under way.
     Pending,
     /// The backend sent a response header with this status.
@@ -19,7 +19,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The log and metric label: `response` or the failure kind.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Outcome::Pending => "pending",
             Outcome::Response(_) => "response",
@@ -30,7 +30,7 @@ impl Outcome {
 
 /// One try against one backend.
 #[derive(Debug, Clone)]
-pub struct Attempt {
+pub(crate) struct Attempt {
     /// Index of the backend in its pool.
     pub backend: usize,
     /// How it ended.
@@ -50,13 +50,13 @@ pub struct Attempt {
 
 /// All attempts of a request, in order.
 #[derive(Debug, Default)]
-pub struct Attempts {
+pub(crate) struct Attempts {
     list: Vec<Attempt>,
 }
 
 impl Attempts {
     /// Starts an attempt on `backend`.
-    pub fn start(&mut self, backend: usize, probe: bool) {
+    pub(crate) fn start(&mut self, backend: usize, probe: bool) {
         self.list.push(Attempt {
             backend,
             probe,
@@ -70,7 +70,7 @@ impl Attempts {
     }
 
     /// The connection of the current attempt is ready.
-    pub fn connected(&mut self, reused: bool) {
+    pub(crate) fn connected(&mut self, reused: bool) {
         if let Some(a) = self.list.last_mut() {
             a.reused = reused;
             a.connect = Some(a.started.elapsed());
@@ -78,7 +78,7 @@ impl Attempts {
     }
 
     /// The current attempt got a response header.
-    pub fn responded(&mut self, status: u16) {
+    pub(crate) fn responded(&mut self, status: u16) {
         if let Some(a) = self.list.last_mut() {
             a.outcome = Outcome::Response(status);
             a.progress = Progress::ResponseStarted;
@@ -87,7 +87,7 @@ impl Attempts {
     }
 
     /// The current attempt failed.
-    pub fn failed(&mut self, kind: FailureKind, progress: Progress) {
+    pub(crate) fn failed(&mut self, kind: FailureKind, progress: Progress) {
         if let Some(a) = self.list.last_mut() {
             a.outcome = Outcome::Failed(kind);
             a.progress = progress;
@@ -95,22 +95,22 @@ impl Attempts {
     }
 
     /// Whether `backend` was tried already.
-    pub fn tried(&self, backend: usize) -> bool {
+    pub(crate) fn tried(&self, backend: usize) -> bool {
         self.list.iter().any(|a| a.backend == backend)
     }
 
     /// Number of attempts started.
-    pub fn count(&self) -> usize {
+    pub(crate) fn count(&self) -> usize {
         self.list.len()
     }
 
     /// The current (last) attempt.
-    pub fn last(&self) -> Option<&Attempt> {
+    pub(crate) fn last(&self) -> Option<&Attempt> {
         self.list.last()
     }
 
     /// Every attempt, in order.
-    pub fn iter(&self) -> impl Iterator<Item = &Attempt> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Attempt> {
         self.list.iter()
     }
 }

@@ -7,11 +7,11 @@ use std::time::Duration;
 use super::window::Window;
 
 /// The history the budget looks at.
-pub const WINDOW: Duration = Duration::from_secs(10);
+pub(crate) const WINDOW: Duration = Duration::from_secs(10);
 
 /// Retries always allowed per window, whatever the request count: ten a second, as Finagle's
 /// retry budget allows by default, so a cold start or a quiet upstream can still fail over.
-pub const MIN_RETRIES_PER_WINDOW: u64 = 100;
+pub(crate) const MIN_RETRIES_PER_WINDOW: u64 = 100;
 
 /// Requests and retries of one upstream over the last [`WINDOW`].
 #[derive(Debug)]

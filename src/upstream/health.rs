@@ -12,7 +12,6 @@
 //! The state is a handful of atomics per backend: selection reads it on every request without a
 //! lock.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -23,7 +22,7 @@ use crate::config::PassiveHealth as Settings;
 
 /// Why a backend was ejected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// `consecutive_failures` in a row.
     ConsecutiveFailures,
     /// The failure rate over the window.
@@ -34,14 +33,14 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason, in index order.
-    pub const ALL: [Reason; 3] = [
+    pub(crate) const ALL: [Reason; 3] = [
         Reason::ConsecutiveFailures,
         Reason::FailureRate,
         Reason::ProbeFailed,
     ];
 
     /// The metric label.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Reason::ConsecutiveFailures => "consecutive_failures",
             Reason::FailureRate => "failure_rate",
@@ -57,7 +56,7 @@ fn now_ms() -> u64 {
 
 /// Where a backend stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum State {
+pub(crate) enum State {
     /// Takes traffic.
     Healthy,
     /// Takes no traffic for this long yet.
@@ -68,7 +67,7 @@ pub enum State {
 
 impl State {
     /// The `/status` spelling.
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             State::Healthy => "healthy",
             State::Ejected(_) => "ejected",
@@ -77,10 +76,10 @@ impl State {
     }
 }
 
-/// The passive-health state of one backend. Shared through an `Arc`, so a reload that keeps
-/// the backend keeps its state (an ejected backend stays ejected).
+/// The passive-health state of one backend: a circuit breaker. Shared through an `Arc`, so a
+/// reload that keeps the backend keeps its state (an ejected backend stays ejected).
 #[derive(Debug, Default)]
-pub struct BackendState {
+pub(crate) struct Breaker {
     consecutive: AtomicU32,
     ejections: AtomicU32,
     /// `now_ms()` at which the ejection ends; 0 when not ejected.
@@ -93,68 +92,10 @@ pub struct BackendState {
     window: Option<Window>,
 }
 
-/// What an attempt meant for its backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    /// The backend worked.
-    Success,
-    /// The backend failed (a gateway failure, or a status in `failure_statuses`).
-    Failure,
-    /// Says nothing about the backend (the client went away, the proxy failed).
-    Neutral,
-}
-
-/// Passive health of one pool.
-#[derive(Debug)]
-pub struct PassiveHealth {
-    settings: Option<Settings>,
-    backends: Vec<Arc<BackendState>>,
-}
-
-impl PassiveHealth {
-    /// Fresh state for `n` backends; without settings every backend stays healthy.
-    pub fn new(settings: Option<Settings>, n: usize) -> Self {
-        Self::with_states(settings, (0..n).map(|_| None).collect())
-    }
-
-    /// State for backends that keep the given state (`Some`) or start fresh (`None`).
-    pub fn with_states(settings: Option<Settings>, states: Vec<Option<Arc<BackendState>>>) -> Self {
-        let window = settings
-            .as_ref()
-            .and_then(|s| s.failure_rate.as_ref())
-            .map(|r| r.window);
-        let backends = states
-            .into_iter()
-            .map(|kept| {
-                kept.unwrap_or_else(|| {
-                    Arc::new(BackendState {
-                        window: window.map(Window::new),
-                        ..BackendState::default()
-                    })
-                })
-            })
-            .collect();
-        PassiveHealth { settings, backends }
-    }
-
-    /// The state of backend `i`, to carry over into a reloaded pool.
-    pub fn backend_state(&self, i: usize) -> Option<Arc<BackendState>> {
-        self.backends.get(i).cloned()
-    }
-
-    /// Whether origin `status` counts as a failure of its backend.
-    pub fn is_failure_status(&self, status: u16) -> bool {
-        self.settings
-            .as_ref()
-            .is_some_and(|s| s.failure_statuses.contains(&status))
-    }
-
-    /// The state of backend `i`.
-    pub fn state(&self, i: usize) -> State {
-        let Some(b) = self.backends.get(i) else {
-            return State::Healthy;
-        };
-        match b.ejected_until.load(Ordering::Acquire) {
+impl Breaker {
+    /// Where the backend stands.
+    pub(crate) fn state(&self) -> State {
+        match self.ejected_until.load(Ordering::Acquire) {
             0 => State::Healthy,
             until => {
                 let now = now_ms();
@@ -167,34 +108,34 @@ impl PassiveHealth {
         }
     }
 
-    /// Failures in a row of backend `i`.
-    pub fn consecutive_failures(&self, i: usize) -> u32 {
-        self.backends
-            .get(i)
-            .map_or(0, |b| b.consecutive.load(Ordering::Relaxed))
+    /// Whether the backend is ejected or half-open (it counts against the ejection cap).
+    pub(crate) fn is_out(&self) -> bool {
+        self.ejected_until.load(Ordering::Acquire) != 0
     }
 
-    /// Ejections of backend `i` since it started.
-    pub fn ejections_total(&self, i: usize) -> u64 {
-        Reason::ALL.iter().map(|r| self.ejections(i, *r)).sum()
+    /// Failures in a row.
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive.load(Ordering::Relaxed)
     }
 
-    /// Ejections of backend `i` for `reason`.
-    pub fn ejections(&self, i: usize, reason: Reason) -> u64 {
-        self.backends.get(i).map_or(0, |b| {
-            b.ejections_by[reason as usize].load(Ordering::Relaxed)
-        })
+    /// Ejections since the backend started.
+    pub(crate) fn ejections_total(&self) -> u64 {
+        Reason::ALL.iter().map(|r| self.ejections(*r)).sum()
     }
 
-    /// Whether backend `i` may take this request. Returns `Some(true)` when the request is the
+    /// Ejections for `reason`.
+    pub(crate) fn ejections(&self, reason: Reason) -> u64 {
+        self.ejections_by[reason as usize].load(Ordering::Relaxed)
+    }
+
+    /// Whether the backend may take this request. Returns `Some(true)` when the request is the
     /// half-open probe (the caller must report its outcome), `Some(false)` for an ordinary
     /// admission, `None` when the backend is ejected or its probe is already under way.
-    pub fn admit(&self, i: usize) -> Option<bool> {
-        let b = self.backends.get(i)?;
-        match self.state(i) {
+    pub(crate) fn admit(&self) -> Option<bool> {
+        match self.state() {
             State::Healthy => Some(false),
             State::Ejected(_) => None,
-            State::HalfOpen => b
+            State::HalfOpen => self
                 .probing
                 .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
@@ -202,10 +143,88 @@ impl PassiveHealth {
         }
     }
 
-    /// Records the outcome of an attempt on backend `i`; `probe` when it was the half-open probe.
+    /// Gives back a probe whose attempt never reported an outcome.
+    pub(crate) fn release_probe(&self) {
+        self.probing.store(false, Ordering::Release);
+    }
+
+    /// An active health check succeeded: any ejection ends now.
+    pub(crate) fn active_success(&self) {
+        if self.is_out() {
+            self.consecutive.store(0, Ordering::Relaxed);
+            self.close();
+        }
+    }
+
+    fn close(&self) {
+        self.ejected_until.store(0, Ordering::Release);
+        self.recovered_at.store(now_ms(), Ordering::Relaxed);
+    }
+}
+
+/// What an attempt meant for its backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The backend worked.
+    Success,
+    /// The backend failed (a gateway failure, or a status in `failure_statuses`).
+    Failure,
+    /// Says nothing about the backend (the client went away, the proxy failed).
+    Neutral,
+}
+
+/// How many of a pool's backends are out (ejected or half-open), of how many: the ejection cap
+/// is judged on it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Census {
+    /// Backends out.
+    pub(crate) out: usize,
+    /// Backends in the pool.
+    pub(crate) size: usize,
+}
+
+/// The passive-health policy of one pool: when its backends' breakers open and for how long.
+#[derive(Debug)]
+pub(crate) struct PassiveHealth {
+    settings: Option<Settings>,
+}
+
+impl PassiveHealth {
+    /// The policy; without settings every backend stays healthy.
+    pub(crate) fn new(settings: Option<Settings>) -> Self {
+        PassiveHealth { settings }
+    }
+
+    /// A fresh breaker for a backend that joins the pool.
+    pub(crate) fn breaker(&self) -> Breaker {
+        Breaker {
+            window: self
+                .settings
+                .as_ref()
+                .and_then(|s| s.failure_rate.as_ref())
+                .map(|r| Window::new(r.window)),
+            ..Breaker::default()
+        }
+    }
+
+    /// Whether origin `status` counts as a failure of its backend.
+    pub(crate) fn is_failure_status(&self, status: u16) -> bool {
+        self.settings
+            .as_ref()
+            .is_some_and(|s| s.failure_statuses.contains(&status))
+    }
+
+    /// Records the outcome of an attempt on the backend of breaker `b`; `probe` when it was the
+    /// half-open probe. `census` counts the pool, asked only when the backend would be ejected.
     /// Returns true when this outcome ejected the backend.
-    pub fn record(&self, i: usize, verdict: Verdict, probe: bool) -> bool {
-        let (Some(s), Some(b)) = (&self.settings, self.backends.get(i)) else {
+    pub(crate) fn record(
+        &self,
+        b: &Breaker,
+        verdict: Verdict,
+        probe: bool,
+        census: impl FnOnce() -> Census,
+    ) -> bool {
+        let Some(s) = &self.settings else {
             return false;
         };
         let ejected = match verdict {
@@ -215,7 +234,7 @@ impl PassiveHealth {
                 }
                 b.consecutive.store(0, Ordering::Relaxed);
                 if probe {
-                    self.close(b);
+                    b.close();
                 }
                 false
             }
@@ -226,13 +245,13 @@ impl PassiveHealth {
                 let n = b.consecutive.fetch_add(1, Ordering::Relaxed) + 1;
                 if probe {
                     // The probe failed: straight back out, for longer.
-                    self.eject(s, b, Reason::ProbeFailed)
-                } else if b.ejected_until.load(Ordering::Acquire) != 0 {
+                    Self::eject(s, b, Reason::ProbeFailed, census())
+                } else if b.is_out() {
                     false
                 } else if n >= s.consecutive_failures {
-                    self.eject(s, b, Reason::ConsecutiveFailures)
+                    Self::eject(s, b, Reason::ConsecutiveFailures, census())
                 } else if Self::rate_breached(s, b) {
-                    self.eject(s, b, Reason::FailureRate)
+                    Self::eject(s, b, Reason::FailureRate, census())
                 } else {
                     false
                 }
@@ -240,51 +259,12 @@ impl PassiveHealth {
             Verdict::Neutral => false,
         };
         if probe {
-            b.probing.store(false, Ordering::Release);
+            b.release_probe();
         }
         ejected
     }
 
-    /// Gives back a probe whose attempt never reported an outcome.
-    pub fn release_probe(&self, i: usize) {
-        if let Some(b) = self.backends.get(i) {
-            b.probing.store(false, Ordering::Release);
-        }
-    }
-
-    /// An active health check succeeded: any ejection of backend `i` ends now.
-    pub fn active_success(&self, i: usize) {
-        if let Some(b) = self.backends.get(i)
-            && b.ejected_until.load(Ordering::Acquire) != 0
-        {
-            b.consecutive.store(0, Ordering::Relaxed);
-            self.close(b);
-        }
-    }
-
-    /// Time until the first ejected backend comes back, if any is ejected.
-    pub fn next_return(&self) -> Option<Duration> {
-        (0..self.backends.len())
-            .filter_map(|i| match self.state(i) {
-                State::Ejected(left) => Some(left),
-                _ => None,
-            })
-            .min()
-    }
-
-    fn close(&self, b: &BackendState) {
-        b.ejected_until.store(0, Ordering::Release);
-        b.recovered_at.store(now_ms(), Ordering::Relaxed);
-    }
-
-    fn ejected_count(&self) -> usize {
-        self.backends
-            .iter()
-            .filter(|b| b.ejected_until.load(Ordering::Acquire) != 0)
-            .count()
-    }
-
-    fn rate_breached(s: &Settings, b: &BackendState) -> bool {
+    fn rate_breached(s: &Settings, b: &Breaker) -> bool {
         let (Some(rate), Some(w)) = (&s.failure_rate, &b.window) else {
             return false;
         };
@@ -292,16 +272,14 @@ impl PassiveHealth {
         attempts >= rate.min_requests && failures * 100 >= u64::from(rate.percent) * attempts
     }
 
-    fn eject(&self, s: &Settings, b: &BackendState, reason: Reason) -> bool {
+    fn eject(s: &Settings, b: &Breaker, reason: Reason, census: Census) -> bool {
         let already_out = reason == Reason::ProbeFailed;
-        // The cap counts this backend as ejected already when it is half-open.
-        let others = self
-            .ejected_count()
-            .saturating_sub(usize::from(already_out));
-        if (others + 1) * 100 > usize::from(s.max_ejected_percent) * self.backends.len() {
+        // The cap counts this backend as out already when it is half-open.
+        let others = census.out.saturating_sub(usize::from(already_out));
+        if (others + 1) * 100 > usize::from(s.max_ejected_percent) * census.size {
             if already_out {
                 // Cannot stay out: back in, as a normal backend.
-                self.close(b);
+                b.close();
             }
             return false;
         }
@@ -331,6 +309,34 @@ impl PassiveHealth {
 mod tests {
     use super::*;
 
+    /// A pool's policy and breakers, addressed by position.
+    struct Pool {
+        health: PassiveHealth,
+        breakers: Vec<Breaker>,
+    }
+
+    impl Pool {
+        fn new(settings: Option<Settings>, n: usize) -> Pool {
+            let health = PassiveHealth::new(settings);
+            let breakers = (0..n).map(|_| health.breaker()).collect();
+            Pool { health, breakers }
+        }
+        fn record(&self, i: usize, verdict: Verdict, probe: bool) -> bool {
+            let census = || Census {
+                out: self.breakers.iter().filter(|b| b.is_out()).count(),
+                size: self.breakers.len(),
+            };
+            self.health
+                .record(&self.breakers[i], verdict, probe, census)
+        }
+        fn state(&self, i: usize) -> State {
+            self.breakers[i].state()
+        }
+        fn admit(&self, i: usize) -> Option<bool> {
+            self.breakers[i].admit()
+        }
+    }
+
     fn settings(percent: u8) -> Settings {
         Settings {
             consecutive_failures: 3,
@@ -344,7 +350,7 @@ mod tests {
 
     #[test]
     fn ejects_after_consecutive_failures_only() {
-        let h = PassiveHealth::new(Some(settings(50)), 2);
+        let h = Pool::new(Some(settings(50)), 2);
         assert!(!h.record(0, Verdict::Failure, false));
         assert!(!h.record(0, Verdict::Failure, false));
         assert!(
@@ -357,12 +363,12 @@ mod tests {
         assert!(matches!(h.state(0), State::Ejected(d) if d > Duration::from_secs(29)));
         assert_eq!(h.admit(0), None);
         assert_eq!(h.admit(1), Some(false));
-        assert_eq!(h.ejections_total(0), 1);
+        assert_eq!(h.breakers[0].ejections_total(), 1);
     }
 
     #[test]
     fn never_more_than_the_cap() {
-        let h = PassiveHealth::new(Some(settings(50)), 2);
+        let h = Pool::new(Some(settings(50)), 2);
         for _ in 0..3 {
             h.record(0, Verdict::Failure, false);
             h.record(1, Verdict::Failure, false);
@@ -373,7 +379,7 @@ mod tests {
             State::Healthy,
             "ejecting both would empty the pool"
         );
-        let none = PassiveHealth::new(Some(settings(0)), 4);
+        let none = Pool::new(Some(settings(0)), 4);
         for _ in 0..10 {
             none.record(2, Verdict::Failure, false);
         }
@@ -386,7 +392,7 @@ mod tests {
             base_ejection: Duration::ZERO,
             ..settings(100)
         };
-        let h = PassiveHealth::new(Some(s), 1);
+        let h = Pool::new(Some(s), 1);
         for _ in 0..3 {
             h.record(0, Verdict::Failure, false);
         }
@@ -400,7 +406,7 @@ mod tests {
 
     #[test]
     fn failed_probe_ejects_for_longer() {
-        let h = PassiveHealth::new(Some(settings(100)), 1);
+        let h = Pool::new(Some(settings(100)), 1);
         for _ in 0..3 {
             h.record(0, Verdict::Failure, false);
         }
@@ -408,7 +414,7 @@ mod tests {
             panic!("not ejected")
         };
         // Pretend the ejection is over.
-        h.backends[0].ejected_until.store(1, Ordering::Release);
+        h.breakers[0].ejected_until.store(1, Ordering::Release);
         assert_eq!(h.admit(0), Some(true));
         assert!(h.record(0, Verdict::Failure, true));
         let State::Ejected(second) = h.state(0) else {
@@ -418,27 +424,27 @@ mod tests {
             second > first + Duration::from_secs(20),
             "{first:?} then {second:?}"
         );
-        assert_eq!(h.ejections_total(0), 2);
+        assert_eq!(h.breakers[0].ejections_total(), 2);
     }
 
     #[test]
     fn neutral_outcomes_change_nothing_and_release_the_probe() {
-        let h = PassiveHealth::new(Some(settings(100)), 1);
+        let h = Pool::new(Some(settings(100)), 1);
         for _ in 0..10 {
             h.record(0, Verdict::Neutral, false);
         }
         assert_eq!(h.state(0), State::Healthy);
-        assert_eq!(h.consecutive_failures(0), 0);
+        assert_eq!(h.breakers[0].consecutive_failures(), 0);
     }
 
     #[test]
     fn active_success_ends_an_ejection() {
-        let h = PassiveHealth::new(Some(settings(100)), 1);
+        let h = Pool::new(Some(settings(100)), 1);
         for _ in 0..3 {
             h.record(0, Verdict::Failure, false);
         }
         assert!(matches!(h.state(0), State::Ejected(_)));
-        h.active_success(0);
+        h.breakers[0].active_success();
         assert_eq!(h.state(0), State::Healthy);
     }
 
@@ -458,7 +464,7 @@ mod tests {
     #[test]
     fn failure_rate_ejects_with_enough_attempts() {
         let s = rate_settings();
-        let h = PassiveHealth::new(Some(s), 1);
+        let h = Pool::new(Some(s), 1);
         // Alternating: 50% failures, but below the minimum until the tenth attempt.
         for i in 0..9 {
             let v = if i % 2 == 0 {
@@ -471,14 +477,14 @@ mod tests {
         // The tenth attempt fails: 6 of 10.
         assert!(h.record(0, Verdict::Failure, false));
         assert!(matches!(h.state(0), State::Ejected(_)));
-        assert_eq!(h.ejections(0, Reason::FailureRate), 1);
-        assert_eq!(h.ejections(0, Reason::ConsecutiveFailures), 0);
+        assert_eq!(h.breakers[0].ejections(Reason::FailureRate), 1);
+        assert_eq!(h.breakers[0].ejections(Reason::ConsecutiveFailures), 0);
     }
 
     #[test]
     fn a_low_failure_rate_never_ejects() {
         let s = rate_settings();
-        let h = PassiveHealth::new(Some(s), 1);
+        let h = Pool::new(Some(s), 1);
         for i in 0..100 {
             let v = if i % 3 == 0 {
                 Verdict::Failure
@@ -492,11 +498,11 @@ mod tests {
 
     #[test]
     fn without_settings_nothing_is_ejected() {
-        let h = PassiveHealth::new(None, 1);
+        let h = Pool::new(None, 1);
         for _ in 0..100 {
             h.record(0, Verdict::Failure, false);
         }
         assert_eq!(h.state(0), State::Healthy);
-        assert!(!h.is_failure_status(503));
+        assert!(!h.health.is_failure_status(503));
     }
 }

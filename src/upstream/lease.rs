@@ -7,19 +7,18 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use super::answering::Answering;
-use super::health::{PassiveHealth, Verdict};
+use super::backend::Backend;
 
 /// A place among an upstream's requests in flight (`max_in_flight`).
 #[derive(Debug)]
-pub struct InFlight {
+pub(crate) struct InFlight {
     /// The upstream's count; `None` when it has no limit and nothing is counted.
     count: Option<Arc<AtomicU32>>,
 }
 
 impl InFlight {
     /// Takes a place from `count` unless `max` are taken; without a limit, always a place.
-    pub fn take(count: &Arc<AtomicU32>, max: Option<u32>) -> Option<InFlight> {
+    pub(crate) fn take(count: &Arc<AtomicU32>, max: Option<u32>) -> Option<InFlight> {
         let Some(max) = max else {
             return Some(InFlight { count: None });
         };
@@ -42,36 +41,34 @@ impl Drop for InFlight {
     }
 }
 
-/// An attempt outstanding on a backend, for [`Answering`]: it ends as answered (a response
-/// header came) or, when dropped without that, as ended without an answer.
+/// An attempt outstanding on a backend, for answering: it ends as answered (a response header
+/// came) or, when dropped without that, as ended without an answer.
 #[derive(Debug)]
-pub struct Pending {
-    answering: Option<Arc<Answering>>,
-    backend: usize,
+pub(crate) struct Pending {
+    backend: Option<Arc<Backend>>,
 }
 
 impl Pending {
     /// An attempt on `backend` starts.
-    pub fn start(answering: &Arc<Answering>, backend: usize) -> Pending {
-        answering.started(backend);
+    pub(crate) fn start(backend: &Arc<Backend>) -> Pending {
+        backend.started();
         Pending {
-            answering: Some(answering.clone()),
-            backend,
+            backend: Some(backend.clone()),
         }
     }
 
     /// The backend answered: a response header arrived.
-    pub fn answered(mut self) {
-        if let Some(a) = self.answering.take() {
-            a.answered(self.backend);
+    pub(crate) fn answered(mut self) {
+        if let Some(b) = self.backend.take() {
+            b.answered();
         }
     }
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
-        if let Some(a) = self.answering.take() {
-            a.ended(self.backend);
+        if let Some(b) = self.backend.take() {
+            b.ended();
         }
     }
 }
@@ -81,36 +78,32 @@ impl Drop for Pending {
 /// before its attempt did), given back so that another request can probe.
 #[derive(Debug)]
 pub struct Probe {
-    health: Option<Arc<PassiveHealth>>,
-    backend: usize,
+    backend: Option<Arc<Backend>>,
 }
 
 impl Probe {
-    /// The probe of `backend`, which [`PassiveHealth::admit`] granted.
-    pub fn granted(health: &Arc<PassiveHealth>, backend: usize) -> Probe {
+    /// The probe of `backend`, which its breaker granted.
+    pub(crate) fn granted(backend: &Arc<Backend>) -> Probe {
         Probe {
-            health: Some(health.clone()),
-            backend,
+            backend: Some(backend.clone()),
         }
     }
 
     /// The backend it probes.
-    pub fn backend(&self) -> usize {
-        self.backend
+    pub(crate) fn backend(&self) -> Option<&Backend> {
+        self.backend.as_deref()
     }
 
-    /// Reports the probe's outcome; returns whether it ejected the backend again.
-    pub fn report(mut self, verdict: Verdict) -> bool {
-        self.health
-            .take()
-            .is_some_and(|h| h.record(self.backend, verdict, true))
+    /// Its outcome was reported to the breaker, which ended the probe.
+    pub(crate) fn reported(mut self) {
+        self.backend = None;
     }
 }
 
 impl Drop for Probe {
     fn drop(&mut self) {
-        if let Some(h) = self.health.take() {
-            h.release_probe(self.backend);
+        if let Some(b) = self.backend.take() {
+            b.breaker().release_probe();
         }
     }
 }
@@ -140,13 +133,38 @@ mod tests {
 
     #[test]
     fn a_pending_attempt_ends_once_answered_or_dropped() {
-        let answering = Arc::new(Answering::new(&[1, 1]));
-        let p = Pending::start(&answering, 0);
-        assert_eq!(answering.pending(0), 1);
+        let pool = super::super::tests::pool(
+            "[{ address: \"127.0.0.1:9001\" }, { address: \"127.0.0.1:9002\" }]",
+            "",
+        );
+        let [a, b] = [0, 1].map(|i| pool.backend(i).expect("a backend").clone());
+        let p = Pending::start(&a);
+        assert_eq!(a.pending(), 1);
         p.answered();
-        assert_eq!(answering.pending(0), 0);
-        let q = Pending::start(&answering, 1);
+        assert_eq!(a.pending(), 0);
+        let q = Pending::start(&b);
+        assert_eq!(b.pending(), 1);
         drop(q);
-        assert_eq!(answering.pending(1), 0);
+        assert_eq!(b.pending(), 0);
+    }
+
+    #[test]
+    fn a_probe_dropped_unreported_lets_another_request_probe() {
+        let pool = super::super::tests::pool(
+            "[{ address: \"127.0.0.1:9001\" }]",
+            "    health: { passive: { consecutive_failures: 1, base_ejection: 0s, max_ejected_percent: 100 } }\n",
+        );
+        pool.record_failure(
+            0,
+            None,
+            false,
+            crate::failure::FailureKind::ConnectionRefused,
+        );
+        let first = pool.select(b"", |_| false).expect("the half-open backend");
+        assert!(first.probe.is_some(), "the first request probes");
+        assert!(pool.select(b"", |_| false).is_none(), "one probe at a time");
+        drop(first);
+        let second = pool.select(b"", |_| false).expect("probed again");
+        assert!(second.probe.is_some());
     }
 }

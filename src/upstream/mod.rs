@@ -3,13 +3,14 @@
 //! whether a backend is answering; the peers built with the pool's timeouts, the retry budget,
 //! and the per-request attempt history.
 
-pub mod active;
-pub mod answering;
-pub mod attempt;
-pub mod budget;
-pub mod health;
-pub mod lease;
-pub mod window;
+pub(crate) mod active;
+pub(crate) mod answering;
+pub(crate) mod attempt;
+pub(crate) mod backend;
+pub(crate) mod budget;
+pub(crate) mod health;
+pub(crate) mod lease;
+pub(crate) mod window;
 
 use std::cell::Cell;
 use std::collections::HashMap;
@@ -20,15 +21,16 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use pingora::lb::selection::{Consistent, RoundRobin};
-use pingora::lb::{Backend, Backends, LoadBalancer, discovery};
+use pingora::lb::{Backends, LoadBalancer, discovery};
 use pingora::upstreams::peer::HttpPeer;
 
 use crate::config::{HeaderCase, Selection, UpstreamConfig};
 use crate::failure::FailureKind;
-use crate::metrics::{BackendMetrics, BackendView, UpstreamMetrics, UpstreamView};
-use answering::Answering;
+use crate::metrics::{BackendView, UpstreamMetrics, UpstreamView};
+use answering::Answers;
+use backend::Backend;
 use budget::RetryBudget;
-use health::{PassiveHealth, Reason, State, Verdict};
+use health::{Census, PassiveHealth, Reason, State, Verdict};
 use lease::{InFlight, Pending, Probe};
 
 /// The position of a backend in its pool, stored in the Pingora `Backend`'s extensions so a
@@ -37,7 +39,7 @@ use lease::{InFlight, Pending, Probe};
 pub(crate) struct BackendIndex(pub(crate) usize);
 
 /// The index of a Pingora backend in its pool.
-pub(crate) fn index_of(b: &Backend) -> Option<usize> {
+pub(crate) fn index_of(b: &pingora::lb::Backend) -> Option<usize> {
     b.ext.get::<BackendIndex>().map(|i| i.0)
 }
 
@@ -109,19 +111,6 @@ impl Balancer {
     }
 }
 
-/// One backend as the rest of faultline sees it.
-#[derive(Debug)]
-pub struct BackendInfo {
-    /// Its address.
-    pub address: SocketAddr,
-    /// Its label in logs and metrics (the configured address).
-    pub name: String,
-    /// Its counters (kept across reloads).
-    pub metrics: Arc<BackendMetrics>,
-    peer: HttpPeer,
-    lb_backend: Backend,
-}
-
 /// A selected backend.
 #[derive(Debug)]
 pub struct Selected {
@@ -135,16 +124,16 @@ pub struct Selected {
 pub struct Pool {
     name: String,
     balancer: Balancer,
-    backends: Vec<BackendInfo>,
+    backends: Box<[Arc<Backend>]>,
     hash_key: bool,
-    /// Passive health of the backends.
-    pub health: Arc<PassiveHealth>,
+    /// The passive-health policy of its backends.
+    health: PassiveHealth,
     /// Retries may be at most a share of this upstream's recent requests.
     pub budget: Arc<RetryBudget>,
     /// Upstream-wide counters.
     pub metrics: Arc<UpstreamMetrics>,
-    /// Which backends are answering.
-    pub answering: Arc<Answering>,
+    /// The pool's answers, for which backends are answering.
+    answers: Answers,
     active_interval: Option<Duration>,
     in_flight: Arc<AtomicU32>,
     max_in_flight: Option<u32>,
@@ -177,56 +166,34 @@ impl Pool {
     /// that `previous` (the same upstream before a reload) also had keep their counters and
     /// passive-health state; the upstream keeps its retry budget.
     pub fn new(config: &UpstreamConfig, previous: Option<&Pool>) -> Result<Pool, PoolError> {
-        let kept = |address: SocketAddr| {
-            let p = previous?;
-            let i = p.backends.iter().position(|b| b.address == address)?;
-            Some((p.backends[i].metrics.clone(), p.health.backend_state(i)?))
-        };
-        let mut states = Vec::with_capacity(config.backends.len());
+        let health = PassiveHealth::new(config.passive_health.clone());
+        let answers = previous.map_or_else(Default::default, |p| p.answers.clone());
+        let total_weight = config.backends.iter().map(|b| b.weight).sum();
         let mut set = std::collections::BTreeSet::new();
         let mut backends = Vec::with_capacity(config.backends.len());
         for (i, b) in config.backends.iter().enumerate() {
-            let mut backend =
-                Backend::new_with_weight(&b.address.to_string(), b.weight).map_err(|e| {
-                    PoolError(format!(
-                        "upstream {}: backend {}: {e}",
-                        config.name, b.address
-                    ))
-                })?;
-            backend.ext.insert(BackendIndex(i));
-            set.insert(backend.clone());
-            let mut peer = match &config.tls {
-                Some(tls) => {
-                    let mut p = HttpPeer::new(b.address, true, tls.sni.clone());
-                    p.options.verify_cert = tls.verify_cert;
-                    p.options.verify_hostname = tls.verify_cert;
-                    p
-                }
-                None => HttpPeer::new(b.address, false, String::new()),
-            };
-            let t = &config.timeouts;
-            peer.options.connection_timeout = Some(t.connect);
-            peer.options.total_connection_timeout = Some(t.connect);
-            peer.options.read_timeout = Some(t.response_header);
-            peer.options.write_timeout = Some(t.write_idle);
-            peer.options.idle_timeout = Some(t.keepalive_idle);
-            let (metrics, state) = match kept(b.address) {
-                Some((m, st)) => (m, Some(st)),
-                None => (Arc::new(BackendMetrics::default()), None),
-            };
-            states.push(state);
-            backends.push(BackendInfo {
-                address: b.address,
-                name: b.address.to_string(),
-                metrics,
-                peer,
-                lb_backend: backend,
-            });
+            let mut selection =
+                pingora::lb::Backend::new_with_weight(&b.address.to_string(), b.weight).map_err(
+                    |e| {
+                        PoolError(format!(
+                            "upstream {}: backend {}: {e}",
+                            config.name, b.address
+                        ))
+                    },
+                )?;
+            selection.ext.insert(BackendIndex(i));
+            set.insert(selection.clone());
+            backends.push(Arc::new(Backend::new(
+                b.address,
+                peer(config, b.address),
+                selection,
+                answering::allowed_lag(b.weight, total_weight),
+                &answers,
+                &health,
+                previous.and_then(|p| p.backend_at(b.address)),
+            )));
         }
-        let health = Arc::new(PassiveHealth::with_states(
-            config.passive_health.clone(),
-            states,
-        ));
+        let backends: Box<[Arc<Backend>]> = backends.into();
         let discovery = discovery::Static::new(set);
         let balancer = match config.selection {
             Selection::RoundRobin | Selection::Random => Balancer::Own {
@@ -239,9 +206,9 @@ impl Pool {
                 backends: config.backends.len(),
                 next: AtomicUsize::new(0),
                 random: config.selection == Selection::Random,
-                lb: build(discovery, config, &health)?,
+                lb: build(discovery, config, &backends)?,
             },
-            Selection::ConsistentHash => Balancer::Consistent(build(discovery, config, &health)?),
+            Selection::ConsistentHash => Balancer::Consistent(build(discovery, config, &backends)?),
         };
         Ok(Pool {
             name: config.name.clone(),
@@ -251,9 +218,7 @@ impl Pool {
             health,
             budget: previous.map_or_else(Default::default, |p| p.budget.clone()),
             metrics: previous.map_or_else(Default::default, |p| p.metrics.clone()),
-            answering: Arc::new(Answering::new(
-                &config.backends.iter().map(|b| b.weight).collect::<Vec<_>>(),
-            )),
+            answers,
             active_interval: config.active_health.as_ref().map(|a| a.interval),
             in_flight: previous.map_or_else(Default::default, |p| p.in_flight.clone()),
             max_in_flight: config.max_in_flight,
@@ -261,28 +226,41 @@ impl Pool {
         })
     }
 
+    /// The backend at `address`, if the pool has one.
+    fn backend_at(&self, address: SocketAddr) -> Option<&Backend> {
+        self.backends
+            .iter()
+            .find(|b| b.address() == address)
+            .map(|b| &**b)
+    }
+
     /// How header names are spelled towards the backends.
-    pub fn header_case(&self) -> HeaderCase {
+    pub(crate) fn header_case(&self) -> HeaderCase {
         self.header_case
     }
 
     /// The upstream's name.
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.name
     }
 
     /// The backends, by index.
-    pub fn backends(&self) -> &[BackendInfo] {
+    pub(crate) fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
     }
 
+    /// Backend `i`.
+    pub(crate) fn backend(&self, i: usize) -> Option<&Arc<Backend>> {
+        self.backends.get(i)
+    }
+
     /// Whether selection uses the request key (consistent hashing).
-    pub fn uses_key(&self) -> bool {
+    pub(crate) fn uses_key(&self) -> bool {
         self.hash_key
     }
 
     /// How often the active health checks run, when configured.
-    pub fn active_interval(&self) -> Option<Duration> {
+    pub(crate) fn active_interval(&self) -> Option<Duration> {
         self.active_interval
     }
 
@@ -292,10 +270,10 @@ impl Pool {
     }
 
     /// Whether backend `i` passes its active health check (always, without one).
-    pub fn actively_healthy(&self, i: usize) -> bool {
+    pub(crate) fn actively_healthy(&self, i: usize) -> bool {
         self.backends
             .get(i)
-            .is_none_or(|b| self.balancer.backends().ready(&b.lb_backend))
+            .is_none_or(|b| self.balancer.backends().ready(&b.selection))
     }
 
     /// Picks a backend that both health views admit, preferring one for which `tried` is
@@ -303,11 +281,13 @@ impl Pool {
     pub fn select(&self, key: &[u8], tried: impl Fn(usize) -> bool) -> Option<Selected> {
         let probe = Cell::new(false);
         let admit = |i: usize, healthy: bool, fresh_only: bool, answering_only: bool| {
-            if !healthy || (fresh_only && tried(i)) || (answering_only && self.answering.lagging(i))
-            {
+            let Some(b) = self.backends.get(i) else {
+                return false;
+            };
+            if !healthy || (fresh_only && tried(i)) || (answering_only && b.lagging()) {
                 return false;
             }
-            match self.health.admit(i) {
+            match b.breaker().admit() {
                 Some(is_probe) => {
                     probe.set(is_probe);
                     true
@@ -337,25 +317,28 @@ impl Pool {
             })?;
         Some(Selected {
             index: chosen,
-            probe: probe.get().then(|| Probe::granted(&self.health, chosen)),
+            probe: probe
+                .get()
+                .then(|| self.backends.get(chosen).map(Probe::granted))
+                .flatten(),
         })
     }
 
     /// Takes a place among the requests in flight, given back when dropped; `None` when the
     /// upstream is at its limit.
-    pub fn enter(&self) -> Option<InFlight> {
+    pub(crate) fn enter(&self) -> Option<InFlight> {
         InFlight::take(&self.in_flight, self.max_in_flight)
     }
 
     /// Whether some backend has not been tried yet.
-    pub fn has_untried(&self, tried: impl Fn(usize) -> bool) -> bool {
+    pub(crate) fn has_untried(&self, tried: impl Fn(usize) -> bool) -> bool {
         (0..self.backends.len()).any(|i| !tried(i))
     }
 
     /// The peer for backend `index`, with the pool's timeouts, each cut to `time_left` so that
     /// no single wait outlasts the request's deadline.
-    pub fn peer(&self, index: usize, time_left: Option<Duration>) -> Option<Box<HttpPeer>> {
-        let mut peer = Box::new(self.backends.get(index)?.peer.clone());
+    pub(crate) fn peer(&self, index: usize, time_left: Option<Duration>) -> Option<Box<HttpPeer>> {
+        let mut peer = Box::new(self.backends.get(index)?.peer().clone());
         if let Some(left) = time_left {
             let o = &mut peer.options;
             for t in [
@@ -382,7 +365,7 @@ impl Pool {
         kind: FailureKind,
     ) {
         if let Some(b) = self.backends.get(i) {
-            b.metrics.failure(kind);
+            b.metrics().failure(kind);
         }
         let verdict = if kind.counts_against_backend() {
             Verdict::Failure
@@ -395,20 +378,33 @@ impl Pool {
     /// Passive health learns the verdict of an attempt on backend `i`: through its probe
     /// permit when it holds one, else as a probe only when `was_probe`.
     fn record_health(&self, i: usize, probe: Option<Probe>, was_probe: bool, verdict: Verdict) {
-        match probe {
-            Some(p) => {
-                debug_assert_eq!(p.backend(), i, "a probe reported for another backend");
-                p.report(verdict);
-            }
-            None => {
-                self.health.record(i, verdict, was_probe);
-            }
+        let Some(b) = self.backends.get(i) else {
+            return;
+        };
+        debug_assert!(
+            probe
+                .as_ref()
+                .is_none_or(|p| p.backend().is_some_and(|p| std::ptr::eq(p, &**b))),
+            "a probe reported for another backend"
+        );
+        let census = || Census {
+            out: self
+                .backends
+                .iter()
+                .filter(|b| b.breaker().is_out())
+                .count(),
+            size: self.backends.len(),
+        };
+        self.health
+            .record(b.breaker(), verdict, probe.is_some() || was_probe, census);
+        if let Some(p) = probe {
+            p.reported();
         }
     }
 
     /// Records a response header from backend `i`: its counters and its passive health (a
     /// status listed in `failure_statuses` is a failure, any other a success).
-    pub fn record_response(
+    pub(crate) fn record_response(
         &self,
         i: usize,
         probe: Option<Probe>,
@@ -416,9 +412,9 @@ impl Pool {
         header_time: Option<Duration>,
     ) {
         if let Some(b) = self.backends.get(i) {
-            b.metrics.response(status);
+            b.metrics().response(status);
             if let Some(t) = header_time {
-                b.metrics.header.observe(t);
+                b.metrics().header.observe(t);
             }
         }
         let verdict = if self.health.is_failure_status(status) {
@@ -430,32 +426,46 @@ impl Pool {
     }
 
     /// An attempt on backend `i` starts: it is outstanding until it is answered or dropped.
-    pub fn start_attempt(&self, i: usize) -> Pending {
-        Pending::start(&self.answering, i)
+    pub(crate) fn start_attempt(&self, i: usize) -> Option<Pending> {
+        self.backends.get(i).map(Pending::start)
     }
 
     /// Records that an attempt on backend `i` ended with its response (see
     /// [`BackendMetrics::answered`](crate::metrics::BackendMetrics::answered)).
-    pub fn record_answered(&self, i: usize) {
+    pub(crate) fn record_answered(&self, i: usize) {
         if let Some(b) = self.backends.get(i) {
-            b.metrics.answered();
+            b.metrics().answered();
         }
     }
 
     /// Records the connect time of a new connection to backend `i`.
-    pub fn record_connect(&self, i: usize, connect: Duration) {
+    pub(crate) fn record_connect(&self, i: usize, connect: Duration) {
         if let Some(b) = self.backends.get(i) {
-            b.metrics.connect.observe(connect);
+            b.metrics().connect.observe(connect);
         }
     }
 
     /// Whether backend `i` takes traffic now (not ejected, and passing its active check).
-    pub fn is_up(&self, i: usize) -> bool {
-        !matches!(self.health.state(i), State::Ejected(_)) && self.actively_healthy(i)
+    pub(crate) fn is_up(&self, i: usize) -> bool {
+        self.backends
+            .get(i)
+            .is_some_and(|b| !matches!(b.state(), State::Ejected(_)))
+            && self.actively_healthy(i)
+    }
+
+    /// Time until the first ejected backend comes back, if any is ejected.
+    pub(crate) fn next_return(&self) -> Option<Duration> {
+        self.backends
+            .iter()
+            .filter_map(|b| match b.state() {
+                State::Ejected(left) => Some(left),
+                _ => None,
+            })
+            .min()
     }
 
     /// This pool for the metrics exposition.
-    pub fn view(&self) -> UpstreamView<'_> {
+    pub(crate) fn view(&self) -> UpstreamView<'_> {
         UpstreamView {
             name: &self.name,
             metrics: &self.metrics,
@@ -464,20 +474,40 @@ impl Pool {
                 .iter()
                 .enumerate()
                 .map(|(i, b)| BackendView {
-                    name: &b.name,
-                    metrics: &b.metrics,
+                    name: b.name(),
+                    metrics: b.metrics(),
                     up: self.is_up(i),
-                    ejections: Reason::ALL.map(|r| (r.as_str(), self.health.ejections(i, r))),
+                    ejections: Reason::ALL.map(|r| (r.as_str(), b.breaker().ejections(r))),
                 })
                 .collect(),
         }
     }
 }
 
+/// The peer of the backend at `address`, with the upstream's TLS and timeouts.
+fn peer(config: &UpstreamConfig, address: SocketAddr) -> HttpPeer {
+    let mut peer = match &config.tls {
+        Some(tls) => {
+            let mut p = HttpPeer::new(address, true, tls.sni.clone());
+            p.options.verify_cert = tls.verify_cert;
+            p.options.verify_hostname = tls.verify_cert;
+            p
+        }
+        None => HttpPeer::new(address, false, String::new()),
+    };
+    let t = &config.timeouts;
+    peer.options.connection_timeout = Some(t.connect);
+    peer.options.total_connection_timeout = Some(t.connect);
+    peer.options.read_timeout = Some(t.response_header);
+    peer.options.write_timeout = Some(t.write_idle);
+    peer.options.idle_timeout = Some(t.keepalive_idle);
+    peer
+}
+
 fn build<S>(
     discovery: Box<discovery::Static>,
     config: &UpstreamConfig,
-    health: &Arc<PassiveHealth>,
+    backends: &[Arc<Backend>],
 ) -> Result<Arc<LoadBalancer<S>>, PoolError>
 where
     S: pingora::lb::selection::BackendSelection + Send + Sync + 'static,
@@ -491,7 +521,7 @@ where
         None => return Err(PoolError("building the selector did not complete".into())),
     }
     if let Some(active) = &config.active_health {
-        lb.set_health_check(active::check(active, &config.name, health.clone()));
+        lb.set_health_check(active::check(active, &config.name, backends.into()));
     }
     Ok(Arc::new(lb))
 }
@@ -524,12 +554,12 @@ impl Upstreams {
     }
 
     /// The pool at `index`.
-    pub fn get(&self, index: usize) -> Option<&Pool> {
+    pub(crate) fn get(&self, index: usize) -> Option<&Pool> {
         self.pools.get(index)
     }
 
     /// The index of the pool named `name`.
-    pub fn index_of(&self, name: &str) -> Option<usize> {
+    pub(crate) fn index_of(&self, name: &str) -> Option<usize> {
         self.by_name.get(name).copied()
     }
 
@@ -538,17 +568,18 @@ impl Upstreams {
     }
 
     /// Every pool, in configuration order.
-    pub fn iter(&self) -> impl Iterator<Item = &Pool> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = &Pool> {
         self.pools.iter()
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::Config;
 
-    fn pool(backends: &str, extra: &str) -> Pool {
+    /// A pool of `backends` (YAML), with `extra` lines under the upstream.
+    pub(crate) fn pool(backends: &str, extra: &str) -> Pool {
         let yaml = format!(
             "listeners: [{{ address: \"127.0.0.1:8080\" }}]\nupstreams:\n  app:\n    backends: {backends}\n{extra}routes: [{{ upstream: app }}]\n"
         );
@@ -601,13 +632,62 @@ mod tests {
             "[{ address: \"127.0.0.1:9001\" }, { address: \"127.0.0.1:9002\" }]",
             "    selection: random\n",
         );
-        r.answering.started(0);
+        let [slow, fast] = [0, 1].map(|i| r.backend(i).expect("a backend"));
+        slow.started();
         for _ in 0..5 {
-            r.answering.started(1);
-            r.answering.answered(1);
+            fast.started();
+            fast.answered();
         }
         for _ in 0..20 {
             assert_eq!(r.select(b"", |_| false).expect("a backend").index, 1);
         }
+    }
+
+    #[test]
+    fn a_new_generation_keeps_what_it_learnt_of_the_backends_that_stay() {
+        let passive =
+            "    health: { passive: { consecutive_failures: 1, max_ejected_percent: 50 } }\n";
+        let before = pool(
+            "[{ address: \"127.0.0.1:9001\" }, { address: \"127.0.0.1:9002\" }]",
+            passive,
+        );
+        before.record_failure(0, None, false, FailureKind::ConnectionRefused);
+        let held = before.start_attempt(1).expect("an attempt");
+        let yaml = format!(
+            "listeners: [{{ address: \"127.0.0.1:8080\" }}]\nupstreams:\n  app:\n    backends: [{{ address: \"127.0.0.1:9003\" }}, {{ address: \"127.0.0.1:9002\" }}, {{ address: \"127.0.0.1:9001\" }}]\n{passive}routes: [{{ upstream: app }}]\n"
+        );
+        let config = Config::from_yaml(&yaml).expect("config");
+        let after = Pool::new(&config.upstreams[0], Some(&before)).expect("pool");
+        let by_address = |port: u16| {
+            after
+                .backends()
+                .iter()
+                .find(|b| b.address().port() == port)
+                .expect("a backend")
+        };
+        let (new, stays_busy, stays_out) = (by_address(9003), by_address(9002), by_address(9001));
+        assert!(
+            matches!(stays_out.state(), State::Ejected(_)),
+            "still ejected"
+        );
+        assert_eq!(
+            stays_out
+                .metrics()
+                .attempts(Some(FailureKind::ConnectionRefused)),
+            1
+        );
+        assert_eq!(
+            stays_busy.pending(),
+            1,
+            "its outstanding attempt is still counted"
+        );
+        assert_eq!(new.state(), State::Healthy);
+        assert_eq!(
+            new.metrics().attempts(Some(FailureKind::ConnectionRefused)),
+            0
+        );
+        // The attempt started on the old generation ends in the state both generations share.
+        drop(held);
+        assert_eq!(stays_busy.pending(), 0);
     }
 }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Slots per window.
-pub const SLOTS: u64 = 10;
+pub(crate) const SLOTS: u64 = 10;
 
 #[derive(Debug, Default)]
 struct Slot {
@@ -17,7 +17,7 @@ struct Slot {
 
 /// Two counts over the last `window`, in slots of a tenth of it.
 #[derive(Debug)]
-pub struct Window {
+pub(crate) struct Window {
     slot_ms: u64,
     slots: [Slot; SLOTS as usize],
 }
@@ -30,7 +30,7 @@ pub(crate) fn now_ms() -> u64 {
 
 impl Window {
     /// A window of `span` (at least ten milliseconds).
-    pub fn new(span: Duration) -> Self {
+    pub(crate) fn new(span: Duration) -> Self {
         let ms = u64::try_from(span.as_millis()).unwrap_or(u64::MAX);
         Window {
             slot_ms: (ms / SLOTS).max(1),
@@ -59,7 +59,7 @@ impl Window {
     }
 
     /// Adds to the current slot.
-    pub fn add(&self, a: u64, b: u64) {
+    pub(crate) fn add(&self, a: u64, b: u64) {
         let slot = self.slot(self.tick());
         if a > 0 {
             slot.a.fetch_add(a, Ordering::Relaxed);
@@ -70,7 +70,7 @@ impl Window {
     }
 
     /// Both counts over the window.
-    pub fn totals(&self) -> (u64, u64) {
+    pub(crate) fn totals(&self) -> (u64, u64) {
         let now = self.tick();
         self.slots
             .iter()
@@ -88,7 +88,7 @@ impl Window {
     }
 
     /// Forgets everything counted so far.
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         for s in &self.slots {
             s.tick.store(0, Ordering::Release);
             s.a.store(0, Ordering::Release);

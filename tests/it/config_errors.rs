@@ -32,8 +32,8 @@ fn the_minimal_config_is_valid() {
     let c = Config::from_yaml(VALID).expect("valid");
     assert_eq!(c.listeners.len(), 1);
     assert_eq!(c.upstreams[0].name, "app");
-    assert_eq!(c.routes[0].name, "route0");
-    assert_eq!(c.routes[0].retry.attempts, 3);
+    assert_eq!(c.routes[0].route.name, "route0");
+    assert_eq!(c.routes[0].route.retry.attempts, 3);
 }
 
 #[test]
@@ -385,7 +385,7 @@ fn client_limits_and_body_sizes_are_checked() {
         "  - { upstream: app, max_request_body: 64KiB }",
     );
     let config = Config::from_yaml(&yaml).expect("valid");
-    assert_eq!(config.routes[0].max_request_body, Some(64 * 1024));
+    assert_eq!(config.routes[0].route.max_request_body, Some(64 * 1024));
     assert_eq!(
         config.clients.header_timeout,
         std::time::Duration::from_secs(10)

@@ -31,9 +31,7 @@ impl Proxy {
     /// a file to reload from).
     pub fn start_with(
         body: &str,
-        customize: impl FnOnce(
-            faultline::gateway::GatewayBuilder<'_>,
-        ) -> faultline::gateway::GatewayBuilder<'_>,
+        customize: impl FnOnce(faultline::GatewayBuilder<'_>) -> faultline::GatewayBuilder<'_>,
     ) -> Proxy {
         let addr = free_addr();
         let admin = free_addr();
@@ -49,9 +47,7 @@ impl Proxy {
         addr: SocketAddr,
         admin: SocketAddr,
         yaml: &str,
-        customize: impl FnOnce(
-            faultline::gateway::GatewayBuilder<'_>,
-        ) -> faultline::gateway::GatewayBuilder<'_>,
+        customize: impl FnOnce(faultline::GatewayBuilder<'_>) -> faultline::GatewayBuilder<'_>,
     ) -> Proxy {
         init_log_capture();
         let config = faultline::Config::from_yaml(yaml)
@@ -152,11 +148,11 @@ struct CaptureLogger;
 
 impl log::Log for CaptureLogger {
     fn enabled(&self, metadata: &log::Metadata<'_>) -> bool {
-        metadata.target() == faultline::access_log::TARGET || metadata.level() <= log::Level::Warn
+        metadata.target() == faultline::ACCESS_LOG_TARGET || metadata.level() <= log::Level::Warn
     }
 
     fn log(&self, record: &log::Record<'_>) {
-        if record.target() == faultline::access_log::TARGET {
+        if record.target() == faultline::ACCESS_LOG_TARGET {
             let c = capture();
             if let Ok(mut lines) = c.lines.lock() {
                 lines.push(record.args().to_string());

@@ -122,7 +122,7 @@ fn an_oversized_header_section_is_431() {
     let mut raw = b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: big431\r\nX-Big: ".to_vec();
     raw.extend(std::iter::repeat_n(
         b'a',
-        faultline::request_checks::MAX_HEADER_BYTES,
+        faultline::internals::request_checks::MAX_HEADER_BYTES,
     ));
     raw.extend_from_slice(b"\r\n\r\n");
     let answer = raw_exchange(&proxy, &raw);

@@ -2,6 +2,8 @@
 
 // A failed expectation in a test helper is a test failure: panicking is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+// A test binary has no API: `pub` in its modules means "for the other test modules".
+#![allow(unreachable_pub)]
 
 mod client;
 mod harness;

@@ -1,5 +1,5 @@
 //! In-process origins that behave, and misbehave, on purpose: the library's origin kit
-//! ([`faultline::demo::origin`]) on an ephemeral loopback port of the tests' runtime. Each
+//! ([`faultline::internals::demo::origin`]) on an ephemeral loopback port of the tests' runtime. Each
 //! counts the connections it accepted and the requests it read, and keeps the request heads it
 //! saw. Also: an address that refuses connections, and one where connects time out.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
-pub use faultline::demo::origin::{Behavior, Gate};
+pub use faultline::internals::demo::origin::{Behavior, Gate};
 
 /// The runtime every origin runs on.
 pub fn runtime() -> &'static tokio::runtime::Runtime {
@@ -28,7 +28,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
 pub struct Origin {
     /// Where it listens.
     pub addr: SocketAddr,
-    kit: faultline::demo::origin::Origin,
+    kit: faultline::internals::demo::origin::Origin,
 }
 
 impl Origin {
@@ -49,7 +49,7 @@ impl Origin {
             let listener = socket.listen(1024).expect("listen");
             (listener.local_addr().expect("addr"), listener)
         });
-        let kit = faultline::demo::origin::Origin::new(behavior);
+        let kit = faultline::internals::demo::origin::Origin::new(behavior);
         runtime().spawn(kit.clone().serve(listener));
         Origin { addr, kit }
     }

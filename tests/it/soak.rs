@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use tokio::net::{TcpListener, TcpSocket};
 
 use faultline::FailureKind;
-use faultline::demo::origin::{Behavior, Origin as KitOrigin};
+use faultline::internals::demo::origin::{Behavior, Origin as KitOrigin};
 
 use crate::client::{self, Client, Failed, Response};
 use crate::harness::Binary;
