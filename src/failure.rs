@@ -282,6 +282,9 @@ pub fn classify(error: &Error, phase: Phase) -> FailureKind {
     match error.esource() {
         ErrorSource::Downstream => {
             return match error.etype() {
+                // An HTTP/2 client that reset its stream (CANCEL) or dropped its connection went
+                // away; it did not send a bad request.
+                H2Error if client_closed_h2(error) => FailureKind::ClientAborted,
                 InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => FailureKind::HttpRequestError,
                 // A request body whose chunked framing is broken.
                 Custom(name) if *name == "InvalidChunk" => FailureKind::HttpRequestError,
@@ -360,6 +363,17 @@ fn header_bytes_read(error: &Error) -> bool {
         }
         None => false,
     }
+}
+
+/// Pingora 0.9 reports an HTTP/2 client that reset its stream, or whose connection failed, while
+/// the proxy waited on the upstream as an `H2Error` whose context alone tells it from a malformed
+/// request (`Client closed H2, reason: CANCEL`, `downstream error while idling`:
+/// pingora-core `protocols/http/v2/server.rs`, `Idle` and `read_body_or_idle`).
+fn client_closed_h2(error: &Error) -> bool {
+    error.context.as_ref().is_some_and(|c| {
+        let c = c.as_str();
+        c.starts_with("Client closed H2") || c.starts_with("downstream error while idling")
+    })
 }
 
 /// Pingora 0.9 (rustls) reports a certificate that failed verification as a handshake failure;
@@ -730,6 +744,39 @@ mod tests {
         let mut e = Error::new(ErrorType::InternalError);
         e.esource = ErrorSource::Internal;
         assert_eq!(classify(&e, Phase::Exchange).status(), 500);
+    }
+
+    #[test]
+    fn an_http2_client_that_went_away_is_an_abort_not_a_bad_request() {
+        let down = |context: &'static str| {
+            let mut e = Error::explain(ErrorType::H2Error, context);
+            e.as_down();
+            e
+        };
+        for gone in [
+            "Client closed H2, reason: CANCEL",
+            "Client closed H2, reason: NO_ERROR",
+            "downstream error while idling",
+        ] {
+            for phase in [Phase::Exchange, Phase::Body] {
+                assert_eq!(
+                    classify(&down(gone), phase),
+                    FailureKind::ClientAborted,
+                    "{gone}"
+                );
+            }
+        }
+        // A stream the client broke is still its bad request.
+        assert_eq!(
+            classify(&down("while reading h2 request"), Phase::Exchange),
+            FailureKind::HttpRequestError
+        );
+        let mut bare = Error::new(ErrorType::H2Error);
+        bare.as_down();
+        assert_eq!(
+            classify(&bare, Phase::Exchange),
+            FailureKind::HttpRequestError
+        );
     }
 
     #[test]
