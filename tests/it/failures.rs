@@ -256,6 +256,15 @@ rows! { run;
             origin(Behavior::WriteThenClose(head_with(1, 1_200_000))),
             502, "Bad Gateway", "http_response_header_section_size", "sent",
         );
+    // RFC 9110 §15.2.2: a server sends 101 only to a request that asked for an upgrade.
+    unsolicited_101_is_502:
+        Row::new(
+            origin(Behavior::Raw(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+                    .to_vec(),
+            )),
+            502, "Bad Gateway", "http_protocol_error", "sent",
+        );
     no_response_header_in_time_is_504:
         Row::new(origin(Behavior::Hang), 504, "Gateway Timeout", "http_response_timeout", "sent")
             .timeouts("response_header: 300ms")

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use crate::harness::{Proxy, access_entry, one_upstream};
-use crate::origin::{Behavior, Gate, Origin};
+use crate::origin::{Behavior, Gate, Origin, runtime};
 
 /// What came back for a raw request.
 struct Exchange {
@@ -180,4 +180,88 @@ fn an_upstream_at_its_in_flight_limit_answers_503_at_once() {
         access_entry("limit1")["failure"],
         "connection_limit_reached"
     );
+}
+
+const SWITCHING: &[u8] =
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+
+#[test]
+fn an_unsolicited_101_is_502_over_http2_and_counts_against_the_backend() {
+    let pki = crate::tls::Pki::new("h2-101");
+    let origin = Origin::start(Behavior::Raw(SWITCHING.to_vec()));
+    let proxy = crate::tls::tls_proxy(&pki, &one_upstream(&[origin.addr], "", ""));
+    let connector = crate::tls::connector(&pki, b"h2");
+    let (status, headers, body) = runtime().block_on(async {
+        let tls = crate::tls::tls_connect(&connector, proxy.addr)
+            .await
+            .expect("handshake");
+        let (_send, resp) = crate::tls::h2_get(tls, "/", &[("x-request-id", "h2-101")])
+            .await
+            .expect("h2 GET");
+        let resp = resp.await.expect("response");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let (body, _) = crate::tls::h2_body(&mut resp.into_body(), usize::MAX).await;
+        (status, headers, String::from_utf8_lossy(&body).to_string())
+    });
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        headers.get("proxy-status").and_then(|v| v.to_str().ok()),
+        Some(
+            "faultline; error=http_protocol_error; details=\"the upstream server sent an invalid response\""
+        )
+    );
+    assert_eq!(
+        headers.get("x-request-id").and_then(|v| v.to_str().ok()),
+        Some("h2-101")
+    );
+    let entry = access_entry("h2-101");
+    assert_eq!(entry["failure"], "http_protocol_error");
+    assert_eq!(entry["attempts"][0]["outcome"], "http_protocol_error");
+    let series = |outcome: &str| {
+        format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"{outcome}\"}}",
+            origin.addr
+        )
+    };
+    assert_eq!(proxy.metric(&series("http_protocol_error")), 1);
+    assert_eq!(proxy.metric(&series("response")), 0);
+}
+
+#[test]
+fn a_requested_upgrade_still_switches_protocols() {
+    // The origin answers every "request" with the 101: the second one comes through the tunnel.
+    let origin = Origin::start(Behavior::Raw(SWITCHING.to_vec()));
+    let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: app.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nX-Request-Id: ws-1\r\n\r\n",
+    )
+    .expect("write");
+    let read_head = |s: &mut TcpStream| {
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            match s.read(&mut byte) {
+                Ok(1) => head.push(byte[0]),
+                other => panic!(
+                    "no head: {other:?} after {:?}",
+                    String::from_utf8_lossy(&head)
+                ),
+            }
+        }
+        String::from_utf8_lossy(&head).to_string()
+    };
+    let head = read_head(&mut s);
+    assert!(head.starts_with("HTTP/1.1 101 "), "{head}");
+    s.write_all(b"tunnelled\r\n\r\n")
+        .expect("write into the tunnel");
+    let echoed = read_head(&mut s);
+    assert!(
+        echoed.starts_with("HTTP/1.1 101 "),
+        "through the tunnel: {echoed}"
+    );
+    assert_eq!(origin.requests(), 2, "both went through");
 }
