@@ -170,6 +170,10 @@ failure_kinds! {
     HttpRequestError => "http_request_error", 400, Never, false;
     /// The client's request header section was too large.
     HttpRequestHeaderSectionSize => "http_request_header_section_size", 431, Never, false;
+    /// The client's request target is longer than the proxy parses (RFC 9112 §3: 414).
+    HttpRequestTargetSize => "http_request_target_size", 414, Never, false;
+    /// The client's method is one the proxy does not serve: CONNECT (it is no forward proxy).
+    MethodNotAllowed => "method_not_allowed", 405, Never, false;
     /// The client's request body is larger than the route takes.
     HttpRequestBodySize => "http_request_body_size", 413, Never, false;
     /// The client did not send its request (header, or body) in time.
@@ -204,6 +208,8 @@ impl FailureKind {
                 | FailureKind::DestinationNotFound
                 | FailureKind::HttpRequestError
                 | FailureKind::HttpRequestHeaderSectionSize
+                | FailureKind::HttpRequestTargetSize
+                | FailureKind::MethodNotAllowed
                 | FailureKind::HttpRequestBodySize
                 | FailureKind::HttpRequestTimeout
                 | FailureKind::ProxyInternalError
@@ -212,14 +218,16 @@ impl FailureKind {
         )
     }
 
-    /// The error type in `Proxy-Status`. RFC 9209 registers no type for a request body over a
-    /// limit, a client too slow to send its request, or a proxy full of client connections, so
-    /// those use the registered types that cover them; [`Self::as_str`] keeps them apart in
-    /// metrics and logs.
+    /// The error type in `Proxy-Status`. RFC 9209 registers no type for a request body or
+    /// target over a limit, a method the proxy does not serve, a client too slow to send its
+    /// request, or a proxy full of client connections, so those use the registered types that
+    /// cover them; [`Self::as_str`] keeps them apart in metrics and logs.
     pub const fn proxy_status_type(self) -> &'static str {
         match self {
             FailureKind::ClientConnectionLimit => "connection_limit_reached",
-            FailureKind::HttpRequestBodySize => "http_request_denied",
+            FailureKind::HttpRequestBodySize
+            | FailureKind::HttpRequestTargetSize
+            | FailureKind::MethodNotAllowed => "http_request_denied",
             FailureKind::HttpRequestTimeout => "http_request_error",
             other => other.as_str(),
         }
@@ -262,6 +270,10 @@ impl FailureKind {
             FailureKind::DestinationNotFound => "no route serves this address",
             FailureKind::HttpRequestError => "the request could not be forwarded",
             FailureKind::HttpRequestHeaderSectionSize => "the request header section is too large",
+            FailureKind::HttpRequestTargetSize => {
+                "the request target is longer than the proxy takes"
+            }
+            FailureKind::MethodNotAllowed => "the proxy does not serve this method",
             FailureKind::HttpRequestBodySize => {
                 "the request body is larger than this address takes"
             }

@@ -41,6 +41,7 @@ pub mod forwarding;
 pub mod gateway;
 pub mod metrics;
 pub mod request_checks;
+pub mod request_head;
 pub mod request_id;
 pub mod retry;
 pub mod routing;
