@@ -1,5 +1,5 @@
 //! Whether a request is taken, before any upstream work: the client connection limit, the
-//! request checks, routing, the route's body limit, the upstream's limit of requests in flight,
+//! method (faultline is no forward proxy: CONNECT is refused), the request checks, routing, the route's body limit, the upstream's limit of requests in flight,
 //! and a backend to send it to. A refusal names its failure kind and whether the client
 //! connection may stay open after the answer.
 
@@ -44,6 +44,10 @@ impl Refusal {
 pub(crate) fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
     let refused = if connections::over_limit() {
         Some(FailureKind::ClientConnectionLimit)
+    } else if session.req_header().method == http::Method::CONNECT {
+        // HTTP/1 CONNECT is refused before Pingora parses it (`request_head`); an HTTP/2 one
+        // reaches here (`server` lets Pingora pass it on).
+        Some(FailureKind::MethodNotAllowed)
     } else if session.as_downstream().as_http1().is_some() {
         request_checks::check(&session.as_downstream().to_h1_raw())
     } else {

@@ -8,6 +8,9 @@
 //! client that misses it gets a 408 and the connection closes. The bytes read are handed to
 //! Pingora as the start of the request, so nothing is read twice and no extra read is made.
 //!
+//! A request header Pingora would refuse on its own, with a bare answer of its own, is refused
+//! here instead ([`request_head`]), so that it gets faultline's page, request id and log line.
+//!
 //! It also counts open connections. Past `clients.max_connections`, an HTTP/1 connection's
 //! first request is answered 503 `connection_limit_reached` by the gateway (so it gets a request
 //! id, a log line and the usual page) and the connection closes; an HTTP/2 connection is closed
@@ -29,6 +32,7 @@ use crate::config::ClientLimits;
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Source};
 use crate::metrics::ClientCounters;
+use crate::request_head;
 use crate::request_id;
 use crate::state::Shared;
 use crate::upstream::attempt::Attempts;
@@ -37,6 +41,9 @@ use crate::upstream::attempt::Attempts;
 /// header section, so that a client cannot send the first 64 KiB fast and trickle the rest. (A
 /// whole header over 64 KiB is refused with 431 by the request checks.)
 const MAX_HEAD_READ: usize = 1 << 20;
+
+/// Bytes of a refused request's target that its access-log line keeps.
+const LOGGED_TARGET: usize = 1024;
 
 /// Time allowed to write a proxy answer on a connection that is being closed.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
@@ -156,10 +163,16 @@ where
                 Head::Gone => return,
                 Head::TimedOut => {
                     self.shared.clients().header_timed_out();
-                    self.answer(stream, FailureKind::HttpRequestTimeout).await;
+                    self.answer(stream, FailureKind::HttpRequestTimeout, None)
+                        .await;
                     return;
                 }
             };
+            if let Some(kind) = request_head::check(&prefix) {
+                // What follows a refused header is never read: the connection closes.
+                self.answer(stream, kind, Some(&prefix)).await;
+                return;
+            }
             let mut session = ServerSession::new_http1(stream);
             match settings.take() {
                 Some(previous) => previous.apply_to_session(&mut session),
@@ -191,17 +204,21 @@ where
         }
     }
 
-    /// Answers `kind` on a connection whose request never fully arrived, then closes it.
-    async fn answer(&self, mut stream: Stream, kind: FailureKind) {
+    /// Answers `kind` on a connection whose request never reached Pingora, then closes it.
+    /// `head` is the raw request header, when it arrived whole: its request id, `Accept`,
+    /// method and target are honoured and logged as the gateway would.
+    async fn answer(&self, mut stream: Stream, kind: FailureKind, head: Option<&[u8]>) {
         let started = Instant::now();
         let snapshot = self.shared.current();
-        let request_id = request_id::generate();
+        let line = head.and_then(request_head::request_line);
+        let field = |name| head.and_then(|raw| request_head::fields(raw, name).next());
+        let request_id = request_id::for_request(field(request_id::HEADER));
         let rendered = snapshot.pages.render(
             Cause::Failure(kind),
             error_page::Request {
                 request_id: &request_id,
-                accept: None,
-                head: false,
+                accept: field("accept"),
+                head: line.is_some_and(|l| l.method == b"HEAD"),
                 next_hop: None,
                 retry_after: None,
             },
@@ -232,11 +249,15 @@ where
             .routes
             .get(None)
             .request(kind.status(), Source::Proxy);
+        let method = line.map(|l| String::from_utf8_lossy(l.method));
+        // A target refused for its length is logged by its start.
+        let path =
+            line.map(|l| String::from_utf8_lossy(&l.target[..l.target.len().min(LOGGED_TARGET)]));
         access_log::Entry {
             request_id: &request_id,
-            method: "",
+            method: method.as_deref().unwrap_or(""),
             host: None,
-            path: "",
+            path: path.as_deref().unwrap_or(""),
             status: kind.status(),
             source: Source::Proxy,
             failure: Some(kind),

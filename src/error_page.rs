@@ -13,6 +13,10 @@ use crate::failure::{FailureKind, reason_phrase};
 /// The `Proxy-Status` member name of this proxy.
 pub(crate) const PROXY_NAME: &str = "faultline";
 
+/// The methods faultline forwards, for `Allow` on its 405 (every method but CONNECT; the
+/// common ones are named).
+pub(crate) const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, PATCH";
+
 /// Seconds a client should wait before retrying when no backend is available and no ejection
 /// end is known.
 pub(crate) const RETRY_AFTER_SECONDS: u64 = 1;
@@ -292,6 +296,10 @@ impl ErrorPages {
         header.insert_header("X-Request-Id", req.request_id)?;
         if self.settings.proxy_status {
             header.insert_header("Proxy-Status", proxy_status)?;
+        }
+        if cause == Cause::Failure(FailureKind::MethodNotAllowed) {
+            // RFC 9110 §15.5.6: a 405 says what is allowed.
+            header.insert_header(http::header::ALLOW, ALLOWED_METHODS)?;
         }
         if status == 503 && matches!(cause, Cause::Failure(_)) {
             let seconds = req.retry_after.unwrap_or(RETRY_AFTER_SECONDS).max(1);

@@ -170,6 +170,10 @@ failure_kinds! {
     HttpRequestError => "http_request_error", 400, Never, false;
     /// The client's request header section was too large.
     HttpRequestHeaderSectionSize => "http_request_header_section_size", 431, Never, false;
+    /// The client's request target is longer than the proxy parses (RFC 9112 §3: 414).
+    HttpRequestTargetSize => "http_request_target_size", 414, Never, false;
+    /// The client's method is one the proxy does not serve: CONNECT (it is no forward proxy).
+    MethodNotAllowed => "method_not_allowed", 405, Never, false;
     /// The client's request body is larger than the route takes.
     HttpRequestBodySize => "http_request_body_size", 413, Never, false;
     /// The client did not send its request (header, or body) in time.
@@ -204,6 +208,8 @@ impl FailureKind {
                 | FailureKind::DestinationNotFound
                 | FailureKind::HttpRequestError
                 | FailureKind::HttpRequestHeaderSectionSize
+                | FailureKind::HttpRequestTargetSize
+                | FailureKind::MethodNotAllowed
                 | FailureKind::HttpRequestBodySize
                 | FailureKind::HttpRequestTimeout
                 | FailureKind::ProxyInternalError
@@ -212,14 +218,16 @@ impl FailureKind {
         )
     }
 
-    /// The error type in `Proxy-Status`. RFC 9209 registers no type for a request body over a
-    /// limit, a client too slow to send its request, or a proxy full of client connections, so
-    /// those use the registered types that cover them; [`Self::as_str`] keeps them apart in
-    /// metrics and logs.
+    /// The error type in `Proxy-Status`. RFC 9209 registers no type for a request body or
+    /// target over a limit, a method the proxy does not serve, a client too slow to send its
+    /// request, or a proxy full of client connections, so those use the registered types that
+    /// cover them; [`Self::as_str`] keeps them apart in metrics and logs.
     pub const fn proxy_status_type(self) -> &'static str {
         match self {
             FailureKind::ClientConnectionLimit => "connection_limit_reached",
-            FailureKind::HttpRequestBodySize => "http_request_denied",
+            FailureKind::HttpRequestBodySize
+            | FailureKind::HttpRequestTargetSize
+            | FailureKind::MethodNotAllowed => "http_request_denied",
             FailureKind::HttpRequestTimeout => "http_request_error",
             other => other.as_str(),
         }
@@ -262,6 +270,10 @@ impl FailureKind {
             FailureKind::DestinationNotFound => "no route serves this address",
             FailureKind::HttpRequestError => "the request could not be forwarded",
             FailureKind::HttpRequestHeaderSectionSize => "the request header section is too large",
+            FailureKind::HttpRequestTargetSize => {
+                "the request target is longer than the proxy takes"
+            }
+            FailureKind::MethodNotAllowed => "the proxy does not serve this method",
             FailureKind::HttpRequestBodySize => {
                 "the request body is larger than this address takes"
             }
@@ -282,6 +294,9 @@ pub fn classify(error: &Error, phase: Phase) -> FailureKind {
     match error.esource() {
         ErrorSource::Downstream => {
             return match error.etype() {
+                // An HTTP/2 client that reset its stream (CANCEL) or dropped its connection went
+                // away; it did not send a bad request.
+                H2Error if client_closed_h2(error) => FailureKind::ClientAborted,
                 InvalidHTTPHeader | H1Error | H2Error | InvalidH2 => FailureKind::HttpRequestError,
                 // A request body whose chunked framing is broken.
                 Custom(name) if *name == "InvalidChunk" => FailureKind::HttpRequestError,
@@ -360,6 +375,17 @@ fn header_bytes_read(error: &Error) -> bool {
         }
         None => false,
     }
+}
+
+/// Pingora 0.9 reports an HTTP/2 client that reset its stream, or whose connection failed, while
+/// the proxy waited on the upstream as an `H2Error` whose context alone tells it from a malformed
+/// request (`Client closed H2, reason: CANCEL`, `downstream error while idling`:
+/// pingora-core `protocols/http/v2/server.rs`, `Idle` and `read_body_or_idle`).
+fn client_closed_h2(error: &Error) -> bool {
+    error.context.as_ref().is_some_and(|c| {
+        let c = c.as_str();
+        c.starts_with("Client closed H2") || c.starts_with("downstream error while idling")
+    })
 }
 
 /// Pingora 0.9 (rustls) reports a certificate that failed verification as a handshake failure;
@@ -730,6 +756,39 @@ mod tests {
         let mut e = Error::new(ErrorType::InternalError);
         e.esource = ErrorSource::Internal;
         assert_eq!(classify(&e, Phase::Exchange).status(), 500);
+    }
+
+    #[test]
+    fn an_http2_client_that_went_away_is_an_abort_not_a_bad_request() {
+        let down = |context: &'static str| {
+            let mut e = Error::explain(ErrorType::H2Error, context);
+            e.as_down();
+            e
+        };
+        for gone in [
+            "Client closed H2, reason: CANCEL",
+            "Client closed H2, reason: NO_ERROR",
+            "downstream error while idling",
+        ] {
+            for phase in [Phase::Exchange, Phase::Body] {
+                assert_eq!(
+                    classify(&down(gone), phase),
+                    FailureKind::ClientAborted,
+                    "{gone}"
+                );
+            }
+        }
+        // A stream the client broke is still its bad request.
+        assert_eq!(
+            classify(&down("while reading h2 request"), Phase::Exchange),
+            FailureKind::HttpRequestError
+        );
+        let mut bare = Error::new(ErrorType::H2Error);
+        bare.as_down();
+        assert_eq!(
+            classify(&bare, Phase::Exchange),
+            FailureKind::HttpRequestError
+        );
     }
 
     #[test]

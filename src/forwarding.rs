@@ -267,6 +267,21 @@ static PROXY_STATUS: HeaderName = HeaderName::from_static("proxy-status");
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
+/// Whether `req` asks for a protocol upgrade, which [`apply`] passes on to the backend: an
+/// `Upgrade` header and the `upgrade` option in `Connection` (RFC 9110 §7.8). Only such a
+/// request may be answered `101 Switching Protocols` (RFC 9110 §15.2.2); a `101` to any other
+/// request is an invalid response.
+pub(crate) fn asks_for_upgrade(req: &RequestHeader) -> bool {
+    req.headers.contains_key(header::UPGRADE)
+        && req
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
 /// Removes hop-by-hop headers and those the client named in `Connection`, but keeps a protocol
 /// upgrade (WebSocket) intact, which Pingora proxies end to end.
 fn strip_hop_by_hop(req: &mut RequestHeader) {

@@ -41,6 +41,7 @@ mod forwarding;
 mod gateway;
 mod metrics;
 mod request_checks;
+mod request_head;
 mod request_id;
 mod retry;
 mod routing;

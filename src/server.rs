@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use pingora::apps::HttpServerOptions;
 use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
@@ -51,6 +52,11 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
     let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
+    // Pingora answers CONNECT with a bare 405 of its own unless it may pass it on; passed on,
+    // the gateway refuses it with its own page (`admission`).
+    let mut options = HttpServerOptions::default();
+    options.allow_connect_method_proxying = true;
+    proxy.server_options = Some(options);
     proxy.handle_init_modules();
     let mut service = Service::new(
         "faultline".to_string(),

@@ -67,8 +67,18 @@ impl Gateway {
     }
 
     /// Records a failed attempt and decides whether Pingora may retry it.
-    fn attempt_failed(session: &Session, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+    fn attempt_failed(session: &Session, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
         let kind = classify(&e, ctx.phase);
+        Self::attempt_failed_with(session, ctx, kind, e)
+    }
+
+    /// Records an attempt failed with `kind` and decides whether Pingora may retry it.
+    fn attempt_failed_with(
+        session: &Session,
+        ctx: &mut RequestCtx,
+        kind: FailureKind,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
         let progress = ctx.phase.progress();
         ctx.attempt_failed(kind, progress);
         let retry =
@@ -253,6 +263,17 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
+            && !forwarding::asks_for_upgrade(session.req_header())
+        {
+            // Relayed, it would turn the client's connection into a tunnel it never asked for.
+            let invalid = Decision::Failed(FailureKind::HttpProtocolError);
+            return Err(Self::decide(
+                ctx,
+                invalid,
+                "a 101 to a request without Upgrade",
+            ));
+        }
         if upstream_response.status.is_informational() {
             return Ok(());
         }
@@ -329,6 +350,11 @@ impl ProxyHttp for Gateway {
                 ctx.attempt_failed(FailureKind::HttpRequestBodySize, Progress::Sent);
                 e.set_retry(false);
                 e
+            }
+            // An invalid response found in `upstream_response_filter`: the backend's failure,
+            // as if Pingora's parser had found it.
+            Decision::Failed(kind) if e.etype() == &DECIDED && kind.is_upstream() => {
+                Self::attempt_failed_with(session, ctx, kind, e)
             }
             _ => Self::attempt_failed(session, ctx, e),
         }

@@ -8,8 +8,8 @@ use std::ops::Range;
 use std::time::{Duration, Instant};
 
 use crate::client::{self, Client, Response};
-use crate::harness::{Proxy, access_entry, one_upstream};
-use crate::origin::{Behavior, Blackhole, Origin, refused_addr};
+use crate::harness::{Proxy, access_entry, backend_status, find_metric, one_upstream, status_now};
+use crate::origin::{Behavior, Blackhole, Origin, refused_addr, runtime};
 
 /// The three body formats and how each must look.
 const FORMATS: [&str; 3] = ["text/html", "application/json", "*/*"];
@@ -255,6 +255,15 @@ rows! { run;
         Row::new(
             origin(Behavior::WriteThenClose(head_with(1, 1_200_000))),
             502, "Bad Gateway", "http_response_header_section_size", "sent",
+        );
+    // RFC 9110 §15.2.2: a server sends 101 only to a request that asked for an upgrade.
+    unsolicited_101_is_502:
+        Row::new(
+            origin(Behavior::Raw(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+                    .to_vec(),
+            )),
+            502, "Bad Gateway", "http_protocol_error", "sent",
         );
     no_response_header_in_time_is_504:
         Row::new(origin(Behavior::Hang), 504, "Gateway Timeout", "http_response_timeout", "sent")
@@ -580,6 +589,81 @@ fn client_abort_is_499_and_not_an_upstream_failure() {
     assert_eq!(attempts.len(), 1, "{entry}");
     assert_eq!(attempts[0]["outcome"], "client_aborted", "{entry}");
     assert_eq!(attempts[0]["progress"], "sent", "{entry}");
+}
+
+#[test]
+fn http2_stream_cancelled_by_the_client_is_499_and_not_an_upstream_failure() {
+    let pki = crate::tls::Pki::new("h2cancel");
+    let origin = Origin::start(Behavior::Hang);
+    let proxy = crate::tls::tls_proxy(
+        &pki,
+        &one_upstream(
+            &[origin.addr],
+            "    timeouts: { response_header: 10s }\n",
+            "",
+        ),
+    );
+    let requests = |status: &str, source: &str| {
+        let series = format!(
+            "faultline_requests_total{{route=\"main\",status=\"{status}\",source=\"{source}\"}}"
+        );
+        find_metric(&proxy.metrics(), &series).unwrap_or(0)
+    };
+    // Only outcomes that happened are exported; `client_aborted` must be, under this spelling.
+    let attempts = |outcome: &str| {
+        let series = format!(
+            "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"{outcome}\"}}",
+            origin.addr
+        );
+        find_metric(&proxy.metrics(), &series).unwrap_or(0)
+    };
+    let aborts = "faultline_client_aborts_total{route=\"main\"}";
+    let before = (proxy.metric(aborts), requests("499", "client"));
+    let connector = crate::tls::connector(&pki, b"h2");
+    let started = runtime().block_on(async {
+        let tls = crate::tls::tls_connect(&connector, proxy.addr)
+            .await
+            .expect("handshake");
+        let (mut send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let req = http::Request::get("https://localhost/slow")
+            .header("x-request-id", "h2cancel")
+            .body(())
+            .expect("request");
+        let (_resp, mut stream) = send.send_request(req, true).expect("send");
+        // Readiness: the origin has the request. (Blocking here holds only the test's thread;
+        // the connection and the origin run on the runtime's workers.)
+        origin.wait_for_requests(1);
+        let started = Instant::now();
+        stream.send_reset(h2::Reason::CANCEL);
+        // The connection stays open while the proxy notices.
+        let entry = access_entry("h2cancel");
+        drop(send);
+        (started, entry)
+    });
+    let (started, entry) = started;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the cancel was noticed before the upstream timeout"
+    );
+    assert_eq!(entry["status"], 499, "{entry}");
+    assert_eq!(entry["source"], "client", "{entry}");
+    assert_eq!(entry["failure"], "client_aborted", "{entry}");
+    let attempt = &entry["attempts"][0];
+    assert_eq!(attempt["outcome"], "client_aborted", "{entry}");
+    assert_eq!(attempt["progress"], "sent", "{entry}");
+    // Counted once as the client's abort, never as a request error or the backend's failure.
+    assert_eq!(proxy.metric(aborts), before.0 + 1);
+    assert_eq!(requests("499", "client"), before.1 + 1);
+    assert_eq!(requests("400", "proxy"), 0);
+    assert_eq!(attempts("client_aborted"), 1);
+    assert_eq!(attempts("http_request_error"), 0);
+    let backend = backend_status(&status_now(&proxy), origin.addr);
+    assert_eq!(backend["consecutive_failures"], 0, "{backend}");
+    assert_eq!(backend["state"], "healthy", "{backend}");
+    assert_eq!(origin.requests(), 1, "the request was not repeated");
 }
 
 #[test]
