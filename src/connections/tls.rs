@@ -1,0 +1,53 @@
+//! The TLS handshake of a client connection, done here rather than in Pingora's listener.
+//!
+//! Pingora's listener gives every TLS handshake a fixed 60 s and logs each failure as an error
+//! (`services/listening.rs`), before the application sees the connection. faultline's TLS
+//! listeners are therefore plain TCP listeners to Pingora, and [`accept`] runs the handshake
+//! with the listener's rustls acceptor under the connection's header deadline
+//! (`clients.header_timeout`, from the connection's start).
+
+use std::time::Instant;
+
+use pingora::listeners::tls::Acceptor;
+use pingora::prelude::timeout;
+use pingora::protocols::l4::stream::Stream as TcpStream;
+use pingora::protocols::{Peek, Stream};
+
+use super::handshake::HandshakeError;
+
+/// How a TLS handshake ended.
+pub enum Accepted {
+    /// The TLS stream, ALPN chosen.
+    Ready(Stream),
+    /// The client closed, or stayed silent past the deadline, before its first byte.
+    Gone,
+    /// The handshake started and failed or missed the deadline.
+    Failed(HandshakeError),
+}
+
+/// Runs the server side of a TLS handshake on `stream`, which must be complete by `deadline`.
+pub async fn accept(stream: Stream, acceptor: &Acceptor, deadline: Instant) -> Accepted {
+    // Pingora's plain listeners hand over their TCP stream boxed; the acceptor needs it unboxed.
+    let mut tcp = match stream.into_any().downcast::<TcpStream>() {
+        Ok(tcp) => *tcp,
+        Err(_) => {
+            return Accepted::Failed(HandshakeError::Failed(pingora::Error::explain(
+                pingora::ErrorType::InternalError,
+                "a TLS listener's connection is not a TCP stream",
+            )));
+        }
+    };
+    // The first byte is waited for apart, so that a silent or probing connection is told from
+    // a broken handshake. Peeking puts the byte back for rustls.
+    let left = deadline.saturating_duration_since(Instant::now());
+    match timeout(left, tcp.try_peek(&mut [0u8; 1])).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(_)) | Err(_) => return Accepted::Gone,
+    }
+    let left = deadline.saturating_duration_since(Instant::now());
+    match timeout(left, acceptor.tls_handshake(tcp)).await {
+        Ok(Ok(tls)) => Accepted::Ready(Box::new(tls)),
+        Ok(Err(e)) => Accepted::Failed(HandshakeError::Failed(e)),
+        Err(_) => Accepted::Failed(HandshakeError::TimedOut),
+    }
+}
