@@ -167,13 +167,10 @@ where
         let mut stream = stream;
         if let Some(acceptor) = self.acceptor(&stream) {
             let peer = Peer::of(&stream);
-            stream = match tls::accept(stream, acceptor, deadline).await {
+            let failed = |e: &_| handshake::failed(counters, Handshake::Tls, &peer, e);
+            stream = match tls::accept(stream, acceptor, deadline, failed).await {
                 tls::Accepted::Ready(tls) => tls,
-                tls::Accepted::Gone => return None,
-                tls::Accepted::Failed(e) => {
-                    handshake::failed(counters, Handshake::Tls, &peer, &e);
-                    return None;
-                }
+                tls::Accepted::Gone | tls::Accepted::Failed => return None,
             };
         }
         let over = limits.max_connections.is_some_and(|max| open > max);
@@ -185,9 +182,8 @@ where
                 return None;
             }
             let peer = Peer::of(&stream);
-            if let Err(e) = h2::serve(&self.app, stream, limits, deadline, shutdown).await {
-                handshake::failed(counters, Handshake::H2, &peer, &e);
-            }
+            let failed = |e: &_| handshake::failed(counters, Handshake::H2, &peer, e);
+            h2::serve(&self.app, stream, limits, deadline, shutdown, failed).await;
             return None;
         }
         self.serve_http1(stream, limits, deadline, over, shutdown)

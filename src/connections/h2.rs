@@ -64,17 +64,17 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Serves one HTTP/2 connection whose preface is due by `deadline`. `Err` when the preface
-/// started and failed or came late; a client that closed or stayed silent before its first
-/// byte is `Ok`, as is everything after the preface.
+/// Serves one HTTP/2 connection whose preface is due by `deadline`. A preface that started and
+/// failed or came late is given to `failed` before the connection closes; a client that closed
+/// or stayed silent before its first byte is no failure.
 pub async fn serve<A>(
     app: &Arc<A>,
     stream: Stream,
     limits: ClientLimits,
     deadline: Instant,
     shutdown: &ShutdownWatch,
-) -> Result<(), HandshakeError>
-where
+    failed: impl FnOnce(&HandshakeError),
+) where
     A: HttpServerApp + Send + Sync + 'static,
 {
     let digest = Arc::new(Digest {
@@ -91,12 +91,13 @@ where
         blocks: blocks.clone(),
     });
     let left = deadline.saturating_duration_since(Instant::now());
-    let handshake = timeout(left, server::handshake(watched, app.h2_options())).await;
-    let mut conn = match handshake {
+    // Pinned here so that the connection it holds outlives the report of a failure.
+    let mut handshake = std::pin::pin!(server::handshake(watched, app.h2_options()));
+    let mut conn = match timeout(left, handshake.as_mut()).await {
         Ok(Ok(conn)) => conn,
-        _ if !blocks.read_any.load(Ordering::Relaxed) => return Ok(()),
-        Ok(Err(e)) => return Err(HandshakeError::Failed(e)),
-        Err(_) => return Err(HandshakeError::TimedOut),
+        _ if !blocks.read_any.load(Ordering::Relaxed) => return,
+        Ok(Err(e)) => return failed(&HandshakeError::Failed(e)),
+        Err(_) => return failed(&HandshakeError::TimedOut),
     };
 
     let streams = Arc::new(OpenStreams::new());
@@ -114,23 +115,20 @@ where
             }
             () = blocks.overdue(limits.header_timeout) => {
                 log::debug!("HTTP/2 header block not complete within clients.header_timeout");
-                close(&mut conn, &digest, Reason::PROTOCOL_ERROR).await;
-                return Ok(());
+                return close(&mut conn, &digest, Reason::PROTOCOL_ERROR).await;
             }
             () = streams.idle_for(limits.keepalive_timeout) => {
-                close(&mut conn, &digest, Reason::NO_ERROR).await;
-                return Ok(());
+                return close(&mut conn, &digest, Reason::NO_ERROR).await;
             }
             next = HttpSession::from_h2_conn(&mut conn, digest.clone()) => next,
         };
         match next {
             // A client that drops the TCP connection without a GOAWAY is common: not logged.
-            Err(_) | Ok(None) => return Ok(()),
+            Err(_) | Ok(None) => return,
             Ok(Some(H2Accept::Rejected)) => {
                 rejected += 1;
                 if rejected >= MAX_REJECTED_STREAMS {
-                    close(&mut conn, &digest, Reason::ENHANCE_YOUR_CALM).await;
-                    return Ok(());
+                    return close(&mut conn, &digest, Reason::ENHANCE_YOUR_CALM).await;
                 }
             }
             Ok(Some(H2Accept::Session(session))) => {

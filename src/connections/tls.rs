@@ -21,20 +21,28 @@ pub enum Accepted {
     Ready(Stream),
     /// The client closed, or stayed silent past the deadline, before its first byte.
     Gone,
-    /// The handshake started and failed or missed the deadline.
-    Failed(HandshakeError),
+    /// The handshake started and failed or missed the deadline (reported).
+    Failed,
 }
 
 /// Runs the server side of a TLS handshake on `stream`, which must be complete by `deadline`.
-pub async fn accept(stream: Stream, acceptor: &Acceptor, deadline: Instant) -> Accepted {
+/// A failure is given to `failed` before the connection closes, so that it is counted by the
+/// time the client sees the close.
+pub async fn accept(
+    stream: Stream,
+    acceptor: &Acceptor,
+    deadline: Instant,
+    failed: impl FnOnce(&HandshakeError),
+) -> Accepted {
     // Pingora's plain listeners hand over their TCP stream boxed; the acceptor needs it unboxed.
     let mut tcp = match stream.into_any().downcast::<TcpStream>() {
         Ok(tcp) => *tcp,
         Err(_) => {
-            return Accepted::Failed(HandshakeError::Failed(pingora::Error::explain(
+            failed(&HandshakeError::Failed(pingora::Error::explain(
                 pingora::ErrorType::InternalError,
                 "a TLS listener's connection is not a TCP stream",
             )));
+            return Accepted::Failed;
         }
     };
     // The first byte is waited for apart, so that a silent or probing connection is told from
@@ -45,9 +53,13 @@ pub async fn accept(stream: Stream, acceptor: &Acceptor, deadline: Instant) -> A
         Ok(Err(_)) | Err(_) => return Accepted::Gone,
     }
     let left = deadline.saturating_duration_since(Instant::now());
-    match timeout(left, acceptor.tls_handshake(tcp)).await {
-        Ok(Ok(tls)) => Accepted::Ready(Box::new(tls)),
-        Ok(Err(e)) => Accepted::Failed(HandshakeError::Failed(e)),
-        Err(_) => Accepted::Failed(HandshakeError::TimedOut),
-    }
+    // Pinned here so that the connection it holds outlives the report of a failure.
+    let mut handshake = std::pin::pin!(acceptor.tls_handshake(tcp));
+    let error = match timeout(left, handshake.as_mut()).await {
+        Ok(Ok(tls)) => return Accepted::Ready(Box::new(tls)),
+        Ok(Err(e)) => HandshakeError::Failed(e),
+        Err(_) => HandshakeError::TimedOut,
+    };
+    failed(&error);
+    Accepted::Failed
 }

@@ -17,7 +17,7 @@ use crate::harness::Proxy;
 use crate::origin::{Behavior, Gate, Origin, runtime};
 
 /// A test CA, the proxy's certificate, a good origin certificate and a rogue one.
-struct Pki {
+pub(crate) struct Pki {
     dir: PathBuf,
     ca: Certificate,
     origin: (Certificate, KeyPair),
@@ -43,7 +43,7 @@ fn leaf(names: &[&str], ca: Option<(&Certificate, &KeyPair)>) -> (Certificate, K
 }
 
 impl Pki {
-    fn new(tag: &str) -> Pki {
+    pub(crate) fn new(tag: &str) -> Pki {
         pingora::tls::install_default_crypto_provider();
         let dir = std::env::temp_dir().join(format!("faultline-tls-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
@@ -68,7 +68,7 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
 
@@ -119,7 +119,7 @@ fn tls_origin((cert, key): &(Certificate, KeyPair)) -> SocketAddr {
     addr
 }
 
-fn connector(pki: &Pki, alpn: &[u8]) -> TlsConnector {
+pub(crate) fn connector(pki: &Pki, alpn: &[u8]) -> TlsConnector {
     let mut config = ClientConfig::builder()
         .with_root_certificates(pki.roots())
         .with_no_client_auth();
@@ -128,7 +128,7 @@ fn connector(pki: &Pki, alpn: &[u8]) -> TlsConnector {
 }
 
 /// A TLS connection to `addr` for the name `localhost`.
-async fn tls_connect(
+pub(crate) async fn tls_connect(
     connector: &TlsConnector,
     addr: SocketAddr,
 ) -> std::io::Result<ClientTlsStream<tokio::net::TcpStream>> {
@@ -162,7 +162,7 @@ async fn h2_get(
 }
 
 /// Starts a GET of `path` with `headers` on an open HTTP/2 connection, as a new stream.
-async fn h2_request(
+pub(crate) async fn h2_request(
     send: &mut h2::client::SendRequest<bytes::Bytes>,
     path: &str,
     headers: &[(&str, &str)],
@@ -225,7 +225,7 @@ fn https2(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, http::HeaderMap, Str
 
 /// Reads an HTTP/2 response body until the stream ends or `stop` bytes came: the bytes, and how
 /// the stream ended (`None`: not yet; `Some(Ok)`: a clean end of stream).
-async fn h2_body(
+pub(crate) async fn h2_body(
     body: &mut h2::RecvStream,
     stop: usize,
 ) -> (Vec<u8>, Option<Result<(), h2::Error>>) {
@@ -256,7 +256,7 @@ routes:
 }
 
 /// Starts faultline with a TLS listener (and the test CA for upstream verification).
-fn tls_proxy(pki: &Pki, body: &str) -> Proxy {
+pub(crate) fn tls_proxy(pki: &Pki, body: &str) -> Proxy {
     let addr = crate::harness::free_addr();
     let admin = crate::harness::free_addr();
     let yaml = format!(
