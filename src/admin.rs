@@ -43,6 +43,17 @@ impl Admin {
             clients.over_limit(),
             clients.header_timeouts()
         ));
+        text.push_str(
+            "# HELP faultline_client_handshake_failures_total Client TLS handshakes and HTTP/2 prefaces that failed or missed clients.header_timeout.\n\
+             # TYPE faultline_client_handshake_failures_total counter\n",
+        );
+        for protocol in metrics::Handshake::ALL {
+            text.push_str(&format!(
+                "faultline_client_handshake_failures_total{{protocol=\"{}\"}} {}\n",
+                protocol.as_str(),
+                clients.handshake_failures(protocol)
+            ));
+        }
         let (ok, failed) = self.shared.reload_counts();
         text.push_str("# HELP faultline_config_reloads_total Configuration reloads by result.\n");
         text.push_str("# TYPE faultline_config_reloads_total counter\n");

@@ -11,19 +11,30 @@
 //! A request header Pingora would refuse on its own, with a bare answer of its own, is refused
 //! here instead ([`request_head`]), so that it gets faultline's page, request id and log line.
 //!
+//! The same deadline, from the connection's start, bounds the TLS handshake (done here, not in
+//! Pingora's listener: [`tls`]) and the HTTP/2 preface; HTTP/2 connections are served by [`h2`]
+//! under the client deadlines. Failed handshakes are counted and logged at a bounded rate
+//! ([`handshake`]).
+//!
 //! It also counts open connections. Past `clients.max_connections`, an HTTP/1 connection's
 //! first request is answered 503 `connection_limit_reached` by the gateway (so it gets a request
 //! id, a log line and the usual page) and the connection closes; an HTTP/2 connection is closed
 //! at once, before its handshake.
 
+pub(crate) mod h2;
+pub(crate) mod handshake;
+pub(crate) mod tls;
+
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::BytesMut;
 use pingora::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
-use pingora::protocols::{ALPN, Stream};
+use pingora::protocols::{ALPN, SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -31,7 +42,7 @@ use crate::access_log;
 use crate::config::ClientLimits;
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Source};
-use crate::metrics::ClientCounters;
+use crate::metrics::{ClientCounters, Handshake};
 use crate::request_head;
 use crate::request_id;
 use crate::state::Shared;
@@ -86,6 +97,8 @@ enum Head {
 pub(crate) struct ClientConnections<A> {
     app: Arc<A>,
     shared: Arc<Shared>,
+    /// The TLS listeners (plain TCP listeners to Pingora) and their acceptors.
+    tls: Vec<(SocketAddr, Acceptor)>,
 }
 
 impl<A> ClientConnections<A> {
@@ -94,6 +107,49 @@ impl<A> ClientConnections<A> {
         ClientConnections {
             app: Arc::new(app),
             shared,
+            tls: Vec::new(),
+        }
+    }
+
+    /// Connections accepted on `address` (added to the service as a plain TCP listener) start
+    /// with a TLS handshake by `acceptor`, under the header deadline.
+    pub(crate) fn terminate_tls(mut self, address: SocketAddr, acceptor: Acceptor) -> Self {
+        self.tls.push((address, acceptor));
+        self
+    }
+
+    /// The TLS acceptor of the listener that accepted `stream`, if it is a TLS listener.
+    fn acceptor(&self, stream: &Stream) -> Option<&Acceptor> {
+        if self.tls.is_empty() {
+            return None;
+        }
+        let digest = stream.get_socket_digest()?;
+        let local = digest.local_addr()?.as_inet()?;
+        let fits = |l: &SocketAddr| l.port() == local.port() && l.ip() == local.ip();
+        let wildcard = |l: &SocketAddr| l.port() == local.port() && l.ip().is_unspecified();
+        self.tls
+            .iter()
+            .find(|(l, _)| fits(l))
+            .or_else(|| self.tls.iter().find(|(l, _)| wildcard(l)))
+            .map(|(_, acceptor)| acceptor)
+    }
+}
+
+/// The client's address, for a log line: kept as the socket digest (an `Arc`), formatted only
+/// if a line is written.
+struct Peer(Option<Arc<SocketDigest>>);
+
+impl Peer {
+    fn of(stream: &Stream) -> Self {
+        Peer(stream.get_socket_digest())
+    }
+}
+
+impl std::fmt::Display for Peer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0.as_ref().and_then(|d| d.peer_addr()) {
+            Some(addr) => write!(f, "{addr}"),
+            None => f.write_str("an unknown address"),
         }
     }
 }
@@ -112,6 +168,18 @@ where
         let open = counters.opened();
         let _open = Open(counters);
         let limits = self.shared.current().clients;
+        // From the connection's start, as nginx's client_header_timeout: the TLS handshake, the
+        // HTTP/2 preface or the first HTTP/1 request header must be complete by then.
+        let deadline = Instant::now() + limits.header_timeout;
+        let mut stream = stream;
+        if let Some(acceptor) = self.acceptor(&stream) {
+            let peer = Peer::of(&stream);
+            let failed = |e: &_| handshake::failed(counters, Handshake::Tls, &peer, e);
+            stream = match tls::accept(stream, acceptor, deadline, failed).await {
+                tls::Accepted::Ready(tls) => tls,
+                tls::Accepted::Gone | tls::Accepted::Failed => return None,
+            };
+        }
         let over = limits.max_connections.is_some_and(|max| open > max);
         if over {
             counters.refused_over_limit();
@@ -120,9 +188,13 @@ where
             if over {
                 return None;
             }
-            return ServerApp::process_new(&self.app, stream, shutdown).await;
+            let peer = Peer::of(&stream);
+            let failed = |e: &_| handshake::failed(counters, Handshake::H2, &peer, e);
+            h2::serve(&self.app, stream, limits, deadline, shutdown, failed).await;
+            return None;
         }
-        self.serve_http1(stream, limits, over, shutdown).await;
+        self.serve_http1(stream, limits, deadline, over, shutdown)
+            .await;
         None
     }
 
@@ -141,6 +213,7 @@ where
         &self,
         mut stream: Stream,
         limits: ClientLimits,
+        first_deadline: Instant,
         over: bool,
         shutdown: &ShutdownWatch,
     ) {
@@ -150,10 +223,8 @@ where
         let mut watch = shutdown.clone();
         loop {
             let head = if first {
-                // From the connection's start, as nginx's client_header_timeout.
-                let deadline = Instant::now() + limits.header_timeout;
-                let wait = limits.header_timeout;
-                read_head(&mut stream, wait, Some(deadline), limits, &mut watch).await
+                let wait = first_deadline.saturating_duration_since(Instant::now());
+                read_head(&mut stream, wait, Some(first_deadline), limits, &mut watch).await
             } else {
                 let wait = limits.keepalive_timeout;
                 read_head(&mut stream, wait, None, limits, &mut watch).await

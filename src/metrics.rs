@@ -130,12 +130,35 @@ impl BackendMetrics {
     }
 }
 
+/// The protocol of a client handshake: TLS, or HTTP/2's connection preface and settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Handshake {
+    /// The TLS handshake of a connection to a TLS listener.
+    Tls,
+    /// The HTTP/2 preface and first SETTINGS, after ALPN chose `h2`.
+    H2,
+}
+
+impl Handshake {
+    /// Every protocol, in the order of the exposition.
+    pub const ALL: [Handshake; 2] = [Handshake::Tls, Handshake::H2];
+
+    /// The `protocol` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Handshake::Tls => "tls",
+            Handshake::H2 => "h2",
+        }
+    }
+}
+
 /// Counters of client connections.
 #[derive(Debug, Default)]
 pub struct ClientCounters {
     open: AtomicUsize,
     over_limit: AtomicU64,
     header_timeouts: AtomicU64,
+    handshake_failures: [AtomicU64; Handshake::ALL.len()],
 }
 
 impl ClientCounters {
@@ -157,6 +180,16 @@ impl ClientCounters {
     /// A request header did not arrive in time.
     pub fn header_timed_out(&self) {
         inc(&self.header_timeouts);
+    }
+
+    /// A client handshake failed or did not complete within `clients.header_timeout`.
+    pub fn handshake_failed(&self, protocol: Handshake) {
+        inc(&self.handshake_failures[protocol as usize]);
+    }
+
+    /// Client handshakes of `protocol` that failed or timed out.
+    pub fn handshake_failures(&self, protocol: Handshake) -> u64 {
+        self.handshake_failures[protocol as usize].load(Ordering::Relaxed)
     }
 
     /// Connections open now.

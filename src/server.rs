@@ -58,14 +58,12 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
     proxy.handle_init_modules();
-    let mut service = Service::new(
-        "faultline".to_string(),
-        ClientConnections::new(proxy, shared.clone()),
-    );
+    let mut connections = ClientConnections::new(proxy, shared.clone());
+    let mut addresses = Vec::with_capacity(listeners.len());
     for listener in &listeners {
         let address = listener.address.to_string();
         match &listener.tls {
-            None => service.add_tcp(&address),
+            None => addresses.push(address),
             Some(key) => match TlsSettings::intermediate("", "") {
                 Ok(mut settings) => {
                     // The certificate was loaded and checked with the configuration; Pingora
@@ -74,11 +72,18 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
                     if listener.http2 {
                         settings.enable_h2();
                     }
-                    service.add_tls_with_settings(&address, None, settings);
+                    // A plain TCP listener to Pingora: faultline runs the handshake itself,
+                    // under the client header deadline (connections::tls).
+                    connections = connections.terminate_tls(listener.address, settings.build());
+                    addresses.push(address);
                 }
                 Err(e) => log::error!("listener {address}: TLS settings: {e}"),
             },
         }
+    }
+    let mut service = Service::new("faultline".to_string(), connections);
+    for address in &addresses {
+        service.add_tcp(address);
     }
     server.add_service(service);
     if let Some(admin) = admin {

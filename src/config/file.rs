@@ -109,10 +109,13 @@ pub struct ClientsFile {
     /// and the connection is closed. Unlimited when absent.
     pub max_connections: Option<usize>,
     /// Time a client has to send a whole request header, from its first byte (from the
-    /// connection's start for the first request); then 408 and the connection closes.
+    /// connection's start for the first request); then 408 and the connection closes. It also
+    /// bounds, from the connection's start, the TLS handshake and the HTTP/2 preface, and each
+    /// HTTP/2 header block from its first frame.
     #[serde(deserialize_with = "duration")]
     pub header_timeout: Duration,
-    /// How long a kept-alive client connection may sit idle between requests.
+    /// How long a kept-alive client connection may sit idle between requests (HTTP/2: with no
+    /// stream open; then GOAWAY and close).
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
     /// How long a client may pause while sending a request body; then 408.

@@ -269,6 +269,12 @@ impl Binary {
     /// Starts the binary with `server` as its `server:` line (`{dir}` stands for its directory)
     /// and `body` after generated listeners; returns once both listeners accept connections.
     pub fn start(tag: &str, server: &str, body: &str) -> Binary {
+        Self::start_with_listener(tag, server, "", body)
+    }
+
+    /// Like [`Binary::start`], with `listener` (say `, tls: { … }`) added to the listener's
+    /// settings.
+    pub fn start_with_listener(tag: &str, server: &str, listener: &str, body: &str) -> Binary {
         let dir = std::env::temp_dir().join(format!("faultline-bin-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
         let server = server.replace("{dir}", &dir.display().to_string());
@@ -276,7 +282,13 @@ impl Binary {
         // binary then exits, and a new pair of ports is tried.
         for _ in 0..3 {
             let (addr, admin) = (free_addr(), free_addr());
-            let yaml = proxy_yaml(addr, admin, body).replacen("server: { threads: 1 }", &server, 1);
+            let yaml = proxy_yaml(addr, admin, body)
+                .replacen("server: { threads: 1 }", &server, 1)
+                .replacen(
+                    &format!("{{ address: \"{addr}\" }}"),
+                    &format!("{{ address: \"{addr}\"{listener} }}"),
+                    1,
+                );
             std::fs::write(dir.join("faultline.yaml"), yaml).expect("write config");
             let mut child = Self::spawn(&dir, &[]);
             let deadline = Instant::now() + Duration::from_secs(10);

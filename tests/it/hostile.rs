@@ -1,12 +1,20 @@
 //! Hostile clients: request shapes that two HTTP parsers may frame differently are refused with
-//! 400 before anything reaches an origin; oversized header sections get 431.
+//! 400 before anything reaches an origin; oversized header sections get 431; TLS handshakes and
+//! HTTP/2 connections that stall are closed at the client deadlines, and failed handshakes are
+//! counted and logged at a bounded rate.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use crate::harness::{Proxy, access_entry, find_metric, one_upstream};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+
+use crate::harness::{Binary, Proxy, access_entry, find_metric, one_upstream};
 use crate::origin::{Behavior, Gate, Origin, runtime};
+use crate::tls::{Pki, connector, h2_body, h2_request, tls_connect, tls_proxy};
 
 /// What came back for a raw request.
 struct Exchange {
@@ -440,4 +448,369 @@ fn a_requested_upgrade_still_switches_protocols() {
         "through the tunnel: {echoed}"
     );
     assert_eq!(origin.requests(), 2, "both went through");
+}
+
+/// The HTTP/2 connection preface a client sends first.
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// One HTTP/2 frame on stream `stream`.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = u32::try_from(payload.len())
+        .expect("frame length")
+        .to_be_bytes();
+    let mut f = vec![len[1], len[2], len[3], kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The GOAWAY frames (last stream id, error code) in what a server sent.
+fn goaways(mut bytes: &[u8]) -> Vec<(u32, u32)> {
+    let mut found = Vec::new();
+    while bytes.len() >= 9 {
+        let len = usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let Some(payload) = bytes.get(9..9 + len) else {
+            break;
+        };
+        if bytes[3] == 0x7 && payload.len() >= 8 {
+            let word = |at: usize| {
+                u32::from_be_bytes([
+                    payload[at],
+                    payload[at + 1],
+                    payload[at + 2],
+                    payload[at + 3],
+                ])
+            };
+            found.push((word(0) & 0x7fff_ffff, word(4)));
+        }
+        bytes = &bytes[9 + len..];
+    }
+    found
+}
+
+/// Asserts that a close a `setting` deadline caused came after it, and not much later.
+fn assert_deadline(took: Duration, setting: Duration, what: &str) {
+    assert!(
+        took >= setting,
+        "{what}: after {took:?}, before its {setting:?}"
+    );
+    assert!(
+        took < setting + Duration::from_secs(3),
+        "{what}: after {took:?}, long past its {setting:?}"
+    );
+}
+
+/// Reads until the peer closes; fails after 10 s (a connection held open is the bug).
+async fn read_until_closed<S: AsyncRead + Unpin>(s: &mut S) -> Vec<u8> {
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    match read {
+        Ok(Ok(_)) => out,
+        // A close without TLS close_notify, or a reset after the close, ends it too.
+        Ok(Err(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::UnexpectedEof
+            ) =>
+        {
+            out
+        }
+        Ok(Err(e)) => panic!("read: {e}"),
+        Err(_) => panic!("the connection is still open after 10 s"),
+    }
+}
+
+fn std_read_until_closed(s: &mut TcpStream) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut out = Vec::new();
+    match s.read_to_end(&mut out) {
+        Ok(_) => out,
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => out,
+        Err(e) => panic!("the connection is still open after 10 s: {e}"),
+    }
+}
+
+fn handshake_failures(proxy: &Proxy, protocol: &str) -> u64 {
+    proxy.metric(&format!(
+        "faultline_client_handshake_failures_total{{protocol=\"{protocol}\"}}"
+    ))
+}
+
+fn tls_limits_proxy(pki: &Pki, clients: &str) -> (Origin, Proxy) {
+    let origin = Origin::start(Behavior::named("o"));
+    let proxy = tls_proxy(
+        pki,
+        &format!(
+            "clients: {clients}\n{}",
+            one_upstream(&[origin.addr], "", "")
+        ),
+    );
+    (origin, proxy)
+}
+
+#[test]
+fn a_stalled_tls_handshake_is_closed_at_the_header_deadline_and_counted() {
+    let pki = Pki::new("tlsstall");
+    let (origin, proxy) = tls_limits_proxy(&pki, "{ header_timeout: 1s }");
+    let setting = Duration::from_secs(1);
+
+    // The start of a ClientHello record (512 bytes announced, one sent), then nothing.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .expect("write");
+    let out = std_read_until_closed(&mut s);
+    assert!(out.is_empty(), "got {out:?}");
+    assert_deadline(
+        started.elapsed(),
+        setting,
+        "close of a stalled TLS handshake",
+    );
+    assert_eq!(handshake_failures(&proxy, "tls"), 1);
+
+    // Not TLS at all: refused at once (a TLS alert, then the close), counted.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        .expect("write");
+    let _ = std_read_until_closed(&mut s);
+    assert!(started.elapsed() < setting, "took {:?}", started.elapsed());
+    assert_eq!(handshake_failures(&proxy, "tls"), 2);
+
+    // A connection that sends nothing started no handshake: closed at the deadline, not counted.
+    let started = Instant::now();
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    assert!(std_read_until_closed(&mut s).is_empty());
+    assert_deadline(
+        started.elapsed(),
+        setting,
+        "close of a silent TLS connection",
+    );
+    assert_eq!(handshake_failures(&proxy, "tls"), 2);
+    assert_eq!(handshake_failures(&proxy, "h2"), 0);
+    assert_eq!(origin.connections(), 0);
+}
+
+#[test]
+fn an_http2_preface_not_sent_in_time_closes_the_connection_and_is_counted() {
+    let pki = Pki::new("h2preface");
+    let (origin, proxy) = tls_limits_proxy(&pki, "{ header_timeout: 1s, keepalive_timeout: 30s }");
+    let setting = Duration::from_secs(1);
+    let h2 = connector(&pki, b"h2");
+    runtime().block_on(async {
+        // Half a preface after ALPN chose h2: counted when the deadline (from the connection's
+        // start) passes.
+        let started = Instant::now();
+        let mut tls = tls_connect(&h2, proxy.addr).await.expect("handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        tls.write_all(&PREFACE[..16]).await.expect("write");
+        let _ = read_until_closed(&mut tls).await;
+        assert_deadline(started.elapsed(), setting, "close of a half preface");
+
+        // Nothing at all after the TLS handshake: closed at the deadline, not counted.
+        let started = Instant::now();
+        let mut tls = tls_connect(&h2, proxy.addr).await.expect("handshake");
+        let _ = read_until_closed(&mut tls).await;
+        assert_deadline(
+            started.elapsed(),
+            setting,
+            "close of a silent h2 connection",
+        );
+    });
+    assert_eq!(handshake_failures(&proxy, "h2"), 1);
+    assert_eq!(handshake_failures(&proxy, "tls"), 0);
+    assert_eq!(origin.requests(), 0);
+}
+
+#[test]
+fn an_http2_header_block_left_open_ends_the_connection_with_protocol_error() {
+    let pki = Pki::new("h2block");
+    let (origin, proxy) = tls_limits_proxy(&pki, "{ header_timeout: 1s, keepalive_timeout: 30s }");
+    let h2 = connector(&pki, b"h2");
+    let (took, sent) = runtime().block_on(async {
+        let mut tls = tls_connect(&h2, proxy.addr).await.expect("handshake");
+        let mut start = PREFACE.to_vec();
+        start.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+        // HEADERS on stream 1 with END_STREAM but without END_HEADERS: :method GET, :scheme
+        // https, :path / (HPACK static table), and the CONTINUATION never comes.
+        start.extend(frame(0x1, 0x1, 1, &[0x82, 0x87, 0x84]));
+        tls.write_all(&start).await.expect("write");
+        let started = Instant::now();
+        let sent = read_until_closed(&mut tls).await;
+        (started.elapsed(), sent)
+    });
+    assert_deadline(
+        took,
+        Duration::from_secs(1),
+        "close of an open header block",
+    );
+    // GOAWAY PROTOCOL_ERROR (0x1); no stream was processed.
+    assert_eq!(goaways(&sent), vec![(0, 0x1)], "{sent:?}");
+    assert_eq!(origin.requests(), 0);
+    assert_eq!(handshake_failures(&proxy, "h2"), 0);
+}
+
+/// A client stream that keeps a copy of every byte the server sent.
+struct Tap<S> {
+    inner: S,
+    seen: Arc<Mutex<Vec<u8>>>,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Tap<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        this.seen
+            .lock()
+            .expect("tap")
+            .extend_from_slice(&buf.filled()[before..]);
+        read
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Tap<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[test]
+fn an_idle_http2_connection_gets_goaway_no_error_at_the_keepalive_timeout() {
+    let pki = Pki::new("h2idle");
+    let gate = Gate::new();
+    let origin = Origin::start(Behavior::held(
+        gate.clone(),
+        b"HTTP/1.1 200 OK\r\ncontent-length: 4\r\n\r\nheld".to_vec(),
+    ));
+    let proxy = tls_proxy(
+        &pki,
+        &format!(
+            "clients: {{ header_timeout: 1s, keepalive_timeout: 1s }}\n{}",
+            one_upstream(&[origin.addr], "", "")
+        ),
+    );
+    let keepalive = Duration::from_secs(1);
+    let h2 = connector(&pki, b"h2");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (status, body, closed, took) = runtime().block_on(async {
+        let tls = tls_connect(&h2, proxy.addr).await.expect("handshake");
+        let tap = Tap {
+            inner: tls,
+            seen: seen.clone(),
+        };
+        let (mut send, conn) = h2::client::handshake(tap).await.expect("h2 handshake");
+        let conn = tokio::spawn(conn);
+        let resp = h2_request(&mut send, "/", &[]).await.expect("request");
+        // A stream open longer than the keep-alive timeout is no idle connection.
+        origin.wait_for_requests(1);
+        tokio::time::sleep(keepalive + Duration::from_millis(500)).await;
+        let released = Instant::now();
+        gate.open();
+        let resp = resp.await.expect("response");
+        let status = resp.status().as_u16();
+        let (body, end) = h2_body(&mut resp.into_body(), usize::MAX).await;
+        assert!(matches!(end, Some(Ok(()))), "{end:?}");
+        // Then nothing: the proxy closes the idle connection.
+        let closed = tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("the idle connection is still open after 10 s")
+            .expect("connection task");
+        (status, body, closed, released.elapsed())
+    });
+    assert_eq!((status, body.as_slice()), (200, &b"held"[..]));
+    assert!(closed.is_ok(), "{closed:?}");
+    // The idle time starts when the response is done, after the gate opened.
+    assert_deadline(took, keepalive, "GOAWAY to an idle connection");
+    let seen = seen.lock().expect("tap").clone();
+    assert_eq!(
+        goaways(&seen),
+        vec![(1, 0x0)],
+        "one GOAWAY NO_ERROR after stream 1"
+    );
+}
+
+#[test]
+fn failed_handshakes_are_counted_and_logged_at_most_once_a_second() {
+    let pki = Pki::new("handshakelog");
+    let listener_tls = format!(
+        ", tls: {{ cert: \"{}\", key: \"{}\" }}",
+        pki.path("proxy.pem"),
+        pki.path("proxy.key")
+    );
+    let bin = Binary::start_with_listener(
+        "handshakelog",
+        "server: { threads: 1 }",
+        &listener_tls,
+        &format!(
+            "clients: {{ header_timeout: 1s }}\n{}",
+            one_upstream(&[crate::origin::refused_addr()], "", "")
+        ),
+    );
+    let broken = || {
+        let mut s = TcpStream::connect(bin.addr).expect("connect");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+            .expect("write");
+        let _ = std_read_until_closed(&mut s);
+    };
+    let series = "faultline_client_handshake_failures_total{protocol=\"tls\"}";
+    for _ in 0..40 {
+        broken();
+    }
+    assert_eq!(bin.metric(series), 40);
+    // After a quiet second, the next failure is logged with the count held back.
+    std::thread::sleep(Duration::from_millis(1100));
+    broken();
+    assert_eq!(bin.metric(series), 41);
+    // Every failure is in the log, as a line or in the count of a later line.
+    let logged = |log: &str| -> (usize, u64) {
+        let lines: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("client TLS handshake from"))
+            .collect();
+        let held_back = lines
+            .iter()
+            .filter_map(|l| {
+                l.split_once(" failed: ")?
+                    .1
+                    .rsplit_once(" (")?
+                    .1
+                    .split(' ')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum();
+        (lines.len(), held_back)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let (lines, held_back) = loop {
+        let (lines, held_back) = logged(&bin.log());
+        if lines as u64 + held_back == 41 || Instant::now() > deadline {
+            break (lines, held_back);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let log = bin.log();
+    assert_eq!(lines as u64 + held_back, 41, "{log}");
+    // 40 failures in well under a few seconds, then one: a line a second at most.
+    assert!(lines <= 4, "{lines} lines:\n{log}");
+    assert!(!log.contains("Downstream handshake error"), "{log}");
 }

@@ -68,7 +68,7 @@ impl Pki {
         }
     }
 
-    fn path(&self, name: &str) -> String {
+    pub(crate) fn path(&self, name: &str) -> String {
         self.dir.join(name).display().to_string()
     }
 
@@ -162,7 +162,7 @@ pub(crate) async fn h2_get(
 }
 
 /// Starts a GET of `path` with `headers` on an open HTTP/2 connection, as a new stream.
-async fn h2_request(
+pub(crate) async fn h2_request(
     send: &mut h2::client::SendRequest<bytes::Bytes>,
     path: &str,
     headers: &[(&str, &str)],
