@@ -260,6 +260,7 @@ where
             }
             session.set_pipelined_prefix(prefix);
             session.set_read_timeout(Some(limits.body_timeout));
+            session.set_write_timeout(Some(limits.send_timeout));
             let reused = if over {
                 OVER_LIMIT
                     .scope(true, self.app.process_new_http(session, shutdown))

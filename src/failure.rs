@@ -193,6 +193,17 @@ impl fmt::Display for FailureKind {
 }
 
 impl FailureKind {
+    /// The kind, knowing whether the client had sent its whole request body when the attempt
+    /// failed. A backend answers once it has the body; Pingora's wait for the response header
+    /// restarts with every body chunk forwarded, so it runs out while a body is unfinished only
+    /// when the client stopped sending. That stall is the client's (408), never the backend's.
+    pub(crate) fn given_request_body(self, body_done: bool) -> FailureKind {
+        match self {
+            FailureKind::HttpResponseTimeout if !body_done => FailureKind::HttpRequestTimeout,
+            kind => kind,
+        }
+    }
+
     /// The reason phrase of [`Self::status`].
     pub fn reason(self) -> &'static str {
         reason_phrase(self.status())
@@ -716,6 +727,24 @@ mod tests {
             classify(&e, Phase::Exchange),
             FailureKind::HttpResponseHeaderSectionSize
         );
+    }
+
+    #[test]
+    fn a_response_timeout_while_the_client_owes_body_is_the_clients() {
+        assert_eq!(
+            FailureKind::HttpResponseTimeout.given_request_body(false),
+            FailureKind::HttpRequestTimeout
+        );
+        assert_eq!(
+            FailureKind::HttpResponseTimeout.given_request_body(true),
+            FailureKind::HttpResponseTimeout
+        );
+        for kind in FailureKind::ALL {
+            if *kind != FailureKind::HttpResponseTimeout {
+                assert_eq!(kind.given_request_body(false), *kind, "{kind}");
+            }
+        }
+        assert!(!FailureKind::HttpRequestTimeout.counts_against_backend());
     }
 
     #[test]

@@ -118,9 +118,15 @@ pub struct ClientsFile {
     /// stream open; then GOAWAY and close).
     #[serde(deserialize_with = "duration")]
     pub keepalive_timeout: Duration,
-    /// How long a client may pause while sending a request body; then 408.
+    /// How long a client may pause while sending a request body; then 408. A pause that
+    /// outlasts the upstream's `response_header` timeout is a 408 then (the backend waited on
+    /// the client, and is not blamed).
     #[serde(deserialize_with = "duration")]
     pub body_timeout: Duration,
+    /// How long a write of the response to an HTTP/1 client may make no progress (a client that
+    /// stops reading); then the connection closes and the request is logged as a client abort.
+    #[serde(deserialize_with = "duration")]
+    pub send_timeout: Duration,
 }
 
 impl Default for ClientsFile {
@@ -130,6 +136,7 @@ impl Default for ClientsFile {
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
             body_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
         }
     }
 }

@@ -116,6 +116,8 @@ pub struct ClientLimits {
     pub keepalive_timeout: Duration,
     /// Longest pause in the middle of a request body.
     pub body_timeout: Duration,
+    /// Longest time a response write to a client may make no progress.
+    pub send_timeout: Duration,
 }
 
 impl From<&file::ClientsFile> for ClientLimits {
@@ -125,6 +127,7 @@ impl From<&file::ClientsFile> for ClientLimits {
             header_timeout: c.header_timeout,
             keepalive_timeout: c.keepalive_timeout,
             body_timeout: c.body_timeout,
+            send_timeout: c.send_timeout,
         }
     }
 }

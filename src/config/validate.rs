@@ -287,6 +287,9 @@ fn clients(c: &file::ClientsFile, errors: &mut Errors) -> ClientLimits {
     if c.body_timeout.is_zero() {
         errors.push("clients.body_timeout", "must be more than zero");
     }
+    if c.send_timeout.is_zero() {
+        errors.push("clients.send_timeout", "must be more than zero");
+    }
     ClientLimits::from(c)
 }
 

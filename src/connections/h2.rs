@@ -135,10 +135,13 @@ pub(crate) async fn serve<A>(
                 let open = streams.opened();
                 let app = app.clone();
                 let shutdown = shutdown.clone();
+                let mut session = ServerSession::new_http2(session);
+                // A client that keeps its window shut holds the stream, and its upstream, until
+                // a body write makes no progress for this long.
+                session.set_write_timeout(Some(limits.send_timeout));
                 tokio::spawn(async move {
                     let _open = open;
-                    app.process_new_http(ServerSession::new_http2(session), &shutdown)
-                        .await;
+                    app.process_new_http(session, &shutdown).await;
                 });
             }
         }

@@ -67,8 +67,8 @@ impl Gateway {
     }
 
     /// Records a failed attempt and decides whether Pingora may retry it.
-    fn attempt_failed(session: &Session, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
-        let kind = classify(&e, ctx.phase);
+    fn attempt_failed(session: &mut Session, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+        let kind = classify(&e, ctx.phase).given_request_body(session.is_body_done());
         Self::attempt_failed_with(session, ctx, kind, e)
     }
 

@@ -356,12 +356,16 @@ fn client_limits_and_body_sizes_are_checked() {
             "clients.header_timeout: invalid duration \"10\": a unit is required (\"10s\", \"10ms\") (line 10, column 10)"
         ]
     );
-    let yaml = format!("{VALID}clients: {{ max_connections: 0, keepalive_timeout: 0s }}\n");
+    let yaml = format!(
+        "{VALID}clients: {{ max_connections: 0, keepalive_timeout: 0s, body_timeout: 0s, send_timeout: 0ms }}\n"
+    );
     assert_eq!(
         errors(&yaml),
         [
             "clients.max_connections: must be at least 1",
             "clients.keepalive_timeout: must be more than zero (a kept-alive connection needs some idle time)",
+            "clients.body_timeout: must be more than zero",
+            "clients.send_timeout: must be more than zero",
         ]
     );
     let yaml = VALID.replace(

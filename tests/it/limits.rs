@@ -362,6 +362,220 @@ fn a_body_that_stalls_mid_way_is_408_and_not_the_backends_fault() {
     );
 }
 
+/// The defaults wait longer for a body (`body_timeout` 60 s) than for a response header
+/// (`response_header` 15 s): a client that stops sending mid-body used to be answered 504 with
+/// the backend blamed, and six such clients ejected a healthy backend.
+#[test]
+fn a_body_stalled_past_the_response_timeout_is_the_clients_408_and_ejects_nothing() {
+    let origin = Origin::start(Behavior::Hang);
+    let proxy = Proxy::start(&format!(
+        "clients: {{ body_timeout: 30s }}\n{}",
+        one_upstream(
+            &[origin.addr],
+            "    timeouts: { response_header: 300ms }\n    health: { passive: { consecutive_failures: 2 } }\n",
+            ""
+        )
+    ));
+    for n in 0..3 {
+        let rid = format!("stall-past-header-{n}");
+        let mut s = TcpStream::connect(proxy.addr).expect("connect");
+        s.write_all(
+            format!(
+                "POST / HTTP/1.1\r\nHost: a\r\nX-Request-Id: {rid}\r\nContent-Length: 100\r\n\r\nonly ten b"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+        let started = Instant::now();
+        let out = read_to_close(&mut s);
+        let text = String::from_utf8_lossy(&out);
+        assert!(text.starts_with("HTTP/1.1 408 "), "got: {text}");
+        assert!(
+            text.contains("\r\nProxy-Status: faultline; error=http_request_error; details=\"the request was not received in time\"\r\n"),
+            "got: {text}"
+        );
+        assert_deadline(
+            started.elapsed(),
+            Duration::from_millis(300),
+            "408 to a body stalled past the response timeout",
+        );
+        let entry = access_entry(&rid);
+        assert_eq!(entry["status"], 408);
+        assert_eq!(entry["failure"], "http_request_timeout");
+        assert_eq!(entry["source"], "proxy", "the 408 is the proxy's answer");
+        assert_eq!(entry["attempts"][0]["outcome"], "http_request_timeout");
+    }
+    let backend = |series: &str| {
+        proxy.metric(&format!(
+            "{series}{{upstream=\"app\",backend=\"{}\"}}",
+            origin.addr
+        ))
+    };
+    assert_eq!(backend("faultline_backend_up"), 1, "never ejected");
+    let attempts = |outcome: &str| {
+        crate::harness::find_metric(
+            &proxy.metrics(),
+            &format!(
+                "faultline_upstream_attempts_total{{upstream=\"app\",backend=\"{}\",outcome=\"{outcome}\"}}",
+                origin.addr
+            ),
+        )
+    };
+    assert_eq!(attempts("http_request_timeout"), Some(3));
+    assert_eq!(
+        attempts("http_response_timeout"),
+        None,
+        "no response timeout is counted against the backend"
+    );
+    let status = crate::client::get(proxy.admin, "/status", &[]).text();
+    assert!(
+        status.contains("\"consecutive_failures\":0"),
+        "the backend's breaker saw no failure: {status}"
+    );
+}
+
+#[test]
+fn a_client_that_leaves_mid_body_is_a_499_and_not_the_backends_fault() {
+    let origin = Origin::start(Behavior::Hang);
+    let proxy = Proxy::start(&one_upstream(
+        &[origin.addr],
+        "    health: { passive: { consecutive_failures: 1 } }\n",
+        "",
+    ));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: a\r\nX-Request-Id: left-mid-body\r\nContent-Length: 100\r\n\r\nonly ten b",
+    )
+    .expect("write");
+    origin.wait_for_connections(1);
+    drop(s);
+    let entry = access_entry("left-mid-body");
+    assert_eq!(entry["status"], 499);
+    assert_eq!(entry["failure"], "client_aborted");
+    assert_eq!(entry["source"], "client");
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
+            origin.addr
+        )),
+        1,
+        "a client that leaves never ejects a backend"
+    );
+}
+
+#[test]
+fn a_client_that_stops_reading_is_cut_at_the_send_timeout_and_not_the_backends_fault() {
+    // Far more than the socket buffers on both sides hold: the proxy's writes stall.
+    const BODY: usize = 64 << 20;
+    let origin = Origin::start(Behavior::Text {
+        status: 200,
+        body: "x".repeat(BODY),
+        echo_request_id: false,
+    });
+    let proxy = Proxy::start(&format!(
+        "clients: {{ send_timeout: 500ms }}\n{}",
+        one_upstream(
+            &[origin.addr],
+            "    health: { passive: { consecutive_failures: 1 } }\n",
+            ""
+        )
+    ));
+    let mut s = TcpStream::connect(proxy.addr).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: a\r\nX-Request-Id: stopped-reading\r\n\r\n")
+        .expect("write");
+    let started = Instant::now();
+    // The request ends (and is logged) only when the proxy gives up on the client.
+    let entry = access_entry("stopped-reading");
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(500) && took < Duration::from_secs(5),
+        "cut after {took:?}"
+    );
+    assert_eq!(entry["status"], 499);
+    assert_eq!(entry["failure"], "client_aborted");
+    assert_eq!(entry["source"], "client");
+    // What the client can still read ends short of the body: the connection was closed.
+    let got = read_to_close(&mut s);
+    assert!(got.starts_with(b"HTTP/1.1 200 "));
+    assert!(got.len() < BODY, "the whole body arrived: {}", got.len());
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
+            origin.addr
+        )),
+        1,
+        "a client that stops reading never ejects a backend"
+    );
+}
+
+#[test]
+fn an_http2_client_that_keeps_its_window_shut_is_cut_at_the_send_timeout() {
+    use crate::tls::{Pki, connector, h2_request, tls_connect, tls_proxy};
+    let pki = Pki::new("zero-window");
+    let origin = Origin::start(Behavior::Text {
+        status: 200,
+        body: "x".repeat(1 << 20),
+        echo_request_id: false,
+    });
+    let proxy = tls_proxy(
+        &pki,
+        &format!(
+            "clients: {{ send_timeout: 500ms }}\n{}",
+            one_upstream(
+                &[origin.addr],
+                "    health: { passive: { consecutive_failures: 1 } }\n",
+                ""
+            )
+        ),
+    );
+    let connector = connector(&pki, b"h2");
+    let took = crate::origin::runtime().block_on(async {
+        let tls = tls_connect(&connector, proxy.addr)
+            .await
+            .expect("handshake");
+        // Not a byte of any stream's body may be sent, and the window is never opened.
+        let (mut send, conn) = h2::client::Builder::new()
+            .initial_window_size(0)
+            .handshake::<_, bytes::Bytes>(tls)
+            .await
+            .expect("h2 handshake");
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = h2_request(&mut send, "/", &[("x-request-id", "shut-window")])
+            .await
+            .expect("request");
+        let resp = resp.await.expect("response header");
+        assert_eq!(resp.status(), 200);
+        let started = Instant::now();
+        let mut body = resp.into_body();
+        // The stream ends without its body: reset by the proxy.
+        let end = tokio::time::timeout(Duration::from_secs(10), body.data())
+            .await
+            .expect("the stream ends");
+        assert!(
+            matches!(end, Some(Err(_))),
+            "the stream was reset, not completed: {end:?}"
+        );
+        started.elapsed()
+    });
+    assert!(
+        took >= Duration::from_millis(400) && took < Duration::from_secs(5),
+        "cut after {took:?}"
+    );
+    let entry = access_entry("shut-window");
+    assert_eq!(entry["status"], 499);
+    assert_eq!(entry["failure"], "client_aborted");
+    assert_eq!(
+        proxy.metric(&format!(
+            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
+            origin.addr
+        )),
+        1,
+        "a client that stops reading never ejects a backend"
+    );
+}
+
 #[test]
 fn a_big_header_sent_fast_then_trickled_still_meets_the_deadline() {
     let origin = Origin::start(Behavior::named("o"));

@@ -72,12 +72,22 @@ impl Origin {
     /// Waits (5 s at most) until `n` requests have reached the origin: the readiness signal of a
     /// request in flight.
     pub fn wait_for_requests(&self, n: usize) {
+        self.wait_until(n, "requests", Self::requests);
+    }
+
+    /// Waits (5 s at most) until `n` connections have reached the origin: the readiness signal
+    /// of an attempt whose request has not completed.
+    pub fn wait_for_connections(&self, n: usize) {
+        self.wait_until(n, "connections", Self::connections);
+    }
+
+    fn wait_until(&self, n: usize, what: &str, count: fn(&Origin) -> usize) {
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
-        while self.requests() < n {
+        while count(self) < n {
             assert!(
                 std::time::Instant::now() < deadline,
-                "{} of {n} requests reached the origin",
-                self.requests()
+                "{} of {n} {what} reached the origin",
+                count(self)
             );
             std::thread::sleep(Duration::from_millis(2));
         }
