@@ -1,7 +1,7 @@
 //! Hostile clients: request shapes that two HTTP parsers may frame differently are refused with
 //! 400 before anything reaches an origin; oversized header sections get 431; a missing or
 //! malformed host and paths without a single reading are refused, other paths are routed and
-//! forwarded normalised.
+//! forwarded normalised; pipelined requests are answered in order.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -361,4 +361,73 @@ fn a_path_is_routed_and_forwarded_normalised() {
         .map(|(_, path)| format!("GET {path} HTTP/1.1"))
         .collect();
     assert_eq!(request_lines(&public), want);
+}
+
+#[test]
+fn pipelined_requests_are_answered_in_order() {
+    let origin = Origin::start(Behavior::Text {
+        status: 200,
+        body: "ok".into(),
+        echo_request_id: true,
+    });
+    let proxy = Proxy::start(&one_upstream(&[origin.addr], "", ""));
+    // Five requests in one write, a body among them.
+    let mut batch = Vec::new();
+    for i in 1..=5 {
+        if i == 3 {
+            batch.extend_from_slice(
+                b"POST /3 HTTP/1.1\r\nHost: a\r\nX-Request-Id: pipe-3\r\nContent-Length: 5\r\n\r\nhello",
+            );
+        } else {
+            batch.extend(
+                format!("GET /{i} HTTP/1.1\r\nHost: a\r\nX-Request-Id: pipe-{i}\r\n\r\n")
+                    .into_bytes(),
+            );
+        }
+    }
+    let mut client = Client::connect(proxy.addr);
+    client.send(&batch);
+    for i in 1..=5 {
+        let resp = client.read_response(if i == 3 { "POST" } else { "GET" });
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.describe());
+        assert_eq!(
+            resp.header("x-request-id"),
+            Some(format!("pipe-{i}").as_str())
+        );
+        assert_ne!(resp.header("connection"), Some("close"), "request {i}");
+    }
+    let want: Vec<String> = (1..=5)
+        .map(|i| format!("{} /{i} HTTP/1.1", if i == 3 { "POST" } else { "GET" }))
+        .collect();
+    assert_eq!(request_lines(&origin), want);
+    // The connection is still good for more.
+    client.send(b"GET /6 HTTP/1.1\r\nHost: a\r\nX-Request-Id: pipe-6\r\n\r\n");
+    assert_eq!(
+        client.read_response("GET").header("x-request-id"),
+        Some("pipe-6")
+    );
+
+    // A request sent while the one before it is still at the origin waits its turn.
+    let gate = Gate::new();
+    origin.set(Behavior::Held(
+        gate.clone(),
+        Box::new(Behavior::Text {
+            status: 200,
+            body: "held".into(),
+            echo_request_id: true,
+        }),
+    ));
+    client.send(b"GET /7 HTTP/1.1\r\nHost: a\r\nX-Request-Id: pipe-7\r\n\r\n");
+    origin.wait_for_requests(7);
+    client.send(b"GET /8 HTTP/1.1\r\nHost: a\r\nX-Request-Id: pipe-8\r\n\r\n");
+    std::thread::sleep(Duration::from_millis(100));
+    gate.open();
+    for i in 7..=8 {
+        let resp = client.read_response("GET");
+        assert_eq!(resp.status, 200, "request {i}: {}", resp.describe());
+        assert_eq!(
+            resp.header("x-request-id"),
+            Some(format!("pipe-{i}").as_str())
+        );
+    }
 }
