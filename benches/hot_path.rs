@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request work besides the network: route matching over a few
-//! hundred routes, backend selection through passive-health filtering, and metric recording.
+//! hundred routes, backend selection through passive-health filtering, path normalisation,
+//! forwarding headers and metric recording.
 
 // criterion_group! generates an undocumented function; a failed setup should stop the bench.
 #![allow(missing_docs, clippy::expect_used)]
@@ -108,6 +109,16 @@ fn bench(c: &mut Criterion) {
             )
         });
     }
+
+    // Every request's path goes through it; a plain one must cost one pass and no allocation.
+    let plain = b"/static/js/app.min.js".as_slice();
+    let hostile = b"/public/./a/%2e%2e/b/%7Euser/../c".as_slice();
+    c.bench_function("normalise a plain path", |b| {
+        b.iter(|| faultline::internals::request_checks::normalize_path(black_box(plain)))
+    });
+    c.bench_function("normalise a hostile path", |b| {
+        b.iter(|| faultline::internals::request_checks::normalize_path(black_box(hostile)))
+    });
 
     let routes = RouteTable::new(["api"], None);
     let route = routes.get(Some("api"));

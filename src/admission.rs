@@ -1,5 +1,7 @@
 //! Whether a request is taken, before any upstream work: the client connection limit, the
-//! method (faultline is no forward proxy: CONNECT is refused), the request checks, routing, the route's body limit, the upstream's limit of requests in flight,
+//! method (faultline is no forward proxy: CONNECT is refused), the request checks (framing, then
+//! host and path, which may rewrite the request), routing, the route's body limit, the upstream's
+//! limit of requests in flight,
 //! and a backend to send it to. A refusal names its failure kind and whether the client
 //! connection may stay open after the answer.
 
@@ -9,7 +11,7 @@ use pingora::proxy::Session;
 use crate::connections;
 use crate::context::RequestCtx;
 use crate::failure::FailureKind;
-use crate::request_checks;
+use crate::request_checks::{self, TargetError, host::Host, path::PathError};
 
 /// A request that is not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -41,7 +43,7 @@ impl Refusal {
 /// Admits the request or says why not. On admission the context holds the route, its pool,
 /// the request's place among the upstream's requests in flight and the backend of the first
 /// attempt.
-pub(crate) fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+pub(crate) fn admit(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
     let refused = if connections::over_limit() {
         Some(FailureKind::ClientConnectionLimit)
     } else if session.req_header().method == http::Method::CONNECT {
@@ -56,6 +58,10 @@ pub(crate) fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refus
     if let Some(kind) = refused {
         ctx.metrics = Some(ctx.snapshot.routes.get(None));
         return Err(Refusal::closing(kind));
+    }
+    if let Err(refusal) = check_target(session) {
+        ctx.metrics = Some(ctx.snapshot.routes.get(None));
+        return Err(refusal);
     }
     let req = session.req_header();
     let route = ctx.snapshot.router.route(req);
@@ -85,6 +91,35 @@ pub(crate) fn admit(session: &Session, ctx: &mut RequestCtx) -> Result<(), Refus
     ctx.in_flight = Some(place);
     ctx.preselected = Some(selected.ok_or(Refusal::keeping(FailureKind::DestinationUnavailable))?);
     Ok(())
+}
+
+/// The host and path checks: the request is routed and forwarded with its normalised path, and
+/// an HTTP/1.0 request without a host gets the listener's address as its `Host`.
+fn check_target(session: &mut Session) -> Result<(), Refusal> {
+    match request_checks::check_target(session.req_header_mut()) {
+        Ok(Host::Valid) => Ok(()),
+        Ok(Host::Absent) => {
+            let listener = session
+                .server_addr()
+                .and_then(|a| a.as_inet())
+                .map_or_else(|| "localhost".to_string(), ToString::to_string);
+            session
+                .req_header_mut()
+                .insert_header(http::header::HOST, listener)
+                .map_err(|_| Refusal::closing(FailureKind::ProxyInternalError))
+        }
+        Err(e) => {
+            log::debug!("request refused: {e}");
+            // A control character means the request line itself was broken (Pingora escapes
+            // raw ones): what follows it is not trusted. Otherwise the request was read whole.
+            Err(match e {
+                TargetError::Path(PathError::Control) => {
+                    Refusal::closing(FailureKind::HttpRequestError)
+                }
+                _ => Refusal::keeping(FailureKind::HttpRequestError),
+            })
+        }
+    }
 }
 
 /// The body length a request declares with `Content-Length`, when it does.

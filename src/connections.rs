@@ -87,6 +87,8 @@ impl Drop for Open<'_> {
 enum Head {
     /// A whole header (and maybe more) is in the buffer, or as much as Pingora would read.
     Read(BytesMut),
+    /// Pingora holds the start of the next request already (it was pipelined).
+    Carried,
     /// The connection closed, stayed idle past its time, or the server is shutting down.
     Gone,
     /// The header started but did not complete in time.
@@ -222,7 +224,13 @@ where
         // One receiver for the connection: waiting on it costs no clone per request.
         let mut watch = shutdown.clone();
         loop {
-            let head = if first {
+            // Requests a client pipelined behind the previous one, as far as Pingora read them,
+            // travel in `settings`; Pingora parses them itself, and reading here first would
+            // wait for bytes the client already sent.
+            let carried = settings.as_ref().is_some_and(carries_pipelined_bytes);
+            let head = if carried {
+                Head::Carried
+            } else if first {
                 let wait = first_deadline.saturating_duration_since(Instant::now());
                 read_head(&mut stream, wait, Some(first_deadline), limits, &mut watch).await
             } else {
@@ -230,7 +238,8 @@ where
                 read_head(&mut stream, wait, None, limits, &mut watch).await
             };
             let prefix = match head {
-                Head::Read(prefix) => prefix,
+                Head::Read(prefix) => Some(prefix),
+                Head::Carried => None,
                 Head::Gone => return,
                 Head::TimedOut => {
                     self.shared.clients().header_timed_out();
@@ -239,9 +248,11 @@ where
                     return;
                 }
             };
-            if let Some(kind) = request_head::check(&prefix) {
+            if let Some(prefix) = &prefix
+                && let Some(kind) = request_head::check(prefix)
+            {
                 // What follows a refused header is never read: the connection closes.
-                self.answer(stream, kind, Some(&prefix)).await;
+                self.answer(stream, kind, Some(prefix)).await;
                 return;
             }
             let mut session = ServerSession::new_http1(stream);
@@ -256,9 +267,17 @@ where
                             .server_options()
                             .and_then(|o| o.keepalive_request_limit),
                     );
+                    // Without it, Pingora refuses to reuse a connection on which it read bytes
+                    // past the request (pingora-core `protocols/http/v1/server.rs`, `reuse`):
+                    // the answer says keep-alive, the connection closes, and every request
+                    // pipelined behind the first is lost. With it, they are served in order.
+                    // The settings carry it to the connection's later sessions.
+                    session.set_pipelining_enabled(true);
                 }
             }
-            session.set_pipelined_prefix(prefix);
+            if let Some(prefix) = prefix {
+                session.set_pipelined_prefix(prefix);
+            }
             session.set_read_timeout(Some(limits.body_timeout));
             session.set_write_timeout(Some(limits.send_timeout));
             let reused = if over {
@@ -428,6 +447,43 @@ fn head_complete(buf: &[u8], scanned: &mut usize) -> bool {
     false
 }
 
+/// Whether Pingora carries bytes of a pipelined next request into the next session.
+///
+/// It keeps them in `HttpPersistentSettings`, whose fields are private and which has no
+/// accessor, and parses them as the start of the next request; its `Debug` output is the one
+/// place the field shows. The probe stops formatting at the field (no allocation, no bytes
+/// formatted). Should the field ever be missing, it answers `true`: the next request is then
+/// left to Pingora, which loses the header deadline for it but never a request already sent.
+/// The `settings_with_pipelined_bytes_are_recognised` test pins the format.
+fn carries_pipelined_bytes(settings: &HttpPersistentSettings) -> bool {
+    use std::fmt::Write;
+
+    const FIELD: &str = "pipelined_prefix";
+    #[derive(Default)]
+    struct Probe {
+        at_field: bool,
+        carried: Option<bool>,
+    }
+    impl Write for Probe {
+        fn write_str(&mut self, s: &str) -> std::fmt::Result {
+            if !self.at_field {
+                self.at_field = s == FIELD;
+                return Ok(());
+            }
+            if s == ": " {
+                return Ok(());
+            }
+            self.carried = Some(s != "None");
+            // Found: the rest (the bytes themselves) is not formatted.
+            Err(std::fmt::Error)
+        }
+    }
+    let mut probe = Probe::default();
+    // Stopped on purpose once found; nothing else can fail.
+    let _ = write!(probe, "{settings:?}");
+    probe.carried.unwrap_or(true)
+}
+
 /// Reads and drops what the client still sends, for a bounded time and size.
 async fn linger(stream: &mut Stream) {
     let mut sink = [0u8; 8192];
@@ -443,7 +499,21 @@ async fn linger(stream: &mut Stream) {
 
 #[cfg(test)]
 mod tests {
-    use super::head_complete;
+    use super::{carries_pipelined_bytes, head_complete};
+    use bytes::BytesMut;
+    use pingora::apps::HttpPersistentSettings;
+    use pingora::protocols::http::ServerSession;
+
+    #[test]
+    fn settings_with_pipelined_bytes_are_recognised() {
+        let (stream, _peer) = tokio::io::duplex(64);
+        let session = ServerSession::new_http1(Box::new(stream));
+        let mut settings = HttpPersistentSettings::for_session(&session);
+        settings.set_user_context(Box::new(7u8));
+        assert!(!carries_pipelined_bytes(&settings));
+        settings.set_pipelined_prefix(BytesMut::from(&b"GET / HTTP/1.1\r\n"[..]));
+        assert!(carries_pipelined_bytes(&settings));
+    }
 
     #[test]
     fn finds_the_end_of_a_header() {

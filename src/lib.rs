@@ -88,6 +88,7 @@ pub mod internals {
     }
     /// Request checks.
     pub mod request_checks {
+        pub use crate::request_checks::path::normalize as normalize_path;
         pub use crate::request_checks::{MAX_HEADER_BYTES, check};
     }
     /// Request ids.

@@ -1,10 +1,17 @@
 //! Requests refused before routing: HTTP/1 framing that a server behind faultline could read
-//! differently (request smuggling), and header sections too large to be honest.
+//! differently (request smuggling), header sections too large to be honest, and a host or path
+//! that routing and the origin could read differently ([`host`], [`path`]).
 //!
 //! Pingora already refuses differing duplicate `Content-Length`, obsolete line folding and CR in
 //! values. It accepts, and normalizes, `Content-Length` beside `Transfer-Encoding` and bare LF
 //! line ends; faultline refuses those outright, from the raw header bytes, because a request that
 //! two parsers may frame differently has no safe reading.
+
+pub(crate) mod host;
+pub(crate) mod path;
+
+use pingora::http::RequestHeader;
+use pingora_http::authority::{RawTargetAuthority, raw_target_authority};
 
 use crate::failure::FailureKind;
 
@@ -51,6 +58,68 @@ pub fn check(raw: &[u8]) -> Option<FailureKind> {
         || transfer_encodings > 1
         || (transfer_encodings == 1 && !chunked_last);
     bad_framing.then_some(FailureKind::HttpRequestError)
+}
+
+/// Why a request's target (its host and path) is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum TargetError {
+    /// The host.
+    Host(host::HostError),
+    /// The path.
+    Path(path::PathError),
+    /// The normalised path could not be set on the request.
+    Unrepresentable,
+}
+
+impl std::fmt::Display for TargetError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TargetError::Host(e) => e.fmt(f),
+            TargetError::Path(e) => e.fmt(f),
+            TargetError::Unrepresentable => f.write_str("a path that cannot be forwarded"),
+        }
+    }
+}
+
+impl std::error::Error for TargetError {}
+
+/// Checks the host of `req` and normalises its path in place (the query is kept as it came), so
+/// that routing and the backend see the same target. Says whether the request has no host at
+/// all (HTTP/1.0), for the caller to give it one.
+pub(crate) fn check_target(req: &mut RequestHeader) -> Result<host::Host, TargetError> {
+    let host = host::check(req).map_err(TargetError::Host)?;
+    let raw = req.raw_path();
+    let path_and_query = match raw_target_authority(raw) {
+        RawTargetAuthority::Absolute { path_and_query, .. } => path_and_query,
+        _ => raw,
+    };
+    let (path, query) = match memchr::memchr(b'?', path_and_query) {
+        Some(at) => path_and_query.split_at(at),
+        None => (path_and_query, &b""[..]),
+    };
+    if query.iter().any(|b| matches!(b, 0..=0x1f | 0x7f)) {
+        return Err(TargetError::Path(path::PathError::Control));
+    }
+    let Some(mut target) = path::normalize(path).map_err(TargetError::Path)? else {
+        return Ok(host);
+    };
+    target.extend_from_slice(query);
+    if req.uri.authority().is_some() {
+        // HTTP/2: the authority stays on the URI, where Pingora takes `:authority` (or an
+        // HTTP/1 backend's `Host`) from.
+        let mut parts = req.uri.clone().into_parts();
+        parts.path_and_query = Some(
+            http::uri::PathAndQuery::try_from(target).map_err(|_| TargetError::Unrepresentable)?,
+        );
+        let uri = http::Uri::from_parts(parts).map_err(|_| TargetError::Unrepresentable)?;
+        req.set_uri(uri);
+    } else {
+        // HTTP/1: origin-form from here on (an absolute-form authority equals `Host`, checked
+        // above), bytes kept as they are.
+        req.set_raw_path(&target)
+            .map_err(|_| TargetError::Unrepresentable)?;
+    }
+    Ok(host)
 }
 
 #[cfg(test)]
