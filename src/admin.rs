@@ -97,7 +97,13 @@ impl Admin {
 fn certificate_label(certificates: &[Certificate], i: usize) -> String {
     let first = |c: &Certificate| c.names.first().cloned();
     match certificates.get(i).and_then(first) {
-        Some(name) if !certificates[..i].iter().any(|c| first(c).as_ref() == Some(&name)) => name,
+        Some(name)
+            if !certificates[..i]
+                .iter()
+                .any(|c| first(c).as_ref() == Some(&name)) =>
+        {
+            name
+        }
         _ => i.to_string(),
     }
 }

@@ -12,7 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pingora::tls::sign::CertifiedKey;
-use pingora::tls::{CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert};
+use pingora::tls::{
+    CertificateDer, ClientHello, CryptoProvider, PrivateKeyDer, ResolvesServerCert,
+};
 use pingora::utils::tls::CertKey;
 use rustls_pki_types::pem::PemObject;
 
@@ -86,14 +88,17 @@ impl CertificateError {
     pub fn is_key(&self) -> bool {
         matches!(
             self,
-            CertificateError::ReadKey(..) | CertificateError::NoKey(_) | CertificateError::Mismatch(..)
+            CertificateError::ReadKey(..)
+                | CertificateError::NoKey(_)
+                | CertificateError::Mismatch(..)
         )
     }
 }
 
 /// The certificate chain in `cert` (PEM, leaf first).
 pub(crate) fn load_chain(cert: &Path) -> Result<Vec<CertificateDer<'static>>, CertificateError> {
-    let text = std::fs::read(cert).map_err(|e| CertificateError::ReadCert(cert.to_path_buf(), e))?;
+    let text =
+        std::fs::read(cert).map_err(|e| CertificateError::ReadCert(cert.to_path_buf(), e))?;
     let chain = CertificateDer::pem_slice_iter(&text)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|_| CertificateError::NoCertificate(cert.to_path_buf()))?;
@@ -165,8 +170,8 @@ fn describe(
 ) -> Result<(Vec<String>, String, i64), CertificateError> {
     use x509_parser::extensions::GeneralName;
     let unparsable = |e: String| CertificateError::Unparsable(path.to_path_buf(), e);
-    let (_, parsed) =
-        x509_parser::parse_x509_certificate(leaf.as_ref()).map_err(|e| unparsable(e.to_string()))?;
+    let (_, parsed) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| unparsable(e.to_string()))?;
     let mut names = Vec::new();
     if let Some(san) = parsed
         .subject_alternative_name()

@@ -100,9 +100,7 @@ fn tls_listeners(config: &Config, previous: Option<&Snapshot>) -> Vec<TlsListene
             let settings = l.tls.clone()?;
             Some(TlsListener {
                 address: l.address,
-                acceptor: Arc::new(Acceptor::from_server_config(
-                    settings.server_config.clone(),
-                )),
+                acceptor: Arc::new(Acceptor::from_server_config(settings.server_config.clone())),
                 settings,
             })
         })

@@ -170,9 +170,14 @@ impl<'de> Deserialize<'de> for UpstreamTlsFile {
                 })
             }
 
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
-                UpstreamTlsSettingsFile::deserialize(serde::de::value::MapAccessDeserializer::new(map))
-                    .map(UpstreamTlsFile::With)
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                UpstreamTlsSettingsFile::deserialize(serde::de::value::MapAccessDeserializer::new(
+                    map,
+                ))
+                .map(UpstreamTlsFile::With)
             }
         }
         d.deserialize_any(Visitor)

@@ -355,9 +355,10 @@ fn upstream(
         errors.push(format!("{at}.max_in_flight"), "must be at least 1");
     }
     let client_cert = match &u.tls {
-        file::UpstreamTlsFile::With(settings) => settings.client_cert.as_ref().and_then(|c| {
-            tls::client_cert(&format!("{at}.tls.client_cert"), c, base, errors)
-        }),
+        file::UpstreamTlsFile::With(settings) => settings
+            .client_cert
+            .as_ref()
+            .and_then(|c| tls::client_cert(&format!("{at}.tls.client_cert"), c, base, errors)),
         _ => None,
     };
     let tls = match (u.tls.enabled(), u.sni) {

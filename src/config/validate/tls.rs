@@ -58,14 +58,14 @@ pub(super) fn listener(
         TlsVersion::Tls12 => &[&TLS12, &TLS13][..],
         TlsVersion::Tls13 => &[&TLS13][..],
     };
-    let builder = match ServerConfig::builder_with_provider(provider).with_protocol_versions(versions)
-    {
-        Ok(b) => b,
-        Err(e) => {
-            errors.push(format!("{at}.cipher_suites"), e.to_string());
-            return None;
-        }
-    };
+    let builder =
+        match ServerConfig::builder_with_provider(provider).with_protocol_versions(versions) {
+            Ok(b) => b,
+            Err(e) => {
+                errors.push(format!("{at}.cipher_suites"), e.to_string());
+                return None;
+            }
+        };
     let builder = match &client_auth {
         Some((_, verifier)) => builder.with_client_cert_verifier(verifier.clone()),
         None => builder.with_no_client_auth(),
@@ -105,9 +105,7 @@ fn listener_certificates(
             );
             Vec::new()
         }
-        (Some(cert), Some(key), None) => load(at, cert, key, base, errors)
-            .into_iter()
-            .collect(),
+        (Some(cert), Some(key), None) => load(at, cert, key, base, errors).into_iter().collect(),
         (Some(_), None, None) => {
             errors.push(format!("{at}.key"), "required with cert");
             Vec::new()
@@ -203,7 +201,8 @@ fn cipher_suites(
     for (i, name) in names.iter().enumerate() {
         match offered
             .iter()
-            .position(|s| s.suite().as_str() == Some(name.as_str())) {
+            .position(|s| s.suite().as_str() == Some(name.as_str()))
+        {
             Some(index) => chosen.push(index),
             None => {
                 let names: Vec<_> = offered.iter().filter_map(|s| s.suite().as_str()).collect();
@@ -262,7 +261,8 @@ fn client_auth(
         errors.push(field, format!("no CA certificate in {}", ca.display()));
         return None;
     }
-    let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
+    let mut builder =
+        WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone());
     if !required {
         builder = builder.allow_unauthenticated();
     }
