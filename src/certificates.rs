@@ -257,3 +257,92 @@ impl ResolvesServerCert for Resolver {
         self.choose(client_hello.server_name())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A resolver over keys told apart by identity; the key material is never used.
+    fn resolver(names: &[&[&str]], unknown: UnknownSni) -> (Resolver, Vec<Arc<CertifiedKey>>) {
+        pingora::tls::install_default_crypto_provider();
+        let mut keys = Vec::new();
+        let certificates: Vec<_> = names
+            .iter()
+            .map(|names| {
+                let key = rcgen::KeyPair::generate().expect("key");
+                let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+                    .expect("params")
+                    .self_signed(&key)
+                    .expect("cert");
+                let private = PrivateKeyDer::try_from(key.serialize_der()).expect("a PKCS#8 key");
+                let provider = CryptoProvider::get_default().expect("provider");
+                let certified = Arc::new(
+                    CertifiedKey::from_der(vec![cert.der().clone()], private, provider)
+                        .expect("certified"),
+                );
+                keys.push(certified.clone());
+                Certificate {
+                    names: names.iter().map(|n| n.to_string()).collect(),
+                    subject: String::new(),
+                    not_after: 0,
+                    cert_path: PathBuf::new(),
+                    key: certified,
+                }
+            })
+            .collect();
+        (Resolver::new(&certificates, unknown), keys)
+    }
+
+    fn which(resolver: &Resolver, keys: &[Arc<CertifiedKey>], sni: Option<&str>) -> Option<usize> {
+        let chosen = resolver.choose(sni)?;
+        keys.iter().position(|k| Arc::ptr_eq(k, &chosen))
+    }
+
+    #[test]
+    fn exact_names_then_one_level_wildcards_then_the_default() {
+        let (r, keys) = resolver(
+            &[
+                &["a.test"],
+                &["b.test", "*.b.test"],
+                &["*.w.test", "x.w.test"],
+                &["b.test"],
+            ],
+            UnknownSni::Default,
+        );
+        assert_eq!(which(&r, &keys, Some("a.test")), Some(0));
+        assert_eq!(
+            which(&r, &keys, Some("b.test")),
+            Some(1),
+            "the first listed wins"
+        );
+        assert_eq!(which(&r, &keys, Some("y.b.test")), Some(1));
+        assert_eq!(which(&r, &keys, Some("x.w.test")), Some(2));
+        assert_eq!(which(&r, &keys, Some("z.w.test")), Some(2));
+        assert_eq!(
+            which(&r, &keys, Some("z.w.test.")),
+            Some(2),
+            "a trailing dot"
+        );
+        assert_eq!(
+            which(&r, &keys, Some("w.test")),
+            Some(0),
+            "a wildcard is not its parent"
+        );
+        assert_eq!(
+            which(&r, &keys, Some("a.z.w.test")),
+            Some(0),
+            "one level only"
+        );
+        assert_eq!(which(&r, &keys, Some("c.test")), Some(0));
+        assert_eq!(which(&r, &keys, None), Some(0));
+    }
+
+    #[test]
+    fn refuse_gives_no_certificate_to_an_unknown_name_or_none() {
+        let (r, keys) = resolver(&[&["a.test"], &["*.w.test"]], UnknownSni::Refuse);
+        assert_eq!(which(&r, &keys, Some("a.test")), Some(0));
+        assert_eq!(which(&r, &keys, Some("x.w.test")), Some(1));
+        assert!(r.choose(Some("c.test")).is_none());
+        assert!(r.choose(None).is_none());
+    }
+}
