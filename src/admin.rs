@@ -10,9 +10,10 @@ use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
 use serde_json::json;
 
+use crate::config::{Certificate, UnknownSni};
 use crate::failure::FailureKind;
 use crate::metrics;
-use crate::state::Shared;
+use crate::state::{Shared, TlsListener};
 use crate::upstream::Pool;
 use crate::upstream::health::State;
 
@@ -54,6 +55,21 @@ impl Admin {
                 clients.handshake_failures(protocol)
             ));
         }
+        text.push_str(
+            "# HELP faultline_tls_certificate_expiry_seconds The notAfter time of each TLS listener's certificate, in Unix seconds.\n\
+             # TYPE faultline_tls_certificate_expiry_seconds gauge\n",
+        );
+        for listener in &snapshot.tls {
+            let certificates = &listener.settings.certificates;
+            for (i, c) in certificates.iter().enumerate() {
+                text.push_str(&format!(
+                    "faultline_tls_certificate_expiry_seconds{{listener=\"{}\",certificate=\"{}\"}} {}\n",
+                    listener.address,
+                    escape(&certificate_label(certificates, i)),
+                    c.not_after
+                ));
+            }
+        }
         let (ok, failed) = self.shared.reload_counts();
         text.push_str("# HELP faultline_config_reloads_total Configuration reloads by result.\n");
         text.push_str("# TYPE faultline_config_reloads_total counter\n");
@@ -67,8 +83,67 @@ impl Admin {
     pub fn status(&self) -> serde_json::Value {
         let snapshot = self.shared.current();
         let upstreams: Vec<_> = snapshot.upstreams.iter().map(pool_status).collect();
-        json!({ "upstreams": upstreams })
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+        let tls: Vec<_> = snapshot.tls.iter().map(|l| tls_status(l, now)).collect();
+        json!({ "upstreams": upstreams, "tls": tls })
     }
+}
+
+/// The label of a listener's certificate `i` in metrics and `/status`: its first DNS name, or
+/// its index when it has none or an earlier certificate has the same first name (a renewal
+/// listed beside the old one), so that each certificate is one series.
+fn certificate_label(certificates: &[Certificate], i: usize) -> String {
+    let first = |c: &Certificate| c.names.first().cloned();
+    match certificates.get(i).and_then(first) {
+        Some(name)
+            if !certificates[..i]
+                .iter()
+                .any(|c| first(c).as_ref() == Some(&name)) =>
+        {
+            name
+        }
+        _ => i.to_string(),
+    }
+}
+
+/// A label value in the Prometheus text format.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn tls_status(listener: &TlsListener, now: i64) -> serde_json::Value {
+    let settings = &listener.settings;
+    let certificates: Vec<_> = settings
+        .certificates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "certificate": certificate_label(&settings.certificates, i),
+                "names": c.names,
+                "subject": c.subject,
+                "file": c.cert_path.display().to_string(),
+                "not_after": c.not_after,
+                "expires_in_seconds": c.not_after.saturating_sub(now),
+            })
+        })
+        .collect();
+    json!({
+        "listener": listener.address.to_string(),
+        "min_version": settings.min_version.as_str(),
+        "unknown_sni": match settings.unknown_sni {
+            UnknownSni::Default => "default",
+            UnknownSni::Refuse => "refuse",
+        },
+        "cipher_suites": settings.cipher_suites,
+        "client_auth": settings.client_auth.as_ref().map(|a| if a.required { "required" } else { "optional" }),
+        "certificates": certificates,
+    })
 }
 
 fn pool_status(pool: &Pool) -> serde_json::Value {

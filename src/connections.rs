@@ -45,7 +45,7 @@ use crate::failure::{FailureKind, Source};
 use crate::metrics::{ClientCounters, Handshake};
 use crate::request_head;
 use crate::request_id;
-use crate::state::Shared;
+use crate::state::{Shared, Snapshot};
 use crate::upstream::attempt::Attempts;
 
 /// Bytes read under the header deadline before the rest is left to Pingora: its own limit on a
@@ -99,42 +99,35 @@ enum Head {
 pub(crate) struct ClientConnections<A> {
     app: Arc<A>,
     shared: Arc<Shared>,
-    /// The TLS listeners (plain TCP listeners to Pingora) and their acceptors.
-    tls: Vec<(SocketAddr, Acceptor)>,
 }
 
 impl<A> ClientConnections<A> {
-    /// Wraps `app`; limits are read from `shared`'s current configuration for each connection.
+    /// Wraps `app`; limits, and the TLS listeners (plain TCP listeners to Pingora) with their
+    /// acceptors, are read from `shared`'s current configuration for each connection.
     pub(crate) fn new(app: A, shared: Arc<Shared>) -> Self {
         ClientConnections {
             app: Arc::new(app),
             shared,
-            tls: Vec::new(),
         }
     }
+}
 
-    /// Connections accepted on `address` (added to the service as a plain TCP listener) start
-    /// with a TLS handshake by `acceptor`, under the header deadline.
-    pub(crate) fn terminate_tls(mut self, address: SocketAddr, acceptor: Acceptor) -> Self {
-        self.tls.push((address, acceptor));
-        self
+/// The TLS acceptor of the listener that accepted `stream`, if it is a TLS listener of
+/// `snapshot`.
+fn acceptor(snapshot: &Snapshot, stream: &Stream) -> Option<Arc<Acceptor>> {
+    if snapshot.tls.is_empty() {
+        return None;
     }
-
-    /// The TLS acceptor of the listener that accepted `stream`, if it is a TLS listener.
-    fn acceptor(&self, stream: &Stream) -> Option<&Acceptor> {
-        if self.tls.is_empty() {
-            return None;
-        }
-        let digest = stream.get_socket_digest()?;
-        let local = digest.local_addr()?.as_inet()?;
-        let fits = |l: &SocketAddr| l.port() == local.port() && l.ip() == local.ip();
-        let wildcard = |l: &SocketAddr| l.port() == local.port() && l.ip().is_unspecified();
-        self.tls
-            .iter()
-            .find(|(l, _)| fits(l))
-            .or_else(|| self.tls.iter().find(|(l, _)| wildcard(l)))
-            .map(|(_, acceptor)| acceptor)
-    }
+    let digest = stream.get_socket_digest()?;
+    let local = digest.local_addr()?.as_inet()?;
+    let fits = |l: &SocketAddr| l.port() == local.port() && l.ip() == local.ip();
+    let wildcard = |l: &SocketAddr| l.port() == local.port() && l.ip().is_unspecified();
+    snapshot
+        .tls
+        .iter()
+        .find(|l| fits(&l.address))
+        .or_else(|| snapshot.tls.iter().find(|l| wildcard(&l.address)))
+        .map(|l| l.acceptor.clone())
 }
 
 /// The client's address, for a log line: kept as the socket digest (an `Arc`), formatted only
@@ -169,15 +162,20 @@ where
         let counters = self.shared.clients();
         let open = counters.opened();
         let _open = Open(counters);
-        let limits = self.shared.current().clients;
+        let snapshot = self.shared.current();
+        let limits = snapshot.clients;
+        // The acceptor of the configuration current now: a reload from here on changes
+        // neither this handshake nor the session it makes.
+        let tls = acceptor(&snapshot, &stream);
+        drop(snapshot);
         // From the connection's start, as nginx's client_header_timeout: the TLS handshake, the
         // HTTP/2 preface or the first HTTP/1 request header must be complete by then.
         let deadline = Instant::now() + limits.header_timeout;
         let mut stream = stream;
-        if let Some(acceptor) = self.acceptor(&stream) {
+        if let Some(acceptor) = tls {
             let peer = Peer::of(&stream);
             let failed = |e: &_| handshake::failed(counters, Handshake::Tls, &peer, e);
-            stream = match tls::accept(stream, acceptor, deadline, failed).await {
+            stream = match tls::accept(stream, &acceptor, deadline, failed).await {
                 tls::Accepted::Ready(tls) => tls,
                 tls::Accepted::Gone | tls::Accepted::Failed => return None,
             };

@@ -31,6 +31,7 @@
 mod access_log;
 mod admin;
 mod admission;
+mod certificates;
 pub mod config;
 mod connections;
 mod context;

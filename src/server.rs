@@ -9,13 +9,11 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::tls::TlsSettings;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
 use pingora::server::{Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
-use pingora::tls::sign::SingleCertAndKey;
 
 use crate::config::Config;
 use crate::connections::ClientConnections;
@@ -58,29 +56,11 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
     proxy.handle_init_modules();
-    let mut connections = ClientConnections::new(proxy, shared.clone());
-    let mut addresses = Vec::with_capacity(listeners.len());
-    for listener in &listeners {
-        let address = listener.address.to_string();
-        match &listener.tls {
-            None => addresses.push(address),
-            Some(key) => match TlsSettings::intermediate("", "") {
-                Ok(mut settings) => {
-                    // The certificate was loaded and checked with the configuration; Pingora
-                    // never reads the files again.
-                    settings.set_cert_resolver(Arc::new(SingleCertAndKey::from(key.clone())));
-                    if listener.http2 {
-                        settings.enable_h2();
-                    }
-                    // A plain TCP listener to Pingora: faultline runs the handshake itself,
-                    // under the client header deadline (connections::tls).
-                    connections = connections.terminate_tls(listener.address, settings.build());
-                    addresses.push(address);
-                }
-                Err(e) => log::error!("listener {address}: TLS settings: {e}"),
-            },
-        }
-    }
+    // Every listener is a plain TCP listener to Pingora: faultline runs the TLS handshake of a
+    // TLS listener itself, under the client header deadline and with the certificates of the
+    // current snapshot, so that a reload swaps them (connections::tls).
+    let connections = ClientConnections::new(proxy, shared.clone());
+    let addresses: Vec<String> = listeners.iter().map(|l| l.address.to_string()).collect();
     let mut service = Service::new("faultline".to_string(), connections);
     for address in &addresses {
         service.add_tcp(address);

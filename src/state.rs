@@ -5,14 +5,17 @@
 //! and keeps it to the end, so a reload never changes a request in flight. A reload builds a new
 //! snapshot from a fully validated file, carrying over the counters and health state of routes,
 //! upstreams and backends that stay, and swaps it in; any error leaves the old one in place.
+//! The TLS listeners' certificates are part of it: a reload re-reads them, new handshakes get
+//! the new ones at once, and connections already open keep the session they made.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
+use pingora::listeners::tls::Acceptor;
 
-use crate::config::{ClientLimits, Config, IpNet};
+use crate::config::{ClientLimits, Config, IpNet, ListenerTls};
 use crate::error_page::ErrorPages;
 use crate::metrics::{ClientCounters, RouteTable};
 use crate::routing::{ConfigRouter, Router};
@@ -32,6 +35,20 @@ pub struct Snapshot {
     pub trusted_proxies: Vec<IpNet>,
     /// Limits on client connections.
     pub clients: ClientLimits,
+    /// The TLS listeners, with their certificates as this configuration read them.
+    pub(crate) tls: Vec<TlsListener>,
+}
+
+/// A TLS listener of one configuration: its settings, and the acceptor of the handshakes that
+/// start while the configuration is current. A handshake keeps the acceptor it started with,
+/// and a connection its TLS session, so a reload changes neither.
+pub(crate) struct TlsListener {
+    /// The listener's address.
+    pub(crate) address: std::net::SocketAddr,
+    /// Its certificates and policy.
+    pub(crate) settings: Arc<ListenerTls>,
+    /// Its handshakes' rustls configuration.
+    pub(crate) acceptor: Arc<Acceptor>,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -67,8 +84,38 @@ impl Snapshot {
             pages: ErrorPages::new(config.error_pages.clone()),
             trusted_proxies: config.trusted_proxies.clone(),
             clients: config.clients,
+            tls: tls_listeners(config, previous),
         })
     }
+}
+
+/// The TLS listeners of `config`, each with an acceptor of its own. A listener the file no
+/// longer has is still bound until a restart or an upgrade: it keeps its previous TLS
+/// settings, so that a socket serving TLS never turns to plain text on a reload.
+fn tls_listeners(config: &Config, previous: Option<&Snapshot>) -> Vec<TlsListener> {
+    let mut listeners: Vec<TlsListener> = config
+        .listeners
+        .iter()
+        .filter_map(|l| {
+            let settings = l.tls.clone()?;
+            Some(TlsListener {
+                address: l.address,
+                acceptor: Arc::new(Acceptor::from_server_config(settings.server_config.clone())),
+                settings,
+            })
+        })
+        .collect();
+    let gone = |address| !config.listeners.iter().any(|l| l.address == address);
+    for old in previous.into_iter().flat_map(|p| &p.tls) {
+        if gone(old.address) {
+            listeners.push(TlsListener {
+                address: old.address,
+                settings: old.settings.clone(),
+                acceptor: old.acceptor.clone(),
+            });
+        }
+    }
+    listeners
 }
 
 /// Why a reload did not happen.
@@ -157,7 +204,7 @@ impl Shared {
             .eq(self.listeners.iter().copied())
         {
             log::warn!(
-                "reload: listener changes take effect on a restart or an upgrade (-u), not now"
+                "reload: listener addresses added or removed take effect on a restart or an upgrade (-u), not now; the TLS settings and certificates of listeners that stay apply now"
             );
         }
         self.current.store(Arc::new(next));

@@ -51,17 +51,137 @@ pub(super) struct ListenerFile {
     pub tls: Option<ListenerTlsFile>,
 }
 
-/// A TLS listener's certificate.
+/// A TLS listener's certificates and policy.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListenerTlsFile {
+    /// PEM certificate chain, leaf first: shorthand for one entry of `certificates`.
+    #[serde(default)]
+    pub cert: Option<String>,
+    /// PEM private key of `cert`.
+    #[serde(default)]
+    pub key: Option<String>,
+    /// Certificates chosen by SNI against their DNS names; the first is the default.
+    #[serde(default)]
+    pub certificates: Option<Vec<CertificateFile>>,
+    /// Offer HTTP/2 by ALPN; default true.
+    #[serde(default = "yes")]
+    pub http2: bool,
+    /// Lowest TLS version taken: "1.2" (default) or "1.3".
+    #[serde(default)]
+    pub min_version: Option<VersionText>,
+    /// Cipher suites offered, by rustls' names; default: every suite of the crypto provider.
+    #[serde(default)]
+    pub cipher_suites: Option<Vec<String>>,
+    /// What a client whose SNI names no certificate (or that sends none) gets.
+    #[serde(default)]
+    pub unknown_sni: UnknownSniFile,
+    /// PEM CA certificates that sign the client certificates taken (mTLS).
+    #[serde(default)]
+    pub client_ca: Option<String>,
+    /// Whether a client certificate is required or optional; with `client_ca`, default required.
+    #[serde(default)]
+    pub client_auth: Option<ClientAuthFile>,
+}
+
+/// A certificate chain and its key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct CertificateFile {
     /// PEM certificate chain, leaf first.
     pub cert: String,
     /// PEM private key.
     pub key: String,
-    /// Offer HTTP/2 by ALPN; default true.
-    #[serde(default = "yes")]
-    pub http2: bool,
+}
+
+/// A TLS version as written: `"1.2"`, or the number `1.2` when unquoted.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum VersionText {
+    /// Quoted.
+    Text(String),
+    /// Unquoted, read by YAML as a number.
+    Number(f64),
+}
+
+/// `unknown_sni:` of a TLS listener.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum UnknownSniFile {
+    /// The first certificate.
+    #[default]
+    Default,
+    /// The handshake is refused.
+    Refuse,
+}
+
+/// `client_auth:` of a TLS listener.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum ClientAuthFile {
+    /// A client without a certificate signed by `client_ca` is refused.
+    Required,
+    /// A client may send no certificate; one it sends must be signed by `client_ca`.
+    Optional,
+}
+
+/// An upstream's `tls:`: `true`/`false`, or settings (which mean TLS is on).
+#[derive(Debug, Default)]
+pub(super) enum UpstreamTlsFile {
+    /// Plain TCP.
+    #[default]
+    Off,
+    /// TLS.
+    On,
+    /// TLS with these settings.
+    With(UpstreamTlsSettingsFile),
+}
+
+impl UpstreamTlsFile {
+    pub(super) fn enabled(&self) -> bool {
+        !matches!(self, UpstreamTlsFile::Off)
+    }
+}
+
+/// Settings of TLS towards an upstream.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct UpstreamTlsSettingsFile {
+    /// The certificate presented to backends that require one (mTLS).
+    #[serde(default)]
+    pub client_cert: Option<CertificateFile>,
+}
+
+impl<'de> Deserialize<'de> for UpstreamTlsFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = UpstreamTlsFile;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("true, false or a map such as { client_cert: { cert, key } }")
+            }
+
+            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(if v {
+                    UpstreamTlsFile::On
+                } else {
+                    UpstreamTlsFile::Off
+                })
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<Self::Value, A::Error> {
+                UpstreamTlsSettingsFile::deserialize(serde::de::value::MapAccessDeserializer::new(
+                    map,
+                ))
+                .map(UpstreamTlsFile::With)
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
 }
 
 fn yes() -> bool {
@@ -159,9 +279,10 @@ pub(super) struct UpstreamFile {
     /// Requests in flight to this upstream at most; beyond it, 503 at once.
     #[serde(default)]
     pub max_in_flight: Option<u32>,
-    /// Connect to the backends over TLS.
+    /// Connect to the backends over TLS: `true`, or `{ client_cert: { cert, key } }` for
+    /// backends that require a client certificate.
     #[serde(default)]
-    pub tls: bool,
+    pub tls: UpstreamTlsFile,
     /// The TLS server name (SNI, and the name the certificate must carry); required with `tls`.
     #[serde(default)]
     pub sni: Option<String>,

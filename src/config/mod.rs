@@ -15,8 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pingora::server::configuration::ServerConf;
-use pingora::tls::sign::CertifiedKey;
+use pingora::tls::ServerConfig;
+use pingora::utils::tls::CertKey;
 
+pub use crate::certificates::{Certificate, CertificateError, UnknownSni};
 pub use file::{DemoBehavior, Selection};
 
 /// The validated configuration faultline runs from.
@@ -99,10 +101,56 @@ impl IpNet {
 pub struct Listener {
     /// Its address.
     pub address: SocketAddr,
-    /// Its certificate and key, loaded and checked, when it terminates TLS.
-    pub tls: Option<Arc<CertifiedKey>>,
+    /// Its certificates and TLS policy, loaded and checked, when it terminates TLS.
+    pub tls: Option<Arc<ListenerTls>>,
     /// Whether HTTP/2 is offered by ALPN (TLS listeners).
     pub http2: bool,
+}
+
+/// A TLS listener: its certificates, loaded and checked, and its policy. A reload reads the
+/// files again and builds a new one; handshakes started before keep the one they began with.
+#[derive(Debug)]
+pub struct ListenerTls {
+    /// Chosen by the client's SNI against their DNS names; the first is the default.
+    pub certificates: Vec<Certificate>,
+    /// What a client whose SNI names no certificate, or that sends none, gets.
+    pub unknown_sni: UnknownSni,
+    /// The lowest TLS version taken.
+    pub min_version: TlsVersion,
+    /// The cipher suites offered, by rustls' names, in order of preference.
+    pub cipher_suites: Vec<String>,
+    /// Client certificates (mTLS), when asked for.
+    pub client_auth: Option<ClientAuth>,
+    /// The rustls configuration of the listener's handshakes, built from the above.
+    pub(crate) server_config: Arc<ServerConfig>,
+}
+
+/// A TLS protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsVersion {
+    /// TLS 1.2.
+    Tls12,
+    /// TLS 1.3.
+    Tls13,
+}
+
+impl TlsVersion {
+    /// As written in the file: `1.2`, `1.3`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsVersion::Tls12 => "1.2",
+            TlsVersion::Tls13 => "1.3",
+        }
+    }
+}
+
+/// Client certificates asked for by a TLS listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientAuth {
+    /// The CA certificates a client certificate must be signed by.
+    pub ca_file: PathBuf,
+    /// Whether a client without a certificate is refused (else only one with a bad one is).
+    pub required: bool,
 }
 
 /// Limits on client connections.
@@ -176,12 +224,14 @@ pub struct UpstreamConfig {
 }
 
 /// TLS towards an upstream's backends.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct UpstreamTls {
     /// Server name sent and verified.
     pub sni: String,
     /// Whether certificates are verified.
     pub verify_cert: bool,
+    /// The certificate presented to backends that ask for one (mTLS), loaded and checked.
+    pub client_cert: Option<Arc<CertKey>>,
 }
 
 /// One backend of a pool.

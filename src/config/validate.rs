@@ -15,75 +15,7 @@ use super::{
     RouteConfig, Timeouts, UpstreamConfig, UpstreamTls,
 };
 
-mod tls {
-    //! Certificates and keys, loaded and checked while validating so that starting a listener
-    //! can never fail on them.
-
-    use std::path::Path;
-    use std::sync::Arc;
-
-    use pingora::tls::sign::CertifiedKey;
-    use pingora::tls::{CryptoProvider, RootCertStore};
-
-    use super::Errors;
-
-    /// The certificate chain and key of a TLS listener, checked to belong together.
-    pub(super) fn certified_key(
-        at: &str,
-        cert: &Path,
-        key: &Path,
-        errors: &mut Errors,
-    ) -> Option<Arc<CertifiedKey>> {
-        let (Some(cert_text), Some(key_text)) = (cert.to_str(), key.to_str()) else {
-            errors.push(at, "certificate and key paths must be UTF-8");
-            return None;
-        };
-        let loaded = match pingora::tls::load_certs_and_key_files(cert_text, key_text) {
-            Ok(Some(pair)) => pair,
-            Ok(None) => {
-                errors.push(
-                    format!("{at}.cert"),
-                    format!(
-                        "no PEM certificate in {cert_text} or no PEM private key in {key_text}"
-                    ),
-                );
-                return None;
-            }
-            Err(e) => {
-                errors.push(
-                    format!("{at}.cert"),
-                    format!("cannot read {cert_text} or {key_text}: {e}"),
-                );
-                return None;
-            }
-        };
-        pingora::tls::install_default_crypto_provider();
-        let Some(provider) = CryptoProvider::get_default() else {
-            errors.push(at, "no TLS crypto provider");
-            return None;
-        };
-        match CertifiedKey::from_der(loaded.0, loaded.1, provider) {
-            Ok(k) => Some(Arc::new(k)),
-            Err(e) => {
-                errors.push(
-                    format!("{at}.key"),
-                    format!("does not fit the certificate: {e}"),
-                );
-                None
-            }
-        }
-    }
-
-    /// The CA file that verifies upstream certificates.
-    pub(super) fn check_ca_file(at: &str, path: &str, errors: &mut Errors) {
-        let mut store = RootCertStore::empty();
-        if let Err(e) = pingora::tls::load_ca_file_into_store(path, &mut store) {
-            errors.push(at, format!("cannot load CA certificates from {path}: {e}"));
-        } else if store.is_empty() {
-            errors.push(at, format!("no CA certificate in {path}"));
-        }
-    }
-}
+mod tls;
 
 /// Collects errors while walking the file.
 #[derive(Default)]
@@ -184,14 +116,10 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
     let mut seen = HashSet::new();
     for (i, l) in file.listeners.iter().enumerate() {
         let path = format!("listeners[{i}].address");
-        let tls = l.tls.as_ref().and_then(|t| {
-            tls::certified_key(
-                &format!("listeners[{i}].tls"),
-                &base.join(&t.cert),
-                &base.join(&t.key),
-                &mut errors,
-            )
-        });
+        let tls = l
+            .tls
+            .as_ref()
+            .and_then(|t| tls::listener(&format!("listeners[{i}].tls"), t, base, &mut errors));
         if let Some(address) = errors.address(&path, &l.address) {
             if !seen.insert(address) {
                 errors.push(
@@ -224,7 +152,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
     }
     let mut upstreams = Vec::with_capacity(file.upstreams.len());
     for (name, u) in file.upstreams {
-        upstreams.push(upstream(name, u, &mut errors));
+        upstreams.push(upstream(name, u, base, &mut errors));
     }
 
     let routes: Vec<RouteConfig> = file
@@ -370,7 +298,12 @@ fn error_pages(f: file::ErrorPagesFile, base: &Path, errors: &mut Errors) -> Err
     }
 }
 
-fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> UpstreamConfig {
+fn upstream(
+    name: String,
+    u: file::UpstreamFile,
+    base: &Path,
+    errors: &mut Errors,
+) -> UpstreamConfig {
     let at = format!("upstreams.{name}");
     if name.is_empty()
         || !name
@@ -424,11 +357,19 @@ fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> Upstrea
     if u.max_in_flight == Some(0) {
         errors.push(format!("{at}.max_in_flight"), "must be at least 1");
     }
-    let tls = match (u.tls, u.sni) {
+    let client_cert = match &u.tls {
+        file::UpstreamTlsFile::With(settings) => settings
+            .client_cert
+            .as_ref()
+            .and_then(|c| tls::client_cert(&format!("{at}.tls.client_cert"), c, base, errors)),
+        _ => None,
+    };
+    let tls = match (u.tls.enabled(), u.sni) {
         (true, Some(sni)) if pingora::tls::ServerName::try_from(sni.clone()).is_ok() => {
             Some(UpstreamTls {
                 sni,
                 verify_cert: u.verify_cert,
+                client_cert,
             })
         }
         (true, Some(sni)) => {

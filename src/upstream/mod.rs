@@ -491,6 +491,8 @@ fn peer(config: &UpstreamConfig, address: SocketAddr) -> HttpPeer {
             let mut p = HttpPeer::new(address, true, tls.sni.clone());
             p.options.verify_cert = tls.verify_cert;
             p.options.verify_hostname = tls.verify_cert;
+            // For backends that require one (mTLS); Pingora's connector presents it.
+            p.client_cert_key = tls.client_cert.clone();
             p
         }
         None => HttpPeer::new(address, false, String::new()),

@@ -43,6 +43,14 @@ impl Proxy {
         Self::start_full(addr, admin, yaml, |b| b)
     }
 
+    /// Starts faultline from the configuration file `file`, whose listener is `addr` and admin
+    /// `admin`; `POST /reload` re-reads the file.
+    pub fn start_file(addr: SocketAddr, admin: SocketAddr, file: &std::path::Path) -> Proxy {
+        let yaml = std::fs::read_to_string(file).expect("read config");
+        let source = file.to_path_buf();
+        Self::start_full(addr, admin, &yaml, move |b| b.reload_from(source))
+    }
+
     fn start_full(
         addr: SocketAddr,
         admin: SocketAddr,

@@ -361,7 +361,10 @@ fn tls_configuration_errors_name_their_field() {
         "",
     ));
     assert!(
-        e.starts_with("listeners[0].tls.key: does not fit the certificate"),
+        e.starts_with(&format!(
+            "listeners[0].tls.key: {} does not fit the certificate",
+            pki.path("other.key")
+        )),
         "{e}"
     );
     let e = errors(&base(
