@@ -1,4 +1,4 @@
-//! Whether a request is taken, before any upstream work: the client connection limit, the
+//! Whether a request is taken, before any upstream work: the
 //! method (faultline is no forward proxy: CONNECT is refused), the request checks (framing, then
 //! host and path, which may rewrite the request), routing, the route's body limit, the upstream's
 //! limit of requests in flight,
@@ -8,7 +8,6 @@
 use pingora::http::RequestHeader;
 use pingora::proxy::Session;
 
-use crate::connections;
 use crate::context::RequestCtx;
 use crate::failure::FailureKind;
 use crate::request_checks::{self, TargetError, host::Host, path::PathError};
@@ -44,9 +43,7 @@ impl Refusal {
 /// the request's place among the upstream's requests in flight and the backend of the first
 /// attempt.
 pub(crate) fn admit(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
-    let refused = if connections::over_limit() {
-        Some(FailureKind::ClientConnectionLimit)
-    } else if session.req_header().method == http::Method::CONNECT {
+    let refused = if session.req_header().method == http::Method::CONNECT {
         // HTTP/1 CONNECT is refused before Pingora parses it (`request_head`); an HTTP/2 one
         // reaches here (`server` lets Pingora pass it on).
         Some(FailureKind::MethodNotAllowed)

@@ -17,9 +17,9 @@
 //! ([`handshake`]).
 //!
 //! It also counts open connections. Past `clients.max_connections`, an HTTP/1 connection's
-//! first request is answered 503 `connection_limit_reached` by the gateway (so it gets a request
-//! id, a log line and the usual page) and the connection closes; an HTTP/2 connection is closed
-//! at once, before its handshake.
+//! first request is answered 503 `connection_limit_reached` here, with its request id, the usual
+//! page and a log line, and the connection closes; an HTTP/2 connection is closed at once, before
+//! its handshake.
 
 pub(crate) mod h2;
 pub(crate) mod handshake;
@@ -38,7 +38,7 @@ use pingora::protocols::{ALPN, SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::access_log;
+use crate::completion::Completion;
 use crate::config::ClientLimits;
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Source};
@@ -64,15 +64,6 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(1);
 /// destroys the answer before the client reads it.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
-
-tokio::task_local! {
-    static OVER_LIMIT: bool;
-}
-
-/// Whether the request being handled came on a connection beyond `clients.max_connections`.
-pub(crate) fn over_limit() -> bool {
-    OVER_LIMIT.try_with(|over| *over).unwrap_or(false)
-}
 
 /// Holds one place among the open connections until dropped.
 struct Open<'a>(&'a ClientCounters);
@@ -246,9 +237,13 @@ where
                     return;
                 }
             };
-            if let Some(prefix) = &prefix
-                && let Some(kind) = request_head::check(prefix)
-            {
+            // A connection beyond the limit gets its first request answered, then closes.
+            let refused = if over {
+                Some(FailureKind::ClientConnectionLimit)
+            } else {
+                prefix.as_deref().and_then(request_head::check)
+            };
+            if let (Some(kind), Some(prefix)) = (refused, &prefix) {
                 // What follows a refused header is never read: the connection closes.
                 self.answer(stream, kind, Some(prefix)).await;
                 return;
@@ -278,14 +273,7 @@ where
             }
             session.set_read_timeout(Some(limits.body_timeout));
             session.set_write_timeout(Some(limits.send_timeout));
-            let reused = if over {
-                OVER_LIMIT
-                    .scope(true, self.app.process_new_http(session, shutdown))
-                    .await
-            } else {
-                self.app.process_new_http(session, shutdown).await
-            };
-            let Some(reused) = reused else {
+            let Some(reused) = self.app.process_new_http(session, shutdown).await else {
                 return;
             };
             (stream, settings) = reused.consume();
@@ -334,15 +322,12 @@ where
                 linger(&mut stream).await;
             }
         }
-        snapshot
-            .routes
-            .get(None)
-            .request(kind.status(), Source::Proxy);
         let method = line.map(|l| String::from_utf8_lossy(l.method));
         // A target refused for its length is logged by its start.
         let path =
             line.map(|l| String::from_utf8_lossy(&l.target[..l.target.len().min(LOGGED_TARGET)]));
-        access_log::Entry {
+        Completion {
+            metrics: Some(&snapshot.routes.get(None)),
             request_id: &request_id,
             method: method.as_deref().unwrap_or(""),
             host: None,
@@ -355,7 +340,7 @@ where
             attempts: &Attempts::default(),
             duration: started.elapsed(),
         }
-        .emit();
+        .record();
     }
 }
 

@@ -32,6 +32,7 @@ mod access_log;
 mod admin;
 mod admission;
 mod certificates;
+mod completion;
 pub mod config;
 mod connections;
 mod context;

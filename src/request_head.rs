@@ -1,6 +1,6 @@
 //! Request shapes Pingora 0.9 refuses on its own, before any `ProxyHttp` hook runs, with a bare
 //! `Server: Pingora` answer: no `Proxy-Status`, no request id, no access-log line. faultline
-//! reads every HTTP/1 request header itself first ([`connections`](crate::connections)), so it
+//! reads every HTTP/1 request header itself first (in `connections`), so it
 //! refuses these from the raw bytes and answers with its own page, header and log line:
 //!
 //! | shape | Pingora (0.9.1) | faultline |

@@ -26,8 +26,8 @@ pub(crate) enum Accepted {
 }
 
 /// Runs the server side of a TLS handshake on `stream`, which must be complete by `deadline`.
-/// A failure is given to `failed` before the connection closes, so that it is counted by the
-/// time the client sees the close.
+/// A failure is given to `failed` as soon as the handshake returns it (Pingora's handshake may
+/// already have dropped the connection by then).
 pub(crate) async fn accept(
     stream: Stream,
     acceptor: &Acceptor,
@@ -53,7 +53,6 @@ pub(crate) async fn accept(
         Ok(Err(_)) | Err(_) => return Accepted::Gone,
     }
     let left = deadline.saturating_duration_since(Instant::now());
-    // Pinned here so that the connection it holds outlives the report of a failure.
     let mut handshake = std::pin::pin!(acceptor.tls_handshake(tcp));
     let error = match timeout(left, handshake.as_mut()).await {
         Ok(Ok(tls)) => return Accepted::Ready(Box::new(tls)),

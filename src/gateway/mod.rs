@@ -19,9 +19,9 @@ use pingora::protocols::Digest;
 use pingora::proxy::{FailToProxy, ProxyHttp, ProxyWarnLogContext, Session};
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::access_log;
 use crate::admin::Admin;
 use crate::admission::{self, Refusal};
+use crate::completion::Completion;
 use crate::config::HeaderCase;
 use crate::context::{Decision, RequestCtx};
 use crate::error_page::{self, Cause};
@@ -429,14 +429,9 @@ impl ProxyHttp for Gateway {
         }
         let written = session.response_written().map(|r| r.status.as_u16());
         let (status, source) = ctx.final_status(written);
-        if let Some(m) = &ctx.metrics {
-            m.request(status, source);
-        }
-        if !access_log::enabled() {
-            return;
-        }
         let req = session.req_header();
-        access_log::Entry {
+        Completion {
+            metrics: ctx.metrics.as_deref(),
             request_id: &ctx.request_id,
             method: req.method.as_str(),
             host: request_host(req),
@@ -449,7 +444,7 @@ impl ProxyHttp for Gateway {
             attempts: &ctx.attempts,
             duration: ctx.started.elapsed(),
         }
-        .emit();
+        .record();
     }
 }
 

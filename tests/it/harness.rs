@@ -95,11 +95,21 @@ impl Proxy {
     /// Waits (5 s at most) until `series` is exported and satisfies `done`; `what` names the
     /// wait in a failure.
     pub fn wait_for_metric(&self, series: &str, done: impl Fn(u64) -> bool, what: &str) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !find_metric(&self.metrics(), series).is_some_and(&done) {
-            assert!(Instant::now() < deadline, "{what}: {series}");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_for_series(|| self.metrics(), series, done, what);
+    }
+}
+
+/// Waits (5 s at most) until `series` is exported in what `scrape` returns and satisfies `done`.
+fn wait_for_series(
+    scrape: impl Fn() -> String,
+    series: &str,
+    done: impl Fn(u64) -> bool,
+    what: &str,
+) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !find_metric(&scrape(), series).is_some_and(&done) {
+        assert!(Instant::now() < deadline, "{what}: {series}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
@@ -363,12 +373,19 @@ impl Binary {
         nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal).expect("kill");
     }
 
+    /// Its `/metrics`.
+    fn metrics(&self) -> String {
+        crate::client::get(self.admin, "/metrics", &[]).text()
+    }
+
     /// One series of its `/metrics`.
     pub fn metric(&self, series: &str) -> u64 {
-        metric_value(
-            &crate::client::get(self.admin, "/metrics", &[]).text(),
-            series,
-        )
+        metric_value(&self.metrics(), series)
+    }
+
+    /// Waits (5 s at most) until `series` is exported and satisfies `done`.
+    pub fn wait_for_metric(&self, series: &str, done: impl Fn(u64) -> bool, what: &str) {
+        wait_for_series(|| self.metrics(), series, done, what);
     }
 
     /// What the binary wrote to standard error so far.
