@@ -97,7 +97,34 @@ pub(crate) fn check(raw: &[u8]) -> Option<FailureKind> {
     if !target.starts_with(b"/") && target != b"*" && !authority_accepted(raw, line) {
         return Some(FailureKind::HttpRequestError);
     }
-    None
+    parse_refusal(raw).or_else(|| content_length_refusal(raw))
+}
+
+/// Headers Pingora parses at most (pingora-core `protocols/http/v1/common.rs` `MAX_HEADERS`).
+const MAX_HEADERS: usize = 256;
+
+/// Why Pingora's parser (httparse, as Pingora calls it) would refuse the header, if it would.
+/// A broken method token or version is left alone: Pingora first tries to repair the request
+/// line by escaping it, and refuses only what it cannot repair.
+fn parse_refusal(raw: &[u8]) -> Option<FailureKind> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Request::new(&mut headers).parse(raw) {
+        Ok(_) | Err(httparse::Error::Token | httparse::Error::Version) => None,
+        Err(httparse::Error::TooManyHeaders) => Some(FailureKind::HttpRequestHeaderSectionSize),
+        Err(_) => Some(FailureKind::HttpRequestError),
+    }
+}
+
+/// Differing or unparsable `Content-Length` values (RFC 9110 §8.6), which Pingora refuses;
+/// identical repeats are one length. `Transfer-Encoding` overrides them (and the request
+/// checks refuse the pair).
+fn content_length_refusal(raw: &[u8]) -> Option<FailureKind> {
+    let mut lengths = fields(raw, "content-length").flat_map(|v| v.split(|b| *b == b','));
+    let first = lengths.next()?.trim_ascii();
+    let valid = !first.is_empty() && first.iter().all(u8::is_ascii_digit);
+    let agree = lengths.all(|v| v.trim_ascii() == first);
+    (fields(raw, "transfer-encoding").next().is_none() && !(valid && agree))
+        .then_some(FailureKind::HttpRequestError)
 }
 
 /// Whether Pingora accepts the authority of a target in another form than origin-form, asked of
@@ -128,6 +155,10 @@ mod tests {
         );
         let fragment = format!("GET /a#{} HTTP/1.1\r\nHost: a\r\n\r\n", "f".repeat(70_000));
         let bad = Some(FailureKind::HttpRequestError);
+        let many_headers = format!(
+            "GET / HTTP/1.1\r\nHost: a\r\n{}\r\n",
+            "X: y\r\n".repeat(MAX_HEADERS)
+        );
         let cases: &[(&[u8], Option<FailureKind>)] = &[
             (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
             (b"\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n", None),
@@ -167,8 +198,36 @@ mod tests {
             (b"GET http://a:80/x HTTP/1.1\r\nHost: a\r\n\r\n", bad),
             (b"GET http://u@a/x HTTP/1.1\r\nHost: u@a\r\n\r\n", bad),
             (b"GET http:/\\a/x HTTP/1.1\r\nHost: a\r\n\r\n", bad),
-            // Not this module's to refuse: a malformed request line.
+            // A request line Pingora may repair is left to it.
             (b"GET  / HTTP/1.1\r\nHost: a\r\n\r\n", None),
+            // What Pingora's parser refuses outright.
+            (b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n", bad),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\x01b\r\n\r\n", bad),
+            (b"GET / HTTP/1.1\r\nHost: a\r\nX: a\rb\r\n\r\n", bad),
+            (
+                many_headers.as_bytes(),
+                Some(FailureKind::HttpRequestHeaderSectionSize),
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                bad,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 6\r\n\r\n",
+                bad,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: five\r\n\r\n",
+                bad,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n",
+                None,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,5\r\n\r\n",
+                None,
+            ),
             (b"GET\r\n\r\n", None),
             (b"", None),
         ];

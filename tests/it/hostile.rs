@@ -233,6 +233,11 @@ fn shapes_pingora_refuses_get_faultlines_page_request_id_and_log_line() {
     long_target.extend(std::iter::repeat_n(b'a', 70_000));
     long_target
         .extend_from_slice(b" HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: long-target\r\n\r\n");
+    let mut many_headers = b"GET /many HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: many-headers\r\n".to_vec();
+    for i in 0..256 {
+        many_headers.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
+    }
+    many_headers.extend_from_slice(b"\r\n");
     let cases = [
         Refused {
             name: "absolute-form target whose authority is not Host",
@@ -273,6 +278,33 @@ fn shapes_pingora_refuses_get_faultlines_page_request_id_and_log_line() {
             proxy_status: "faultline; error=http_request_denied; details=\"the proxy does not serve this method\"",
             method: "CONNECT",
             path: "app.test:443",
+        },
+        Refused {
+            name: "a header name with a space",
+            raw: b"GET /sp HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: name-space\r\nBad Name: x\r\n\r\n".to_vec(),
+            rid: "name-space",
+            status_line: "HTTP/1.1 400 Bad Request",
+            proxy_status: BAD_REQUEST,
+            method: "GET",
+            path: "/sp",
+        },
+        Refused {
+            name: "differing Content-Length values",
+            raw: b"POST /cl HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: two-lengths\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd".to_vec(),
+            rid: "two-lengths",
+            status_line: "HTTP/1.1 400 Bad Request",
+            proxy_status: BAD_REQUEST,
+            method: "POST",
+            path: "/cl",
+        },
+        Refused {
+            name: "more header fields than Pingora parses",
+            raw: many_headers,
+            rid: "many-headers",
+            status_line: "HTTP/1.1 431 Request Header Fields Too Large",
+            proxy_status: "faultline; error=http_request_header_section_size; details=\"the request header section is too large\"",
+            method: "GET",
+            path: "/many",
         },
     ];
     let mut allow = None;
@@ -319,7 +351,8 @@ fn shapes_pingora_refuses_get_faultlines_page_request_id_and_log_line() {
         );
         find_metric(&metrics, &series).unwrap_or(0)
     };
-    assert_eq!(requests("400"), 2);
+    assert_eq!(requests("400"), 4);
+    assert_eq!(requests("431"), 1);
     assert_eq!(requests("414"), 1);
     assert_eq!(requests("405"), 1);
     assert_eq!(origin.requests(), 0, "a refused request reached the origin");
