@@ -5,6 +5,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use crate::failure::{FailureKind, Source};
+use crate::tunnel;
 use crate::upstream::Pool;
 use crate::upstream::attempt::Attempts;
 
@@ -41,6 +42,8 @@ pub(crate) struct Entry<'a> {
     pub attempts: &'a Attempts,
     /// Time from the request header to the log line.
     pub duration: Duration,
+    /// The tunnel the request became, if it did: logged as it closes.
+    pub tunnel: Option<tunnel::Summary>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -74,7 +77,7 @@ impl Entry<'_> {
                 })
             })
             .collect();
-        json!({
+        let mut line = json!({
             "request_id": self.request_id,
             "method": self.method,
             "host": self.host,
@@ -86,7 +89,11 @@ impl Entry<'_> {
             "upstream": self.pool.map(Pool::name),
             "attempts": attempts,
             "duration_ms": millis(self.duration),
-        })
+        });
+        if let (Some(t), Some(fields)) = (self.tunnel, line.as_object_mut()) {
+            fields.insert("tunnel".into(), t.to_json());
+        }
+        line
     }
 
     /// Writes the line, when the `access` target is enabled.

@@ -356,6 +356,7 @@ where
             pool: None,
             attempts: &Attempts::default(),
             duration: started.elapsed(),
+            tunnel: None,
         }
         .emit();
     }

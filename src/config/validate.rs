@@ -410,6 +410,7 @@ fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> Upstrea
         ("connect", t.connect),
         ("response_header", t.response_header),
         ("write_idle", t.write_idle),
+        ("tunnel_idle", t.tunnel_idle),
     ] {
         if value.is_zero() {
             errors.push(format!("{at}.timeouts.{field}"), "must be more than zero");
@@ -420,6 +421,7 @@ fn upstream(name: String, u: file::UpstreamFile, errors: &mut Errors) -> Upstrea
         response_header: t.response_header,
         write_idle: t.write_idle,
         keepalive_idle: t.keepalive_idle,
+        tunnel_idle: t.tunnel_idle,
     };
     if u.max_in_flight == Some(0) {
         errors.push(format!("{at}.max_in_flight"), "must be at least 1");

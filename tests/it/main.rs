@@ -21,3 +21,4 @@ mod proxying;
 mod retries;
 mod soak;
 mod tls;
+mod websocket;
