@@ -305,3 +305,34 @@ fn the_101_is_the_attempts_response_and_leaves_nothing_pending() {
     proxy.wait_for_metric(GAUGE, |v| v == 0, "the tunnel closed");
     assert_eq!(attempts(&proxy, backend, "response"), 1);
 }
+
+#[test]
+fn at_shutdown_a_tunnel_lives_through_the_drain_and_is_closed_at_its_end() {
+    let backend = echo_origin();
+    let binary = crate::harness::Binary::start(
+        "ws-drain",
+        "server: { threads: 1, grace_period_seconds: 2, graceful_shutdown_timeout_seconds: 1 }",
+        &one_upstream(&[backend], "", ""),
+    );
+    let proxy = Proxy {
+        addr: binary.addr,
+        admin: binary.admin,
+    };
+    let took = runtime().block_on(async {
+        let mut ws = open(&proxy, "ws-drain").await;
+        echoed(&mut ws, Message::text("before")).await;
+        binary.signal(nix::sys::signal::Signal::SIGTERM);
+        let term = Instant::now();
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        echoed(&mut ws, Message::text("during the drain")).await;
+        // Closed (without a close frame: the runtime's end drops the connection) when the
+        // drain ends.
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Close(_))) | Some(Err(_)) | None) => term.elapsed(),
+            Ok(Some(Ok(other))) => panic!("unexpected {other:?}"),
+            Err(_) => panic!("the tunnel outlived the drain by 10 s"),
+        }
+    });
+    assert!(took >= Duration::from_secs(2), "closed after {took:?}");
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+}
