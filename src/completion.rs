@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::access_log;
 use crate::failure::{FailureKind, Source};
 use crate::metrics::RouteMetrics;
+use crate::tunnel;
 use crate::upstream::Pool;
 use crate::upstream::attempt::Attempts;
 
@@ -40,6 +41,8 @@ pub(crate) struct Completion<'a> {
     pub attempts: &'a Attempts,
     /// Time from the request header to the log line.
     pub duration: Duration,
+    /// The tunnel the request became, if it did: logged as it closes.
+    pub tunnel: Option<tunnel::Summary>,
 }
 
 fn millis(d: Duration) -> f64 {
@@ -73,7 +76,7 @@ impl Completion<'_> {
                 })
             })
             .collect();
-        json!({
+        let mut line = json!({
             "request_id": self.request_id,
             "method": self.method,
             "host": self.host,
@@ -85,7 +88,11 @@ impl Completion<'_> {
             "upstream": self.pool.map(Pool::name),
             "attempts": attempts,
             "duration_ms": millis(self.duration),
-        })
+        });
+        if let (Some(t), Some(fields)) = (self.tunnel, line.as_object_mut()) {
+            fields.insert("tunnel".into(), t.to_json());
+        }
+        line
     }
 
     /// Counts the request and writes its access-log line.

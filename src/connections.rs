@@ -339,6 +339,7 @@ where
             pool: None,
             attempts: &Attempts::default(),
             duration: started.elapsed(),
+            tunnel: None,
         }
         .record();
     }

@@ -12,6 +12,7 @@ use crate::failure::{FailureKind, Phase, Progress, Source};
 use crate::metrics::RouteMetrics;
 use crate::routing::Route;
 use crate::state::Snapshot;
+use crate::tunnel::Tunnel;
 use crate::upstream::attempt::{Attempts, Outcome};
 use crate::upstream::lease::{InFlight, Pending, Probe};
 use crate::upstream::{Pool, Selected};
@@ -75,6 +76,8 @@ pub struct RequestCtx {
     pub(crate) probe: Option<Probe>,
     /// Request body bytes the current attempt has forwarded.
     pub(crate) body_bytes: u64,
+    /// The tunnel the request became, once its upgrade was answered `101`.
+    pub(crate) tunnel: Option<Tunnel>,
 }
 
 impl RequestCtx {
@@ -95,6 +98,7 @@ impl RequestCtx {
             pending: None,
             probe: None,
             body_bytes: 0,
+            tunnel: None,
         }
     }
 
@@ -168,9 +172,22 @@ impl RequestCtx {
         }
     }
 
+    /// The current attempt's upgrade was answered `101` and the request becomes a tunnel: the
+    /// `101` is the attempt's response, and the attempt is over (counted now, not when the
+    /// tunnel closes: an idle tunnel is no attempt outstanding on its backend).
+    pub(crate) fn switched(&mut self, tunnel: Tunnel) {
+        self.responded(101);
+        self.count_answered_attempt();
+        self.tunnel = Some(tunnel);
+    }
+
     /// Counts the last attempt's outcome when it ended with a response: at the next attempt (a
-    /// status retry) or at the end of the request. A failed attempt was counted when it failed.
+    /// status retry) or at the end of the request. A failed attempt was counted when it failed,
+    /// and one that opened a tunnel when it did.
     fn count_answered_attempt(&self) {
+        if self.tunnel.is_some() {
+            return;
+        }
         if let (Some(a), Some(pool)) = (self.attempts.last(), self.pool())
             && matches!(a.outcome, Outcome::Response(_))
         {
@@ -188,6 +205,7 @@ impl RequestCtx {
         self.pending = None;
         self.probe = None;
         self.preselected = None;
+        self.tunnel = None;
     }
 
     /// The status the request is logged and counted with, and who produced it, given the

@@ -49,6 +49,7 @@ mod retry;
 mod routing;
 pub mod server;
 mod state;
+mod tunnel;
 mod upstream;
 
 pub use access_log::TARGET as ACCESS_LOG_TARGET;

@@ -213,6 +213,8 @@ impl ClientCounters {
 pub struct UpstreamMetrics {
     /// Retries refused because the budget was spent.
     pub budget_exhausted: AtomicU64,
+    /// Tunnels open now (a gauge, kept by `tunnel::Tunnel`).
+    pub tunnels_open: AtomicU64,
 }
 
 /// Counters of one route.
@@ -386,6 +388,19 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
             "faultline_retry_budget_exhausted_total{{upstream=\"{}\"}} {}",
             u.name,
             u.metrics.budget_exhausted.load(Ordering::Relaxed)
+        );
+    }
+
+    out.push_str(
+        "# HELP faultline_tunnels_open Tunnels (WebSocket or another upgrade) open now.\n",
+    );
+    out.push_str("# TYPE faultline_tunnels_open gauge\n");
+    for u in upstreams {
+        let _ = writeln!(
+            out,
+            "faultline_tunnels_open{{upstream=\"{}\"}} {}",
+            u.name,
+            u.metrics.tunnels_open.load(Ordering::Relaxed)
         );
     }
 

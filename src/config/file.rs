@@ -341,6 +341,9 @@ pub(super) struct TimeoutsFile {
     /// How long an idle upstream connection stays in the keep-alive pool.
     #[serde(deserialize_with = "duration")]
     pub keepalive_idle: Duration,
+    /// How long a tunnel (after a `101 Switching Protocols`) may carry no byte either way.
+    #[serde(deserialize_with = "duration")]
+    pub tunnel_idle: Duration,
 }
 
 impl Default for TimeoutsFile {
@@ -350,6 +353,12 @@ impl Default for TimeoutsFile {
             response_header: Duration::from_secs(15),
             write_idle: Duration::from_secs(30),
             keepalive_idle: Duration::from_secs(60),
+            // Envoy's stream idle default: above the 60 s of nginx, an AWS load balancer or most
+            // heartbeats (Socket.IO 25 s, Phoenix 30 s), so a socket that lives behind those
+            // lives here; short enough that a peer gone without a FIN is let go within minutes,
+            // and that an upgrade whose backend never answers (the wait for the `101` shares
+            // this timeout in Pingora) is answered 504 within minutes, not an hour.
+            tunnel_idle: Duration::from_secs(300),
         }
     }
 }

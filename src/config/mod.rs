@@ -254,6 +254,9 @@ pub struct Timeouts {
     pub write_idle: Duration,
     /// Idle time of a pooled keep-alive connection.
     pub keepalive_idle: Duration,
+    /// Idle time of a tunnel (WebSocket or another upgrade), each way, after the `101`; for an
+    /// upgrade request it also bounds the wait for the `101` (see `tunnel`).
+    pub tunnel_idle: Duration,
 }
 
 /// Passive health (outlier detection) settings.

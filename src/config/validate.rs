@@ -343,6 +343,7 @@ fn upstream(
         ("connect", t.connect),
         ("response_header", t.response_header),
         ("write_idle", t.write_idle),
+        ("tunnel_idle", t.tunnel_idle),
     ] {
         if value.is_zero() {
             errors.push(format!("{at}.timeouts.{field}"), "must be more than zero");
@@ -353,6 +354,7 @@ fn upstream(
         response_header: t.response_header,
         write_idle: t.write_idle,
         keepalive_idle: t.keepalive_idle,
+        tunnel_idle: t.tunnel_idle,
     };
     if u.max_in_flight == Some(0) {
         errors.push(format!("{at}.max_in_flight"), "must be at least 1");

@@ -31,6 +31,7 @@ use crate::request_id;
 use crate::retry::{self, Trigger};
 use crate::routing::request_host;
 use crate::state::Shared;
+use crate::tunnel::{self, Tunnel};
 use crate::upstream::Pool;
 use crate::upstream::attempt::Outcome;
 
@@ -181,8 +182,13 @@ impl ProxyHttp for Gateway {
         }
         let preselected = ctx.preselected.take();
         let selected = preselected.or_else(|| ctx.select(session.req_header()));
+        let upgrade = forwarding::asks_for_upgrade(session.req_header());
         let Some((selected, peer)) = selected.and_then(|s| {
-            let peer = ctx.pool()?.peer(s.index, time_left)?;
+            let pool = ctx.pool()?;
+            let mut peer = pool.peer(s.index, time_left)?;
+            if upgrade {
+                tunnel::upgrade_peer(&mut peer, pool.tunnel_idle(), time_left);
+            }
             Some((s, peer))
         }) else {
             ctx.phase = Phase::Select;
@@ -263,16 +269,22 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS
-            && !forwarding::asks_for_upgrade(session.req_header())
-        {
-            // Relayed, it would turn the client's connection into a tunnel it never asked for.
-            let invalid = Decision::Failed(FailureKind::HttpProtocolError);
-            return Err(Self::decide(
-                ctx,
-                invalid,
-                "a 101 to a request without Upgrade",
-            ));
+        if upstream_response.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            if !forwarding::asks_for_upgrade(session.req_header()) {
+                // Relayed, it would turn the client's connection into a tunnel it never asked
+                // for.
+                let invalid = Decision::Failed(FailureKind::HttpProtocolError);
+                return Err(Self::decide(
+                    ctx,
+                    invalid,
+                    "a 101 to a request without Upgrade",
+                ));
+            }
+            if let Some(pool) = ctx.pool() {
+                let tunnel = Tunnel::open(session, &pool.metrics, pool.tunnel_idle());
+                ctx.switched(tunnel);
+            }
+            return Ok(());
         }
         if upstream_response.status.is_informational() {
             return Ok(());
@@ -334,6 +346,13 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
         _client_reused: bool,
     ) -> Box<Error> {
+        if let Some(tunnel) = &mut ctx.tunnel {
+            // The attempt ended with its `101`: the tunnel's end is neither a failure of the
+            // backend nor retried.
+            tunnel.ended_by(classify(&e, ctx.phase));
+            e.set_retry(false);
+            return e;
+        }
         match ctx.decision {
             // Decided in `upstream_response_filter`.
             Decision::RetryStatus(_) => {
@@ -366,6 +385,18 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
+        if let Some(tunnel) = &ctx.tunnel {
+            // A tunnel that ended with an error (its end is in its log entry, not a failure of
+            // the request): the client's connection closes, as after any tunnel.
+            if tunnel.end() == tunnel::End::Idle {
+                tunnel::close_idle(session).await;
+            }
+            session.set_keepalive(None);
+            return FailToProxy {
+                error_code: 101,
+                can_reuse_downstream: false,
+            };
+        }
         let cause = match ctx.decision {
             Decision::Intercepted(status) => Cause::Intercepted(status),
             Decision::Failed(kind) => Cause::Failure(kind),
@@ -415,6 +446,10 @@ impl ProxyHttp for Gateway {
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let tunnel = ctx
+            .tunnel
+            .as_ref()
+            .map(|t| t.summary(session.body_bytes_read(), session.body_bytes_sent()));
         ctx.end();
         let failure = ctx.failure();
         if let (Some(kind), Some(e)) = (failure, e)
@@ -443,6 +478,7 @@ impl ProxyHttp for Gateway {
             pool: ctx.pool(),
             attempts: &ctx.attempts,
             duration: ctx.started.elapsed(),
+            tunnel,
         }
         .record();
     }

@@ -138,6 +138,7 @@ pub struct Pool {
     in_flight: Arc<AtomicU32>,
     max_in_flight: Option<u32>,
     header_case: HeaderCase,
+    tunnel_idle: Duration,
 }
 
 impl std::fmt::Debug for Pool {
@@ -223,6 +224,7 @@ impl Pool {
             in_flight: previous.map_or_else(Default::default, |p| p.in_flight.clone()),
             max_in_flight: config.max_in_flight,
             header_case: config.header_case,
+            tunnel_idle: config.timeouts.tunnel_idle,
         })
     }
 
@@ -237,6 +239,11 @@ impl Pool {
     /// How header names are spelled towards the backends.
     pub(crate) fn header_case(&self) -> HeaderCase {
         self.header_case
+    }
+
+    /// How long a tunnel through this upstream may be idle (`timeouts.tunnel_idle`).
+    pub(crate) fn tunnel_idle(&self) -> Duration {
+        self.tunnel_idle
     }
 
     /// The upstream's name.

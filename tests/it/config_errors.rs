@@ -395,3 +395,30 @@ fn client_limits_and_body_sizes_are_checked() {
         std::time::Duration::from_secs(10)
     );
 }
+
+#[test]
+fn a_tunnel_idle_of_zero_names_its_path() {
+    let yaml = VALID.replace(
+        "      - { address: \"127.0.0.1:9001\" }",
+        "      - { address: \"127.0.0.1:9001\" }\n    timeouts: { tunnel_idle: 0s }",
+    );
+    assert_eq!(
+        one_error(&yaml),
+        "upstreams.app.timeouts.tunnel_idle: must be more than zero"
+    );
+    let yaml = VALID.replace(
+        "      - { address: \"127.0.0.1:9001\" }",
+        "      - { address: \"127.0.0.1:9001\" }\n    timeouts: { tunnel_idle: 1h }",
+    );
+    let c = Config::from_yaml(&yaml).expect("valid");
+    assert_eq!(
+        c.upstreams[0].timeouts.tunnel_idle,
+        std::time::Duration::from_secs(3600)
+    );
+    let c = Config::from_yaml(VALID).expect("valid");
+    assert_eq!(
+        c.upstreams[0].timeouts.tunnel_idle,
+        std::time::Duration::from_secs(300),
+        "the default"
+    );
+}

@@ -233,7 +233,8 @@ fn shapes_pingora_refuses_get_faultlines_page_request_id_and_log_line() {
     long_target.extend(std::iter::repeat_n(b'a', 70_000));
     long_target
         .extend_from_slice(b" HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: long-target\r\n\r\n");
-    let mut many_headers = b"GET /many HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: many-headers\r\n".to_vec();
+    let mut many_headers =
+        b"GET /many HTTP/1.1\r\nHost: app.test\r\nX-Request-Id: many-headers\r\n".to_vec();
     for i in 0..256 {
         many_headers.extend_from_slice(format!("X-{i}: y\r\n").as_bytes());
     }
@@ -568,9 +569,20 @@ fn std_read_until_closed(s: &mut TcpStream) -> Vec<u8> {
 }
 
 fn handshake_failures(proxy: &Proxy, protocol: &str) -> u64 {
-    proxy.metric(&format!(
-        "faultline_client_handshake_failures_total{{protocol=\"{protocol}\"}}"
-    ))
+    proxy.metric(&handshake_series(protocol))
+}
+
+fn handshake_series(protocol: &str) -> String {
+    format!("faultline_client_handshake_failures_total{{protocol=\"{protocol}\"}}")
+}
+
+/// Waits until `n` failed handshakes of `protocol` are counted (the count follows the end of
+/// Pingora's handshake, which may come just after the client saw the close), then asserts that
+/// exactly `n` are.
+fn assert_handshake_failures(proxy: &Proxy, protocol: &str, n: u64) {
+    let series = handshake_series(protocol);
+    proxy.wait_for_metric(&series, |v| v >= n, "failed handshakes counted");
+    assert_eq!(proxy.metric(&series), n);
 }
 
 fn tls_limits_proxy(pki: &Pki, clients: &str) -> (Origin, Proxy) {
@@ -603,7 +615,7 @@ fn a_stalled_tls_handshake_is_closed_at_the_header_deadline_and_counted() {
         setting,
         "close of a stalled TLS handshake",
     );
-    assert_eq!(handshake_failures(&proxy, "tls"), 1);
+    assert_handshake_failures(&proxy, "tls", 1);
 
     // Not TLS at all: refused at once (a TLS alert, then the close), counted.
     let started = Instant::now();
@@ -612,7 +624,7 @@ fn a_stalled_tls_handshake_is_closed_at_the_header_deadline_and_counted() {
         .expect("write");
     let _ = std_read_until_closed(&mut s);
     assert!(started.elapsed() < setting, "took {:?}", started.elapsed());
-    assert_eq!(handshake_failures(&proxy, "tls"), 2);
+    assert_handshake_failures(&proxy, "tls", 2);
 
     // A connection that sends nothing started no handshake: closed at the deadline, not counted.
     let started = Instant::now();
@@ -654,7 +666,7 @@ fn an_http2_preface_not_sent_in_time_closes_the_connection_and_is_counted() {
             "close of a silent h2 connection",
         );
     });
-    assert_eq!(handshake_failures(&proxy, "h2"), 1);
+    assert_handshake_failures(&proxy, "h2", 1);
     assert_eq!(handshake_failures(&proxy, "tls"), 0);
     assert_eq!(origin.requests(), 0);
 }

@@ -22,3 +22,4 @@ mod retries;
 mod soak;
 mod tls;
 mod tls_edge;
+mod websocket;
