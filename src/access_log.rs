@@ -39,6 +39,8 @@ pub(crate) struct Entry<'a> {
     pub pool: Option<&'a Pool>,
     /// The attempts.
     pub attempts: &'a Attempts,
+    /// A gRPC call's status code (the proxy's answer or the origin's), when known.
+    pub grpc_status: Option<u8>,
     /// Time from the request header to the log line.
     pub duration: Duration,
 }
@@ -85,6 +87,7 @@ impl Entry<'_> {
             "route": self.route,
             "upstream": self.pool.map(Pool::name),
             "attempts": attempts,
+            "grpc_status": self.grpc_status,
             "duration_ms": millis(self.duration),
         })
     }

@@ -75,6 +75,12 @@ pub struct RequestCtx {
     pub(crate) probe: Option<Probe>,
     /// Request body bytes the current attempt has forwarded.
     pub(crate) body_bytes: u64,
+    /// The request is a gRPC call.
+    pub(crate) grpc: bool,
+    /// The deadline the gRPC client set (`grpc-timeout`), from the request's start.
+    pub(crate) grpc_deadline: Option<Duration>,
+    /// The call's gRPC status: the proxy's answer, or what the origin sent.
+    pub(crate) grpc_status: Option<u8>,
 }
 
 impl RequestCtx {
@@ -95,6 +101,9 @@ impl RequestCtx {
             pending: None,
             probe: None,
             body_bytes: 0,
+            grpc: false,
+            grpc_deadline: None,
+            grpc_status: None,
         }
     }
 
@@ -213,9 +222,14 @@ impl RequestCtx {
         self.decision.failure()
     }
 
-    /// Time left before the route's deadline, if it has one.
+    /// Time left before the request's deadline: the route's, or the gRPC client's when that is
+    /// sooner; `None` without either.
     pub(crate) fn time_left(&self) -> Option<Duration> {
-        let deadline = self.route.as_ref()?.deadline?;
+        let route = self.route.as_ref().and_then(|r| r.deadline);
+        let deadline = match (route, self.grpc_deadline) {
+            (Some(r), Some(g)) => r.min(g),
+            (r, g) => r.or(g)?,
+        };
         Some(deadline.saturating_sub(self.started.elapsed()))
     }
 

@@ -63,7 +63,12 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     for listener in &listeners {
         let address = listener.address.to_string();
         match &listener.tls {
-            None => addresses.push(address),
+            None => {
+                if listener.h2c {
+                    connections = connections.serve_h2c(listener.address);
+                }
+                addresses.push(address);
+            }
             Some(key) => match TlsSettings::intermediate("", "") {
                 Ok(mut settings) => {
                     // The certificate was loaded and checked with the configuration; Pingora

@@ -6,6 +6,7 @@
 //! [`Decision`].
 
 mod builder;
+mod grpc_calls;
 
 pub use builder::GatewayBuilder;
 
@@ -104,6 +105,9 @@ impl Gateway {
         cause: Cause,
         keep_alive: bool,
     ) -> Result<()> {
+        if let (true, Cause::Failure(kind)) = (ctx.grpc, cause) {
+            return grpc_calls::answer(session, ctx, kind, keep_alive).await;
+        }
         let req = session.req_header();
         let rendered = ctx.snapshot.pages.render(
             cause,
@@ -153,6 +157,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let incoming = session.req_header().headers.get(request_id::HEADER);
         ctx.request_id = request_id::for_request(incoming.map(|v| v.as_bytes()));
+        grpc_calls::recognise(session.req_header(), ctx);
         Ok(())
     }
 
@@ -190,6 +195,12 @@ impl ProxyHttp for Gateway {
             return Err(Self::decide(ctx, none, "no backend can be selected"));
         };
         ctx.start_attempt(selected);
+        let mut peer = peer;
+        if forwarding::asks_for_upgrade(session.req_header()) {
+            // An upgrade needs HTTP/1.1 (HTTP/2 has no `Upgrade`): whatever the upstream's
+            // protocol, this request's connection is HTTP/1.1.
+            peer.options.alpn = pingora::protocols::ALPN::H1;
+        }
         Ok(peer)
     }
 
@@ -254,7 +265,18 @@ impl ProxyHttp for Gateway {
             },
             ctx.pool()
                 .map_or_else(HeaderCase::default, Pool::header_case),
-        )
+        )?;
+        grpc_calls::pass_deadline(upstream_request, ctx)
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        grpc_calls::origin_status(upstream_trailers, ctx);
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -309,6 +331,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        grpc_calls::origin_status(&upstream_response.headers, ctx);
         ctx.snapshot
             .pages
             .mark_passed_through(upstream_response, |status| {
@@ -380,8 +403,12 @@ impl ProxyHttp for Gateway {
         let written = session.response_written().map(|w| w.status.as_u16());
         let error_code = if let Some(written) = written {
             // The status is already out: the only honest signal left is an aborted stream,
-            // which Pingora gives by dropping the connection without finishing the body.
+            // which Pingora gives by dropping the connection without finishing the body; a gRPC
+            // call over HTTP/2 gets its status in trailers instead.
             session.set_keepalive(None);
+            if let Cause::Failure(kind) = cause {
+                grpc_calls::fail_started(session, ctx, kind).await;
+            }
             written
         } else if cause == Cause::Failure(FailureKind::ClientAborted) {
             0
@@ -447,6 +474,7 @@ impl ProxyHttp for Gateway {
             route: ctx.route.as_deref().map(|r| r.name.as_str()),
             pool: ctx.pool(),
             attempts: &ctx.attempts,
+            grpc_status: ctx.grpc_status,
             duration: ctx.started.elapsed(),
         }
         .emit();
