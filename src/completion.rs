@@ -39,6 +39,8 @@ pub(crate) struct Completion<'a> {
     pub pool: Option<&'a Pool>,
     /// The attempts.
     pub attempts: &'a Attempts,
+    /// A gRPC call's status code (the proxy's answer or the origin's), when known.
+    pub grpc_status: Option<u8>,
     /// Time from the request header to the log line.
     pub duration: Duration,
     /// The tunnel the request became, if it did: logged as it closes.
@@ -86,6 +88,7 @@ impl Completion<'_> {
             "failure": self.failure.map(FailureKind::as_str),
             "route": self.route,
             "upstream": self.pool.map(Pool::name),
+            "grpc_status": self.grpc_status,
             "attempts": attempts,
             "duration_ms": millis(self.duration),
         });

@@ -90,6 +90,8 @@ enum Head {
 pub(crate) struct ClientConnections<A> {
     app: Arc<A>,
     shared: Arc<Shared>,
+    /// The plain listeners that also serve HTTP/2 with prior knowledge.
+    h2c: Vec<SocketAddr>,
 }
 
 impl<A> ClientConnections<A> {
@@ -99,7 +101,22 @@ impl<A> ClientConnections<A> {
         ClientConnections {
             app: Arc::new(app),
             shared,
+            h2c: Vec::new(),
         }
+    }
+}
+
+impl<A> ClientConnections<A> {
+    /// Connections accepted on the plain listener `address` that open with the HTTP/2 preface
+    /// are served as HTTP/2 (prior knowledge); the others as HTTP/1.
+    pub(crate) fn serve_h2c(mut self, address: SocketAddr) -> Self {
+        self.h2c.push(address);
+        self
+    }
+
+    /// Whether `stream` came through an h2c listener.
+    fn is_h2c(&self, stream: &Stream) -> bool {
+        !self.h2c.is_empty() && listener_of(&self.h2c, stream, |l| l).is_some()
     }
 }
 
@@ -109,16 +126,24 @@ fn acceptor(snapshot: &Snapshot, stream: &Stream) -> Option<Arc<Acceptor>> {
     if snapshot.tls.is_empty() {
         return None;
     }
+    listener_of(&snapshot.tls, stream, |l| &l.address).map(|l| l.acceptor.clone())
+}
+
+/// The entry of `listeners` (each with its address, given by `address`) that accepted
+/// `stream`: the one bound to its local address, else a wildcard one on its port.
+fn listener_of<'a, T>(
+    listeners: &'a [T],
+    stream: &Stream,
+    address: impl Fn(&T) -> &SocketAddr,
+) -> Option<&'a T> {
     let digest = stream.get_socket_digest()?;
     let local = digest.local_addr()?.as_inet()?;
     let fits = |l: &SocketAddr| l.port() == local.port() && l.ip() == local.ip();
     let wildcard = |l: &SocketAddr| l.port() == local.port() && l.ip().is_unspecified();
-    snapshot
-        .tls
+    listeners
         .iter()
-        .find(|l| fits(&l.address))
-        .or_else(|| snapshot.tls.iter().find(|l| wildcard(&l.address)))
-        .map(|l| l.acceptor.clone())
+        .find(|l| fits(address(l)))
+        .or_else(|| listeners.iter().find(|l| wildcard(address(l))))
 }
 
 /// The client's address, for a log line: kept as the socket digest (an `Arc`), formatted only
@@ -181,10 +206,30 @@ where
             }
             let peer = Peer::of(&stream);
             let failed = |e: &_| handshake::failed(counters, Handshake::H2, &peer, e);
-            h2::serve(&self.app, stream, limits, deadline, shutdown, failed).await;
+            h2::serve(&self.app, stream, None, limits, deadline, shutdown, failed).await;
             return None;
         }
-        self.serve_http1(stream, limits, deadline, over, shutdown)
+        let mut first = None;
+        if self.is_h2c(&stream) {
+            let mut watch = shutdown.clone();
+            // A client that left or stayed silent: nothing to serve.
+            let start = read_preface(&mut stream, deadline, &mut watch).await?;
+            if start.starts_with(h2::PREFACE) {
+                if over {
+                    return None;
+                }
+                let peer = Peer::of(&stream);
+                let failed = |e: &_| handshake::failed(counters, Handshake::H2, &peer, e);
+                let replay = Some(start.freeze());
+                h2::serve(
+                    &self.app, stream, replay, limits, deadline, shutdown, failed,
+                )
+                .await;
+                return None;
+            }
+            first = Some(start);
+        }
+        self.serve_http1(stream, first, limits, deadline, over, shutdown)
             .await;
         None
     }
@@ -203,6 +248,7 @@ where
     async fn serve_http1(
         &self,
         mut stream: Stream,
+        mut read_already: Option<BytesMut>,
         limits: ClientLimits,
         first_deadline: Instant,
         over: bool,
@@ -221,10 +267,20 @@ where
                 Head::Carried
             } else if first {
                 let wait = first_deadline.saturating_duration_since(Instant::now());
-                read_head(&mut stream, wait, Some(first_deadline), limits, &mut watch).await
+                let start = read_already.take().unwrap_or_default();
+                read_head(
+                    &mut stream,
+                    start,
+                    wait,
+                    Some(first_deadline),
+                    limits,
+                    &mut watch,
+                )
+                .await
             } else {
                 let wait = limits.keepalive_timeout;
-                read_head(&mut stream, wait, None, limits, &mut watch).await
+                let start = BytesMut::new();
+                read_head(&mut stream, start, wait, None, limits, &mut watch).await
             };
             let prefix = match head {
                 Head::Read(prefix) => Some(prefix),
@@ -338,6 +394,7 @@ where
             route: None,
             pool: None,
             attempts: &Attempts::default(),
+            grpc_status: None,
             duration: started.elapsed(),
             tunnel: None,
         }
@@ -350,14 +407,18 @@ where
 /// its first byte. (The clock is read only when a header takes more than one read.)
 async fn read_head(
     stream: &mut Stream,
+    mut buf: BytesMut,
     wait: Duration,
     deadline: Option<Instant>,
     limits: ClientLimits,
     shutdown: &mut ShutdownWatch,
 ) -> Head {
-    let mut buf = BytesMut::with_capacity(4096);
-    if !wait_for_first_bytes(stream, &mut buf, wait, shutdown).await {
-        return Head::Gone;
+    // `buf` holds what was read already (an h2c listener's look at the first bytes).
+    if buf.is_empty() {
+        buf.reserve(4096);
+        if !wait_for_first_bytes(stream, &mut buf, wait, shutdown).await {
+            return Head::Gone;
+        }
     }
     let mut scanned = 0;
     if head_complete(&buf, &mut scanned) {
@@ -375,6 +436,32 @@ async fn read_head(
             Ok(_) => return Head::Gone,
         }
     }
+}
+
+/// Reads the first bytes of a connection on an h2c listener until they either are the HTTP/2
+/// preface or cannot be: the bytes read (to be replayed to whichever protocol serves the
+/// connection), or `None` when the client left or missed `deadline`.
+async fn read_preface(
+    stream: &mut Stream,
+    deadline: Instant,
+    shutdown: &mut ShutdownWatch,
+) -> Option<BytesMut> {
+    let mut buf = BytesMut::with_capacity(4096);
+    let wait = deadline.saturating_duration_since(Instant::now());
+    if !wait_for_first_bytes(stream, &mut buf, wait, shutdown).await {
+        return None;
+    }
+    let n = h2::PREFACE.len();
+    while buf.len() < n && h2::PREFACE.starts_with(&buf) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match pingora::prelude::timeout(left, stream.read_buf(&mut buf)).await {
+            Ok(Ok(read)) if read > 0 => {}
+            // A late or broken preface is HTTP/2's to judge: hand over what came.
+            Err(_) => return Some(buf),
+            Ok(_) => return None,
+        }
+    }
+    Some(buf)
 }
 
 /// Waits up to `wait` for the first bytes of a request; the wait ends early when the server

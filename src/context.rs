@@ -78,6 +78,12 @@ pub struct RequestCtx {
     pub(crate) body_bytes: u64,
     /// The tunnel the request became, once its upgrade was answered `101`.
     pub(crate) tunnel: Option<Tunnel>,
+    /// The request is a gRPC call.
+    pub(crate) grpc: bool,
+    /// The deadline the gRPC client set (`grpc-timeout`), from the request's start.
+    pub(crate) grpc_deadline: Option<Duration>,
+    /// The call's gRPC status: the proxy's answer, or what the origin sent.
+    pub(crate) grpc_status: Option<u8>,
 }
 
 impl RequestCtx {
@@ -99,6 +105,9 @@ impl RequestCtx {
             probe: None,
             body_bytes: 0,
             tunnel: None,
+            grpc: false,
+            grpc_deadline: None,
+            grpc_status: None,
         }
     }
 
@@ -231,9 +240,14 @@ impl RequestCtx {
         self.decision.failure()
     }
 
-    /// Time left before the route's deadline, if it has one.
+    /// Time left before the request's deadline: the route's, or the gRPC client's when that is
+    /// sooner; `None` without either.
     pub(crate) fn time_left(&self) -> Option<Duration> {
-        let deadline = self.route.as_ref()?.deadline?;
+        let route = self.route.as_ref().and_then(|r| r.deadline);
+        let deadline = match (route, self.grpc_deadline) {
+            (Some(r), Some(g)) => r.min(g),
+            (r, g) => r.or(g)?,
+        };
         Some(deadline.saturating_sub(self.started.elapsed()))
     }
 

@@ -204,6 +204,28 @@ impl FailureKind {
         }
     }
 
+    /// The gRPC status code a gRPC call failed with this kind gets (DESIGN §9; linkerd2-proxy's
+    /// table): a backend that failed or none to take the call is `UNAVAILABLE` (14), a timeout
+    /// `DEADLINE_EXCEEDED` (4), a limit on the request's size or on connections
+    /// `RESOURCE_EXHAUSTED` (8), no route or an unserved method `UNIMPLEMENTED` (12), a refused
+    /// request or a proxy error `INTERNAL` (13), a client that went away `CANCELLED` (1).
+    pub const fn grpc_status(self) -> u8 {
+        match self {
+            FailureKind::ClientConnectionLimit
+            | FailureKind::HttpRequestBodySize
+            | FailureKind::HttpRequestHeaderSectionSize
+            | FailureKind::HttpRequestTargetSize => 8,
+            FailureKind::DestinationNotFound | FailureKind::MethodNotAllowed => 12,
+            FailureKind::HttpRequestTimeout => 4,
+            FailureKind::ClientAborted => 1,
+            kind => match kind.status() {
+                502 | 503 => 14,
+                504 => 4,
+                _ => 13,
+            },
+        }
+    }
+
     /// The reason phrase of [`Self::status`].
     pub fn reason(self) -> &'static str {
         reason_phrase(self.status())
@@ -818,6 +840,32 @@ mod tests {
             classify(&bare, Phase::Exchange),
             FailureKind::HttpRequestError
         );
+    }
+
+    #[test]
+    fn grpc_codes_follow_the_http_status_of_each_kind() {
+        use FailureKind::*;
+        for kind in FailureKind::ALL {
+            let want = match kind {
+                ClientConnectionLimit
+                | HttpRequestBodySize
+                | HttpRequestHeaderSectionSize
+                | HttpRequestTargetSize => 8,
+                DestinationNotFound | MethodNotAllowed => 12,
+                ClientAborted => 1,
+                _ if kind.status() == 504 || *kind == HttpRequestTimeout => 4,
+                _ if matches!(kind.status(), 502 | 503) => 14,
+                _ => 13,
+            };
+            assert_eq!(kind.grpc_status(), want, "{kind}");
+        }
+        assert_eq!(ConnectionRefused.grpc_status(), 14);
+        assert_eq!(DestinationUnavailable.grpc_status(), 14);
+        assert_eq!(ConnectionLimitReached.grpc_status(), 14);
+        assert_eq!(HttpResponseTimeout.grpc_status(), 4);
+        assert_eq!(ConnectionTimeout.grpc_status(), 4);
+        assert_eq!(HttpRequestError.grpc_status(), 13);
+        assert_eq!(ProxyConfigurationError.grpc_status(), 13);
     }
 
     #[test]

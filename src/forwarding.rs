@@ -308,6 +308,13 @@ fn strip_hop_by_hop(req: &mut RequestHeader) {
         .collect();
     let upgrade =
         connection.iter().any(|t| t == "upgrade") && req.headers.contains_key(header::UPGRADE);
+    // `TE: trailers` says the client takes trailers: gRPC servers require it, and it is the one
+    // `TE` an HTTP/2 request may carry (RFC 9113 §8.2.2). It travels on; any other `TE` is this
+    // hop's.
+    let trailers = req
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"));
     for name in connection.iter().map(String::as_str).chain(HOP_BY_HOP) {
         let keep = upgrade && (name == "upgrade" || name == "connection");
         // Never let `Connection` smuggle away end-to-end framing or identity headers.
@@ -315,6 +322,9 @@ fn strip_hop_by_hop(req: &mut RequestHeader) {
         if !keep && !protected {
             req.remove_header(name);
         }
+    }
+    if trailers {
+        let _ = req.insert_header(header::TE, "trailers");
     }
     if upgrade {
         // Only the upgrade token travels on.
@@ -363,7 +373,7 @@ mod tests {
                 .unwrap();
             r.insert_header("keep-alive", "timeout=5").unwrap();
             r.insert_header("x-secret", "1").unwrap();
-            r.insert_header("te", "trailers").unwrap();
+            r.insert_header("te", "gzip").unwrap();
             r.insert_header("x-forwarded-for", "192.0.2.1").unwrap();
             r.insert_header("proxy-status", "faultline; error=forged")
                 .unwrap();
@@ -379,6 +389,18 @@ mod tests {
             assert_eq!(h["x-forwarded-proto"], "http");
             assert_eq!(h["via"], "1.1 faultline");
             assert_eq!(h["x-request-id"], "rid");
+        }
+    }
+
+    #[test]
+    fn te_trailers_travels_on_and_other_te_does_not() {
+        for case in CASES {
+            let mut r = RequestHeader::build("POST", b"/a.B/C", None).unwrap();
+            r.insert_header("te", "trailers").unwrap();
+            r.insert_header("keep-alive", "timeout=5").unwrap();
+            apply(&mut r, client(), case).unwrap();
+            assert_eq!(r.headers["te"], "trailers");
+            assert!(r.headers.get("keep-alive").is_none());
         }
     }
 

@@ -41,6 +41,7 @@ mod error_page;
 mod failure;
 mod forwarding;
 mod gateway;
+mod grpc;
 mod metrics;
 mod request_checks;
 mod request_head;

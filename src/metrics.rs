@@ -224,7 +224,12 @@ pub struct RouteMetrics {
     requests: [Box<[AtomicU64; STATUSES]>; 3],
     retries: Box<[AtomicU64; REASONS]>,
     client_aborts: AtomicU64,
+    /// gRPC calls the proxy answered itself, by gRPC status code (0 to 16).
+    grpc_answers: Box<[AtomicU64; GRPC_CODES]>,
 }
+
+/// gRPC status codes: 0 (`OK`) to 16 (`UNAUTHENTICATED`).
+const GRPC_CODES: usize = 17;
 
 impl RouteMetrics {
     fn new(name: &str) -> Self {
@@ -233,6 +238,7 @@ impl RouteMetrics {
             requests: [counters(), counters(), counters()],
             retries: counters(),
             client_aborts: AtomicU64::new(0),
+            grpc_answers: counters(),
         }
     }
 
@@ -241,6 +247,13 @@ impl RouteMetrics {
         inc(&self.requests[source as usize][status_index(status)]);
         if source == Source::Client {
             inc(&self.client_aborts);
+        }
+    }
+
+    /// The proxy answered a gRPC call itself with status `code`.
+    pub fn grpc_answer(&self, code: u8) {
+        if let Some(c) = self.grpc_answers.get(usize::from(code)) {
+            inc(c);
         }
     }
 
@@ -361,6 +374,23 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                 let _ = writeln!(
                     out,
                     "faultline_retries_total{{route=\"{}\",reason=\"{reason}\"}} {v}",
+                    r.name
+                );
+            }
+        }
+    }
+
+    out.push_str(
+        "# HELP faultline_grpc_proxy_answers_total gRPC calls the proxy answered itself, by grpc-status.\n",
+    );
+    out.push_str("# TYPE faultline_grpc_proxy_answers_total counter\n");
+    for r in all_routes() {
+        for (code, c) in r.grpc_answers.iter().enumerate() {
+            let v = c.load(Ordering::Relaxed);
+            if v > 0 {
+                let _ = writeln!(
+                    out,
+                    "faultline_grpc_proxy_answers_total{{route=\"{}\",grpc_status=\"{code}\"}} {v}",
                     r.name
                 );
             }

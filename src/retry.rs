@@ -102,6 +102,11 @@ pub(crate) fn may_retry(session: &Session, ctx: &RequestCtx, trigger: Trigger) -
     let (Some(route), Some(pool)) = (ctx.route.as_deref(), ctx.pool()) else {
         return false;
     };
+    // A gRPC call's messages may be acted on as they arrive, whatever its method says: it is
+    // repeated only if nothing of it was sent (never on a status: its answer is a 200).
+    if ctx.grpc && !matches!(trigger, Trigger::Failure(_, Progress::NotSent)) {
+        return false;
+    }
     let req = session.req_header();
     let allowed = allowed(Facts {
         trigger,

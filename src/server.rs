@@ -58,8 +58,12 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     proxy.handle_init_modules();
     // Every listener is a plain TCP listener to Pingora: faultline runs the TLS handshake of a
     // TLS listener itself, under the client header deadline and with the certificates of the
-    // current snapshot, so that a reload swaps them (connections::tls).
-    let connections = ClientConnections::new(proxy, shared.clone());
+    // current snapshot, so that a reload swaps them (connections::tls). Prior-knowledge HTTP/2
+    // on a plain listener is decided at start, as its address is.
+    let mut connections = ClientConnections::new(proxy, shared.clone());
+    for listener in listeners.iter().filter(|l| l.tls.is_none() && l.h2c) {
+        connections = connections.serve_h2c(listener.address);
+    }
     let addresses: Vec<String> = listeners.iter().map(|l| l.address.to_string()).collect();
     let mut service = Service::new("faultline".to_string(), connections);
     for address in &addresses {

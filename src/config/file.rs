@@ -49,6 +49,9 @@ pub(super) struct ListenerFile {
     /// Terminate TLS here (HTTP/2 and HTTP/1.1 negotiated by ALPN).
     #[serde(default)]
     pub tls: Option<ListenerTlsFile>,
+    /// On a plain listener, also serve HTTP/2 with prior knowledge (h2c) beside HTTP/1.1.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 /// A TLS listener's certificates and policy.
@@ -295,6 +298,38 @@ pub(super) struct UpstreamFile {
     /// which is cheaper.
     #[serde(default)]
     pub preserve_header_case: bool,
+    /// The HTTP version spoken to the backends.
+    #[serde(default)]
+    pub protocol: Protocol,
+    /// HTTP/2 connection settings, with `protocol: h2` or `h2c`.
+    #[serde(default)]
+    pub h2: Option<H2File>,
+}
+
+/// The HTTP version an upstream's backends speak.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// HTTP/1.1 (over TLS with `tls: true`).
+    #[default]
+    Http1,
+    /// HTTP/2 over TLS, chosen by ALPN (`tls: true` required).
+    H2,
+    /// HTTP/2 over cleartext TCP with prior knowledge (no `tls`).
+    H2c,
+}
+
+/// HTTP/2 connections to an upstream's backends.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct H2File {
+    /// Streams at most on one connection before another is opened; default 100.
+    #[serde(default = "hundred")]
+    pub max_streams: usize,
+}
+
+fn hundred() -> usize {
+    100
 }
 
 /// One backend.

@@ -19,7 +19,7 @@ use pingora::tls::ServerConfig;
 use pingora::utils::tls::CertKey;
 
 pub use crate::certificates::{Certificate, CertificateError, UnknownSni};
-pub use file::{DemoBehavior, Selection};
+pub use file::{DemoBehavior, Protocol, Selection};
 
 /// The validated configuration faultline runs from.
 #[derive(Debug)]
@@ -105,6 +105,8 @@ pub struct Listener {
     pub tls: Option<Arc<ListenerTls>>,
     /// Whether HTTP/2 is offered by ALPN (TLS listeners).
     pub http2: bool,
+    /// Whether HTTP/2 with prior knowledge is served beside HTTP/1.1 (plain listeners).
+    pub h2c: bool,
 }
 
 /// A TLS listener: its certificates, loaded and checked, and its policy. A reload reads the
@@ -221,6 +223,10 @@ pub struct UpstreamConfig {
     pub max_in_flight: Option<u32>,
     /// How header names are spelled towards the backends.
     pub header_case: HeaderCase,
+    /// The HTTP version spoken to the backends.
+    pub protocol: Protocol,
+    /// Streams at most on one HTTP/2 connection to a backend (`protocol: h2` or `h2c`).
+    pub h2_max_streams: usize,
 }
 
 /// TLS towards an upstream's backends.

@@ -120,6 +120,12 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
             .tls
             .as_ref()
             .and_then(|t| tls::listener(&format!("listeners[{i}].tls"), t, base, &mut errors));
+        if l.h2c && l.tls.is_some() {
+            errors.push(
+                format!("listeners[{i}].h2c"),
+                "only for a plain listener: a TLS listener offers HTTP/2 by ALPN (tls.http2)",
+            );
+        }
         if let Some(address) = errors.address(&path, &l.address) {
             if !seen.insert(address) {
                 errors.push(
@@ -131,6 +137,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
                 address,
                 tls,
                 http2: l.tls.as_ref().is_some_and(|t| t.http2),
+                h2c: l.h2c && l.tls.is_none(),
             });
         }
     }
@@ -391,6 +398,7 @@ fn upstream(
         }
         (false, None) => None,
     };
+    let h2_max_streams = protocol(&at, u.protocol, u.tls.enabled(), u.h2.as_ref(), errors);
     let (active_health, passive_health) = match u.health {
         None => (None, None),
         Some(h) => (
@@ -412,7 +420,42 @@ fn upstream(
         } else {
             HeaderCase::Canonical
         },
+        protocol: u.protocol,
+        h2_max_streams,
     }
+}
+
+/// Checks an upstream's `protocol` against its `tls` and `h2` settings; the streams allowed on
+/// one HTTP/2 connection.
+fn protocol(
+    at: &str,
+    protocol: file::Protocol,
+    tls: bool,
+    h2: Option<&file::H2File>,
+    errors: &mut Errors,
+) -> usize {
+    use file::Protocol;
+    match (protocol, tls) {
+        (Protocol::H2, false) => errors.push(
+            format!("{at}.protocol"),
+            "h2 is HTTP/2 over TLS (tls: true); use h2c for cleartext HTTP/2",
+        ),
+        (Protocol::H2c, true) => errors.push(
+            format!("{at}.protocol"),
+            "h2c is cleartext HTTP/2; use h2 with tls: true",
+        ),
+        _ => {}
+    }
+    let Some(h2) = h2 else {
+        return 100;
+    };
+    if protocol == Protocol::Http1 {
+        errors.push(format!("{at}.h2"), "only used with protocol: h2 or h2c");
+    }
+    if h2.max_streams == 0 {
+        errors.push(format!("{at}.h2.max_streams"), "must be at least 1");
+    }
+    h2.max_streams.max(1)
 }
 
 fn active(at: &str, a: file::ActiveHealthFile, errors: &mut Errors) -> ActiveHealth {

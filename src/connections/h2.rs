@@ -51,7 +51,9 @@ const GOAWAY_TIMEOUT: Duration = Duration::from_secs(1);
 /// accept loop keeps across calls but [`HttpSession::from_h2_conn`] does not.
 const MAX_REJECTED_STREAMS: usize = 32;
 
-const PREFACE_LEN: usize = 24;
+/// The client connection preface (RFC 9113 §3.4).
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const PREFACE_LEN: usize = PREFACE.len();
 const FRAME_HEADER_LEN: usize = 9;
 const HEADERS: u8 = 0x1;
 const PUSH_PROMISE: u8 = 0x5;
@@ -67,9 +69,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Serves one HTTP/2 connection whose preface is due by `deadline`. A preface that started and
 /// failed or came late is given to `failed` before the connection closes; a client that closed
 /// or stayed silent before its first byte is no failure.
+///
+/// `replay`: bytes already read from the connection (an h2c listener's look at the preface),
+/// given to the codec before anything else is read.
 pub(crate) async fn serve<A>(
     app: &Arc<A>,
     stream: Stream,
+    replay: Option<Bytes>,
     limits: ClientLimits,
     deadline: Instant,
     shutdown: &ShutdownWatch,
@@ -85,6 +91,7 @@ pub(crate) async fn serve<A>(
     });
     let blocks = Arc::new(HeaderBlocks::default());
     let watched: Stream = Box::new(Watched {
+        replay: replay.unwrap_or_default(),
         inner: stream,
         frames: FrameScan::default(),
         open: false,
@@ -332,6 +339,8 @@ impl FrameScan {
 /// stream's.
 #[derive(Debug)]
 struct Watched {
+    /// Bytes read before the codec took the connection, read first.
+    replay: Bytes,
     inner: Stream,
     frames: FrameScan,
     /// Whether `blocks` holds an open block.
@@ -347,7 +356,13 @@ impl AsyncRead for Watched {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let read = if this.replay.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.replay.len().min(buf.remaining());
+            buf.put_slice(&this.replay.split_to(n));
+            Poll::Ready(Ok(()))
+        };
         let new = &buf.filled()[before..];
         if !new.is_empty() {
             this.blocks.read_any.store(true, Ordering::Relaxed);

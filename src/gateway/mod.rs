@@ -6,6 +6,7 @@
 //! [`Decision`].
 
 mod builder;
+mod grpc_calls;
 
 pub use builder::GatewayBuilder;
 
@@ -105,6 +106,9 @@ impl Gateway {
         cause: Cause,
         keep_alive: bool,
     ) -> Result<()> {
+        if let (true, Cause::Failure(kind)) = (ctx.grpc, cause) {
+            return grpc_calls::answer(session, ctx, kind, keep_alive).await;
+        }
         let req = session.req_header();
         let rendered = ctx.snapshot.pages.render(
             cause,
@@ -154,6 +158,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let incoming = session.req_header().headers.get(request_id::HEADER);
         ctx.request_id = request_id::for_request(incoming.map(|v| v.as_bytes()));
+        grpc_calls::recognise(session.req_header(), ctx);
         Ok(())
     }
 
@@ -260,7 +265,18 @@ impl ProxyHttp for Gateway {
             },
             ctx.pool()
                 .map_or_else(HeaderCase::default, Pool::header_case),
-        )
+        )?;
+        grpc_calls::pass_deadline(upstream_request, ctx)
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        upstream_trailers: &mut http::HeaderMap,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        grpc_calls::origin_status(upstream_trailers, ctx);
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -321,6 +337,7 @@ impl ProxyHttp for Gateway {
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        grpc_calls::origin_status(&upstream_response.headers, ctx);
         ctx.snapshot
             .pages
             .mark_passed_through(upstream_response, |status| {
@@ -411,8 +428,12 @@ impl ProxyHttp for Gateway {
         let written = session.response_written().map(|w| w.status.as_u16());
         let error_code = if let Some(written) = written {
             // The status is already out: the only honest signal left is an aborted stream,
-            // which Pingora gives by dropping the connection without finishing the body.
+            // which Pingora gives by dropping the connection without finishing the body; a gRPC
+            // call over HTTP/2 gets its status in trailers instead.
             session.set_keepalive(None);
+            if let Cause::Failure(kind) = cause {
+                grpc_calls::fail_started(session, ctx, kind).await;
+            }
             written
         } else if cause == Cause::Failure(FailureKind::ClientAborted) {
             0
@@ -477,6 +498,7 @@ impl ProxyHttp for Gateway {
             route: ctx.route.as_deref().map(|r| r.name.as_str()),
             pool: ctx.pool(),
             attempts: &ctx.attempts,
+            grpc_status: ctx.grpc_status,
             duration: ctx.started.elapsed(),
             tunnel,
         }

@@ -22,9 +22,10 @@ use std::time::Duration;
 use futures::FutureExt;
 use pingora::lb::selection::{Consistent, RoundRobin};
 use pingora::lb::{Backends, LoadBalancer, discovery};
+use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{HeaderCase, Selection, UpstreamConfig};
+use crate::config::{HeaderCase, Protocol, Selection, UpstreamConfig};
 use crate::failure::FailureKind;
 use crate::metrics::{BackendView, UpstreamMetrics, UpstreamView};
 use answering::Answers;
@@ -510,6 +511,15 @@ fn peer(config: &UpstreamConfig, address: SocketAddr) -> HttpPeer {
     peer.options.read_timeout = Some(t.response_header);
     peer.options.write_timeout = Some(t.write_idle);
     peer.options.idle_timeout = Some(t.keepalive_idle);
+    // `ALPN::H2` makes Pingora's connector speak HTTP/2 only: over TLS by ALPN, over plain TCP
+    // with prior knowledge (pingora-core `connectors/http/v2.rs`, `new_http_session`).
+    match config.protocol {
+        Protocol::Http1 => {}
+        Protocol::H2 | Protocol::H2c => {
+            peer.options.alpn = ALPN::H2;
+            peer.options.max_h2_streams = config.h2_max_streams;
+        }
+    }
     peer
 }
 

@@ -12,6 +12,7 @@ mod origin;
 mod config_errors;
 mod edge;
 mod failures;
+mod grpc;
 mod health;
 mod hostile;
 mod lifecycle;
