@@ -60,6 +60,15 @@ fn trickle_until_answered(
 /// Asserts that an answer that a `setting` deadline caused came after it, and not much later:
 /// the 15 s default must not pass for a setting of milliseconds, nor an instant close. The
 /// margin above the setting absorbs a loaded 2-core machine.
+/// Asserts that the backend of `origin` takes traffic: nothing ejected it.
+fn assert_backend_up(proxy: &Proxy, origin: &Origin, why: &str) {
+    let series = format!(
+        "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
+        origin.addr
+    );
+    assert_eq!(proxy.metric(&series), 1, "{why}");
+}
+
 fn assert_deadline(took: Duration, setting: Duration, what: &str) {
     assert!(
         took >= setting,
@@ -252,13 +261,10 @@ fn a_chunked_body_growing_past_the_limit_is_413_and_not_the_backends_fault() {
     let backend = backend_status(&status, origin.addr);
     assert_eq!(backend["pending"], 0, "the attempt ended: {backend}");
     assert_eq!(backend["lagging"], false);
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
-            origin.addr
-        )),
-        1,
-        "a client's oversized body never ejects a backend"
+    assert_backend_up(
+        &proxy,
+        &origin,
+        "a client's oversized body never ejects a backend",
     );
 }
 
@@ -352,14 +358,7 @@ fn a_body_that_stalls_mid_way_is_408_and_not_the_backends_fault() {
     );
     let entry = access_entry("stall408");
     assert_eq!(entry["failure"], "http_request_timeout");
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
-            origin.addr
-        )),
-        1,
-        "a slow client never ejects a backend"
-    );
+    assert_backend_up(&proxy, &origin, "a slow client never ejects a backend");
 }
 
 /// The defaults wait longer for a body (`body_timeout` 60 s) than for a response header
@@ -453,13 +452,10 @@ fn a_client_that_leaves_mid_body_is_a_499_and_not_the_backends_fault() {
     assert_eq!(entry["status"], 499);
     assert_eq!(entry["failure"], "client_aborted");
     assert_eq!(entry["source"], "client");
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
-            origin.addr
-        )),
-        1,
-        "a client that leaves never ejects a backend"
+    assert_backend_up(
+        &proxy,
+        &origin,
+        "a client that leaves never ejects a backend",
     );
 }
 
@@ -498,13 +494,10 @@ fn a_client_that_stops_reading_is_cut_at_the_send_timeout_and_not_the_backends_f
     let got = read_to_close(&mut s);
     assert!(got.starts_with(b"HTTP/1.1 200 "));
     assert!(got.len() < BODY, "the whole body arrived: {}", got.len());
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
-            origin.addr
-        )),
-        1,
-        "a client that stops reading never ejects a backend"
+    assert_backend_up(
+        &proxy,
+        &origin,
+        "a client that stops reading never ejects a backend",
     );
 }
 
@@ -566,13 +559,10 @@ fn an_http2_client_that_keeps_its_window_shut_is_cut_at_the_send_timeout() {
     let entry = access_entry("shut-window");
     assert_eq!(entry["status"], 499);
     assert_eq!(entry["failure"], "client_aborted");
-    assert_eq!(
-        proxy.metric(&format!(
-            "faultline_backend_up{{upstream=\"app\",backend=\"{}\"}}",
-            origin.addr
-        )),
-        1,
-        "a client that stops reading never ejects a backend"
+    assert_backend_up(
+        &proxy,
+        &origin,
+        "a client that stops reading never ejects a backend",
     );
 }
 

@@ -86,14 +86,25 @@ fn tls_origin((cert, key): &(Certificate, KeyPair)) -> SocketAddr {
         .with_no_client_auth()
         .with_single_cert(vec![cert.der().clone()], key)
         .expect("server config");
+    tls_origin_with(config, "origin tls")
+}
+
+/// An HTTPS origin with `config`, answering 200 `body` to each request of a keep-alive
+/// connection.
+pub(crate) fn tls_origin_with(config: ServerConfig, body: &'static str) -> SocketAddr {
     let acceptor = TlsAcceptor::from(Arc::new(config));
     let listener = runtime()
         .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
         .expect("bind");
     let addr = listener.local_addr().expect("addr");
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    );
     runtime().spawn(async move {
         while let Ok((tcp, _)) = listener.accept().await {
             let acceptor = acceptor.clone();
+            let resp = resp.clone();
             tokio::spawn(async move {
                 let Ok(mut tls) = acceptor.accept(tcp).await else {
                     return;
@@ -108,8 +119,7 @@ fn tls_origin((cert, key): &(Certificate, KeyPair)) -> SocketAddr {
                         }
                     }
                     buf.clear();
-                    let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\norigin tls";
-                    if tls.write_all(resp).await.is_err() {
+                    if tls.write_all(resp.as_bytes()).await.is_err() {
                         return;
                     }
                 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use pingora::tls::{
     CertificateDer, ClientConfig, ClientTlsStream, DigitallySignedStruct, HandshakeSignatureValid,
     PrivateKeyDer, RootCertStore, ServerCertVerified, ServerCertVerifier, ServerConfig, ServerName,
-    SignatureScheme, TlsAcceptor, TlsConnector, UnixTime, WebPkiClientVerifier,
+    SignatureScheme, TlsConnector, UnixTime, WebPkiClientVerifier,
 };
 use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -827,37 +827,7 @@ fn mtls_origin(pki: &Pki, leaf: &Leaf) -> SocketAddr {
             PrivateKeyDer::try_from(leaf.key.serialize_der()).expect("key der"),
         )
         .expect("server config");
-    let acceptor = TlsAcceptor::from(Arc::new(config));
-    let listener = runtime()
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    runtime().spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let acceptor = acceptor.clone();
-            tokio::spawn(async move {
-                let Ok(mut tls) = acceptor.accept(tcp).await else {
-                    return;
-                };
-                let mut buf = Vec::new();
-                loop {
-                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                        let mut chunk = [0u8; 4096];
-                        match tls.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                    }
-                    buf.clear();
-                    let resp = b"HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\norigin mtls";
-                    if tls.write_all(resp).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    addr
+    crate::tls::tls_origin_with(config, "origin mtls")
 }
 
 #[test]
