@@ -14,10 +14,21 @@ pub struct Proxy {
     pub admin: SocketAddr,
 }
 
-/// A free loopback port (bound, then released).
+/// A free loopback port (bound, then released), never one handed out before in this test
+/// process: the kernel may give a released port again at once, and two tests (or a listener and
+/// the admin listener of one proxy) would then be configured on the same port.
 pub fn free_addr() -> SocketAddr {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr")
+    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = l.local_addr().expect("addr");
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
+    panic!("no loopback port free that was not handed out before")
 }
 
 impl Proxy {
