@@ -839,4 +839,45 @@ pub(crate) mod tests {
         drop(held);
         assert_eq!(stays_busy.pending(), 0);
     }
+
+    #[test]
+    fn a_higher_srv_priority_group_takes_traffic_only_when_no_lower_one_is_selectable() {
+        let p = pool(
+            "[{ srv: \"_http._tcp.api.test\" }]",
+            "    health: { passive: { consecutive_failures: 1, max_ejected_percent: 100 } }\n",
+        );
+        assert!(p.select(b"", |_| false).is_none(), "no answer yet: empty");
+        let source = BackendSource::Srv {
+            name: "_http._tcp.api.test".into(),
+        };
+        let at = |port: u16, tier: u16| Resolved {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+            tier,
+        };
+        let p = p
+            .with_answer(&source, vec![at(9001, 0), at(9002, 0), at(9003, 1)].into())
+            .expect("the entry")
+            .expect("pool");
+        let pick = || {
+            p.backends()[p.select(b"", |_| false).expect("a backend").index]
+                .address()
+                .port()
+        };
+        for _ in 0..10 {
+            assert_ne!(pick(), 9003);
+        }
+        p.record_failure(0, None, false, FailureKind::ConnectionRefused);
+        for _ in 0..10 {
+            assert_eq!(pick(), 9002, "the rest of the first group");
+        }
+        p.backends()[1].set_draining(true);
+        assert_eq!(
+            pick(),
+            9003,
+            "the next group once none of the first is selectable"
+        );
+        p.backends()[1].set_draining(false);
+        assert_eq!(pick(), 9002);
+    }
 }
