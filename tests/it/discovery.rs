@@ -453,3 +453,101 @@ fn a_watched_file_reloads_on_a_symlink_swap_and_a_broken_one_keeps_the_old_confi
         "the old config stays"
     );
 }
+
+/// The `/status` of a running binary.
+fn binary_status(b: &crate::harness::Binary) -> serde_json::Value {
+    serde_json::from_slice(&client::get(b.admin, "/status", &[]).body).expect("status JSON")
+}
+
+/// Waits (10 s at most) until upstream `app` of binary `b` has exactly the backends `want`.
+fn wait_for_binary_backends(b: &crate::harness::Binary, want: &[SocketAddr]) {
+    let mut want: Vec<String> = want.iter().map(ToString::to_string).collect();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut have = backends(&binary_status(b));
+        have.sort();
+        if have == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "backends {have:?}, not {want:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn a_fleet_of_three_processes_follows_dns_and_the_file_and_ejects_on_its_own_evidence() {
+    use crate::harness::Binary;
+    let dns = Dns::start();
+    let (port, origins) = origins_on_one_port(&["a", "b"]);
+    let (a, b) = (&origins[0], &origins[1]);
+    dns.set_a("api.test", &ips(&[a, b]));
+    let body = |passive: &str| {
+        format!(
+            "watch: true\n{}",
+            discovery_yaml(
+                &dns,
+                &format!("    backends:\n      - {{ dns: \"api.test:{port}\" }}\n{passive}"),
+            )
+        )
+    };
+    let fleet: Vec<Binary> = (0..3)
+        .map(|i| Binary::start(&format!("fleet{i}"), "server: { threads: 1 }", &body("")))
+        .collect();
+    for f in &fleet {
+        wait_for_binary_backends(f, &[a.addr, b.addr]);
+    }
+    // Traffic through every instance reaches every backend.
+    for f in &fleet {
+        let bodies: Vec<String> = (0..4)
+            .map(|_| client::get(f.addr, "/", &[]).text())
+            .collect();
+        assert_eq!(
+            (count(&bodies, "a"), count(&bodies, "b")),
+            (2, 2),
+            "{bodies:?}"
+        );
+    }
+    // One file change, each instance reloads it: passive health with an ejection on one 503.
+    let passive = "    health:\n      passive: { consecutive_failures: 1, base_ejection: 30s, max_ejected_percent: 50, failure_statuses: [503] }\n";
+    for f in &fleet {
+        let text = std::fs::read_to_string(f.file()).expect("read");
+        let (head, _) = text.split_once("watch: true").expect("generated file");
+        std::fs::write(f.file(), format!("{head}{}", body(passive))).expect("write");
+    }
+    for f in &fleet {
+        f.wait_for_metric(
+            "faultline_config_reloads_total{result=\"success\"}",
+            |n| n >= 1,
+            "each instance reloads the changed file",
+        );
+    }
+    // Each ejects on its own evidence: only the instance that saw b fail ejects it.
+    b.set(Behavior::Text {
+        status: 503,
+        body: "down".into(),
+        echo_request_id: false,
+    });
+    for _ in 0..4 {
+        let _ = client::get(fleet[0].addr, "/", &[]);
+    }
+    let name = b.addr.to_string();
+    let state = |f: &Binary| {
+        let s = binary_status(f);
+        s["upstreams"][0]["backends"]
+            .as_array()
+            .expect("backends")
+            .iter()
+            .find(|x| x["backend"] == name.as_str())
+            .map(|x| x["state"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(state(&fleet[0]).as_deref(), Some("ejected"));
+    assert_eq!(state(&fleet[1]).as_deref(), Some("healthy"));
+    assert_eq!(state(&fleet[2]).as_deref(), Some("healthy"));
+    // A record removed: every instance drops it.
+    dns.set_a("api.test", &ips(&[a]));
+    for f in &fleet {
+        wait_for_binary_backends(f, &[a.addr]);
+        assert_eq!(client::get(f.addr, "/", &[]).text(), "origin a");
+    }
+}
