@@ -233,7 +233,7 @@ fn a_removed_record_under_load_loses_no_request_and_its_in_flight_request_comple
 }
 
 #[test]
-fn an_added_record_gets_traffic_at_once() {
+fn an_added_record_gets_traffic_at_once_and_one_that_stays_keeps_its_pooled_connection() {
     let dns = Dns::start();
     let (port, origins) = origins_on_one_port(&["first", "added"]);
     dns.set_a("api.test", &ips(&[&origins[0]]));
@@ -243,10 +243,16 @@ fn an_added_record_gets_traffic_at_once() {
     ));
     wait_for_backends(&proxy, &[origins[0].addr]);
     assert_eq!(count(&requests(&proxy, 4), "first"), 4);
+    let pooled = origins[0].connections();
     dns.set_a("api.test", &ips(&[&origins[0], &origins[1]]));
     wait_for_backends(&proxy, &[origins[0].addr, origins[1].addr]);
     let bodies = requests(&proxy, 10);
     assert_eq!(count(&bodies, "added"), 5, "{bodies:?}");
+    assert_eq!(
+        origins[0].connections(),
+        pooled,
+        "the backend that stays is reached over its pooled connection"
+    );
 }
 
 #[test]
