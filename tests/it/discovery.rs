@@ -401,6 +401,7 @@ fn a_drained_backend_stays_drained_across_a_reload() {
         true
     );
     assert_eq!(count(&requests(&proxy, 6), "a"), 6);
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// Points the symlink `link` at `target` atomically, as Kubernetes swaps a ConfigMap's `..data`.
