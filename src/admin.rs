@@ -1,6 +1,8 @@
 //! The admin listener: `/metrics` (Prometheus text), `/status` (JSON state of every upstream and
 //! backend), `/healthz` (the proxy itself is up) and `POST /reload` (re-read the configuration
-//! file). Bind it to a private address.
+//! file), and `POST /upstreams/{name}/backends/{address}/drain` and `.../undrain` (a backend
+//! takes no new request, or takes them again, for rolling deploys). Bind it to a private
+//! address.
 
 use std::sync::Arc;
 
@@ -16,6 +18,7 @@ use crate::metrics;
 use crate::state::{Shared, TlsListener};
 use crate::upstream::Pool;
 use crate::upstream::health::State;
+use crate::upstream::membership::RefreshResult;
 
 /// The admin application, sharing the gateway's state.
 #[derive(Debug, Clone)]
@@ -67,6 +70,34 @@ impl Admin {
                     listener.address,
                     escape(&certificate_label(certificates, i)),
                     c.not_after
+                ));
+            }
+        }
+        text.push_str(
+            "# HELP faultline_upstream_backends Backends in each upstream now: static and discovered.\n\
+             # TYPE faultline_upstream_backends gauge\n",
+        );
+        for pool in snapshot.upstreams.iter() {
+            text.push_str(&format!(
+                "faultline_upstream_backends{{upstream=\"{}\"}} {}\n",
+                pool.name(),
+                pool.backends().len()
+            ));
+        }
+        text.push_str(
+            "# HELP faultline_discovery_refreshes_total Lookups of dns: and srv: backends by result; every result but success keeps the last set.\n\
+             # TYPE faultline_discovery_refreshes_total counter\n",
+        );
+        for pool in snapshot.upstreams.iter() {
+            if pool.sources().next().is_none() {
+                continue;
+            }
+            for result in RefreshResult::ALL {
+                text.push_str(&format!(
+                    "faultline_discovery_refreshes_total{{upstream=\"{}\",result=\"{}\"}} {}\n",
+                    pool.name(),
+                    result.as_str(),
+                    pool.refreshes().count(result)
                 ));
             }
         }
@@ -172,6 +203,8 @@ fn pool_status(pool: &Pool) -> serde_json::Value {
             };
             json!({
                 "backend": b.name(),
+                "source": b.source(),
+                "draining": b.draining(),
                 "up": pool.is_up(i),
                 "state": state.as_str(),
                 "ejected_for_ms": ejected_for_ms,
@@ -184,7 +217,62 @@ fn pool_status(pool: &Pool) -> serde_json::Value {
             })
         })
         .collect();
-    json!({ "upstream": pool.name(), "backends": backends })
+    let discovery: Vec<_> = pool
+        .sources()
+        .map(|source| {
+            let label = source.to_string();
+            let last = pool.refreshes().last(&label);
+            json!({
+                "source": label,
+                "addresses": pool.answer(source).map_or(0, <[_]>::len),
+                "last_refresh": last.as_ref().map(|l| json!({
+                    "at": l.at.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+                    "result": l.result.as_str(),
+                    "error": l.error,
+                })),
+            })
+        })
+        .collect();
+    json!({ "upstream": pool.name(), "backends": backends, "discovery": discovery })
+}
+
+/// `POST /upstreams/{name}/backends/{address}/drain` or `/undrain`: the answer.
+fn drain(shared: &Shared, path: &str) -> Option<Response<Vec<u8>>> {
+    let rest = path.strip_prefix("/upstreams/")?;
+    let (upstream, rest) = rest.split_once("/backends/")?;
+    let (address, action) = rest.rsplit_once('/')?;
+    let draining = match action {
+        "drain" => true,
+        "undrain" => false,
+        _ => return None,
+    };
+    let snapshot = shared.current();
+    let Some(pool) = snapshot.upstreams.named(upstream) else {
+        return Some(text(StatusCode::NOT_FOUND, "no such upstream\n"));
+    };
+    let Some(backend) = pool.backends().iter().find(|b| b.name() == address) else {
+        return Some(text(
+            StatusCode::NOT_FOUND,
+            "no such backend in this upstream\n",
+        ));
+    };
+    backend.set_draining(draining);
+    log::info!(
+        "upstream {upstream}: backend {address} {}",
+        if draining {
+            "drained"
+        } else {
+            "back in service"
+        }
+    );
+    Some(text(
+        StatusCode::OK,
+        if draining {
+            "draining\n"
+        } else {
+            "in service\n"
+        },
+    ))
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -234,6 +322,8 @@ impl ServeHttp for Admin {
                     Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "reload task failed\n"),
                 }
             }
+            (path, _, true) if path.starts_with("/upstreams/") => drain(&self.shared, path)
+                .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
             ("/metrics" | "/status" | "/healthz" | "/reload", _, _) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }

@@ -37,6 +37,7 @@ pub mod config;
 mod connections;
 mod context;
 mod demo;
+mod discovery;
 mod error_page;
 mod failure;
 mod forwarding;

@@ -31,6 +31,9 @@ struct Args {
     /// Take over the listeners of a running faultline (Pingora graceful upgrade).
     #[arg(short = 'u', long = "upgrade")]
     upgrade: bool,
+    /// Reload the configuration file when it changes (as `watch: true` in the file).
+    #[arg(long = "watch")]
+    watch: bool,
 }
 
 fn init_logging() {
@@ -54,7 +57,7 @@ fn init_logging() {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(&args.conf) {
+    let mut config = match Config::load(&args.conf) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("faultline: {} is invalid:", args.conf.display());
@@ -84,6 +87,7 @@ fn main() -> ExitCode {
         test: false,
         conf: None,
     };
+    config.watch |= args.watch;
     let listeners = config.listeners.clone();
     let server = match faultline::server::build(config, Some(opt), Some(args.conf.clone())) {
         Ok(s) => s,

@@ -264,7 +264,7 @@ impl RouteMetrics {
 }
 
 /// Route counters by name; requests no configured route matched count under `none`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RouteTable {
     by_name: HashMap<String, Arc<RouteMetrics>, ahash::RandomState>,
     order: Vec<Arc<RouteMetrics>>,

@@ -17,6 +17,7 @@ use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::connections::ClientConnections;
+use crate::discovery::Refresher;
 use crate::gateway::Gateway;
 use crate::state::Shared;
 use crate::upstream::PoolError;
@@ -47,6 +48,7 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
         service
     });
     let listeners = config.listeners;
+    let watch = config.watch;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
     let mut proxy = HttpProxy::new(gateway, server.configuration.clone());
@@ -77,6 +79,16 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
         "faultline active health checks",
         ActiveChecks(shared.clone()),
     ));
+    server.add_service(background_service(
+        "faultline DNS discovery",
+        Refresher(shared.clone()),
+    ));
+    if shared.reloadable() && watch {
+        server.add_service(background_service(
+            "faultline reload when the file changes",
+            WatchFile(shared.clone()),
+        ));
+    }
     if shared.reloadable() {
         server.add_service(background_service(
             "faultline reload on SIGHUP",
@@ -117,6 +129,48 @@ impl BackgroundService for ActiveChecks {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+/// How often the watched file's identity is compared.
+const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What identifies the file's content without reading it: the file the path resolves to now
+/// (through every symlink, so Kubernetes' swap of a ConfigMap's `..data` link to a new
+/// directory is a change), its modification time and its length.
+fn identity(path: &std::path::Path) -> Option<(u64, u64, i64, i64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.dev(), m.ino(), m.mtime(), m.mtime_nsec(), m.len()))
+}
+
+/// Reloads the configuration file when it changes (`watch: true` or `--watch`): the same
+/// validation as `SIGHUP`, and an invalid file keeps the running configuration. Polling needs
+/// no platform notification API and sees a symlink swap as any other change.
+struct WatchFile(Arc<Shared>);
+
+#[async_trait]
+impl BackgroundService for WatchFile {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let Some(path) = self.0.source().map(std::path::Path::to_path_buf) else {
+            return;
+        };
+        let mut seen = identity(&path);
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(WATCH_INTERVAL) => {}
+                _ = shutdown.changed() => return,
+            }
+            let now = identity(&path);
+            // A file missing for a moment (replaced by rename) is no change yet.
+            if now.is_none() || now == seen {
+                continue;
+            }
+            seen = now;
+            log::info!("{} changed, reloading", path.display());
+            let shared = self.0.clone();
+            let _ = tokio::task::spawn_blocking(move || shared.reload()).await;
         }
     }
 }

@@ -15,10 +15,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::Acceptor;
 
-use crate::config::{ClientLimits, Config, IpNet, ListenerTls};
+use crate::config::{BackendSource, ClientLimits, Config, Discovery, IpNet, ListenerTls};
 use crate::error_page::ErrorPages;
 use crate::metrics::{ClientCounters, RouteTable};
 use crate::routing::{ConfigRouter, Router};
+use crate::upstream::membership::Resolved;
 use crate::upstream::{PoolError, Upstreams};
 
 /// Everything built from one configuration.
@@ -37,11 +38,14 @@ pub struct Snapshot {
     pub clients: ClientLimits,
     /// The TLS listeners, with their certificates as this configuration read them.
     pub(crate) tls: Vec<TlsListener>,
+    /// How `dns:` and `srv:` backends are resolved.
+    pub(crate) discovery: Discovery,
 }
 
 /// A TLS listener of one configuration: its settings, and the acceptor of the handshakes that
 /// start while the configuration is current. A handshake keeps the acceptor it started with,
 /// and a connection its TLS session, so a reload changes neither.
+#[derive(Clone)]
 pub(crate) struct TlsListener {
     /// The listener's address.
     pub(crate) address: std::net::SocketAddr,
@@ -85,7 +89,22 @@ impl Snapshot {
             trusted_proxies: config.trusted_proxies.clone(),
             clients: config.clients,
             tls: tls_listeners(config, previous),
+            discovery: config.discovery.clone(),
         })
+    }
+
+    /// This snapshot with other pools: a membership change, nothing else.
+    fn with_upstreams(&self, upstreams: Upstreams) -> Snapshot {
+        Snapshot {
+            router: self.router.clone(),
+            upstreams,
+            routes: self.routes.clone(),
+            pages: self.pages.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+            clients: self.clients,
+            tls: self.tls.clone(),
+            discovery: self.discovery.clone(),
+        }
     }
 }
 
@@ -151,6 +170,9 @@ pub struct Shared {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     clients: ClientCounters,
+    /// Held by whoever builds the next snapshot from the current one (a reload, a membership
+    /// change), so that neither loses the other's.
+    writer: std::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Shared {
@@ -180,6 +202,7 @@ impl Shared {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             clients: ClientCounters::default(),
+            writer: std::sync::Mutex::new(()),
         })
     }
 
@@ -190,6 +213,10 @@ impl Shared {
 
     /// Swaps in a snapshot built from `config`, keeping the state of what stays.
     pub fn apply(&self, config: &Config) -> Result<(), PoolError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = self.current();
         let next = Snapshot::build(
             config,
@@ -209,6 +236,39 @@ impl Shared {
         }
         self.current.store(Arc::new(next));
         Ok(())
+    }
+
+    /// Swaps in a snapshot whose pool `upstream` has `set` as the answer of `source`, when that
+    /// differs from the one it has: the same path as a reload, so backends that stay keep their
+    /// state. Whether anything changed.
+    pub(crate) fn apply_answer(
+        &self,
+        upstream: &str,
+        source: &BackendSource,
+        set: Arc<[Resolved]>,
+    ) -> Result<bool, PoolError> {
+        let _writer = self
+            .writer
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old = self.current();
+        let Some(pool) = old.upstreams.named(upstream) else {
+            return Ok(false);
+        };
+        if pool.answer(source) == Some(&*set) {
+            return Ok(false);
+        }
+        let Some(next) = pool.with_answer(source, set) else {
+            return Ok(false);
+        };
+        let upstreams = old.upstreams.with_pool(next?);
+        self.current.store(Arc::new(old.with_upstreams(upstreams)));
+        Ok(true)
+    }
+
+    /// The configuration file reloads read, if any.
+    pub(crate) fn source(&self) -> Option<&std::path::Path> {
+        self.source.as_deref()
     }
 
     /// Re-reads the configuration file, validates it fully, and applies it; on any error the

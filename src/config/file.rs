@@ -38,6 +38,40 @@ pub(super) struct FileConfig {
     /// Built-in demo origins, for trying faultline out without any server of your own.
     #[serde(default)]
     pub demo: Option<DemoFile>,
+    /// How `dns:` and `srv:` backends are resolved and refreshed.
+    #[serde(default)]
+    pub discovery: DiscoveryFile,
+    /// Reload when this file changes (also `--watch`).
+    #[serde(default)]
+    pub watch: bool,
+}
+
+/// DNS service discovery.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct DiscoveryFile {
+    /// Name servers (`IP:port`) asked; the system's configuration when empty.
+    pub resolvers: Vec<String>,
+    /// Shortest time between two lookups of a name, whatever its TTL.
+    #[serde(deserialize_with = "duration")]
+    pub min_refresh: Duration,
+    /// Longest time between two lookups of a name, whatever its TTL.
+    #[serde(deserialize_with = "duration")]
+    pub max_refresh: Duration,
+    /// Time one lookup may take before it counts as failed.
+    #[serde(deserialize_with = "duration")]
+    pub timeout: Duration,
+}
+
+impl Default for DiscoveryFile {
+    fn default() -> Self {
+        DiscoveryFile {
+            resolvers: Vec::new(),
+            min_refresh: Duration::from_secs(1),
+            max_refresh: Duration::from_secs(60),
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// One client-facing listener.
@@ -337,14 +371,18 @@ fn hundred() -> usize {
 #[serde(deny_unknown_fields)]
 pub(super) struct BackendFile {
     /// `IP:port`.
-    pub address: String,
-    /// Relative share of traffic.
-    #[serde(default = "one")]
-    pub weight: usize,
-}
-
-fn one() -> usize {
-    1
+    #[serde(default)]
+    pub address: Option<String>,
+    /// `NAME:port`: every A and AAAA record of the name, at that port.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// An SRV name: its targets with their ports and weights.
+    #[serde(default)]
+    pub srv: Option<String>,
+    /// Relative share of traffic (of each address, for `dns:`); default 1. An SRV record
+    /// carries its own.
+    #[serde(default)]
+    pub weight: Option<usize>,
 }
 
 /// Backend selection algorithm.
@@ -662,4 +700,8 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
         ));
     }
     humantime::parse_duration(trimmed).map_err(|e| format!("invalid duration \"{text}\": {e}"))
+}
+
+fn one() -> usize {
+    1
 }

@@ -42,6 +42,58 @@ pub struct Config {
     pub clients: ClientLimits,
     /// Built-in demo origins to start before the proxy.
     pub demo: Vec<DemoOrigin>,
+    /// How `dns:` and `srv:` backends are resolved and refreshed.
+    pub discovery: Discovery,
+    /// Whether the file is reloaded when it changes (`watch: true`).
+    pub watch: bool,
+}
+
+/// DNS service discovery settings (`discovery:`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Discovery {
+    /// Name servers asked; the system's configuration when empty.
+    pub resolvers: Vec<SocketAddr>,
+    /// Shortest time between two lookups of one name.
+    pub min_refresh: Duration,
+    /// Longest time between two lookups of one name.
+    pub max_refresh: Duration,
+    /// Time one lookup may take.
+    pub timeout: Duration,
+}
+
+/// Where the addresses of discovered backends come from.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum BackendSource {
+    /// Every A and AAAA record of `host`, at `port`.
+    Dns {
+        /// The name looked up.
+        host: String,
+        /// The port of every address.
+        port: u16,
+    },
+    /// The targets of the SRV records of `name`, with their ports and weights.
+    Srv {
+        /// The name looked up.
+        name: String,
+    },
+}
+
+impl fmt::Display for BackendSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BackendSource::Dns { host, port } => write!(f, "dns:{host}:{port}"),
+            BackendSource::Srv { name } => write!(f, "srv:{name}"),
+        }
+    }
+}
+
+/// A `dns:` or `srv:` entry of a pool.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiscoveredBackends {
+    /// What is looked up.
+    pub source: BackendSource,
+    /// The weight of each address (`dns:`); SRV records carry their own.
+    pub weight: usize,
 }
 
 /// An IP network: an address and a prefix length (`10.0.0.0/8`, `::1/128`).
@@ -207,8 +259,10 @@ pub struct ErrorPages {
 pub struct UpstreamConfig {
     /// The name routes use.
     pub name: String,
-    /// Its backends, at least one.
+    /// Its static backends (`address:`).
     pub backends: Vec<BackendConfig>,
+    /// Its `dns:` and `srv:` entries, resolved at run time.
+    pub discovered: Vec<DiscoveredBackends>,
     /// Selection algorithm.
     pub selection: Selection,
     /// Connection timeouts.

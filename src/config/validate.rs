@@ -10,9 +10,10 @@ use pingora::server::configuration::ServerConf;
 
 use super::file::{self, FileConfig};
 use super::{
-    ActiveHealth, BackendConfig, ClientLimits, Config, DemoOrigin, ErrorPages, FailureRate,
-    FieldError, HeaderCase, HostMatch, IpNet, Listener, PassiveHealth, RetryPolicy, Route,
-    RouteConfig, Timeouts, UpstreamConfig, UpstreamTls,
+    ActiveHealth, BackendConfig, BackendSource, ClientLimits, Config, DemoOrigin,
+    DiscoveredBackends, Discovery, ErrorPages, FailureRate, FieldError, HeaderCase, HostMatch,
+    IpNet, Listener, PassiveHealth, RetryPolicy, Route, RouteConfig, Timeouts, UpstreamConfig,
+    UpstreamTls,
 };
 
 mod tls;
@@ -185,6 +186,7 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
         })
         .collect();
     let clients = clients(&file.clients, &mut errors);
+    let discovery = discovery(&file.discovery, &mut errors);
     let demo = file
         .demo
         .map(|d| demo_origins(d, &seen, &mut errors))
@@ -203,7 +205,54 @@ pub(super) fn validate(file: FileConfig, base: &Path) -> Result<Config, Vec<Fiel
         trusted_proxies,
         clients,
         demo,
+        discovery,
+        watch: file.watch,
     })
+}
+
+fn discovery(d: &file::DiscoveryFile, errors: &mut Errors) -> Discovery {
+    let resolvers = d
+        .resolvers
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| errors.address(&format!("discovery.resolvers[{i}]"), r))
+        .collect();
+    for (field, value) in [
+        ("min_refresh", d.min_refresh),
+        ("max_refresh", d.max_refresh),
+        ("timeout", d.timeout),
+    ] {
+        if value.is_zero() {
+            errors.push(format!("discovery.{field}"), "must be more than zero");
+        }
+    }
+    if d.max_refresh < d.min_refresh {
+        errors.push(
+            "discovery.max_refresh",
+            "must be at least discovery.min_refresh",
+        );
+    }
+    Discovery {
+        resolvers,
+        min_refresh: d.min_refresh,
+        max_refresh: d.max_refresh,
+        timeout: d.timeout,
+    }
+}
+
+/// Whether `host` is a DNS name faultline can look up: dot-separated labels of letters,
+/// digits, '-' and '_' (SRV names start with `_service._proto`).
+fn dns_name(host: &str) -> bool {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
 }
 
 fn clients(c: &file::ClientsFile, errors: &mut Errors) -> ClientLimits {
@@ -326,23 +375,80 @@ fn upstream(
         errors.push(format!("{at}.backends"), "at least one backend is required");
     }
     let mut backends = Vec::with_capacity(u.backends.len());
+    let mut discovered = Vec::new();
     let mut seen = HashSet::new();
+    let mut seen_sources = HashSet::new();
     for (i, b) in u.backends.iter().enumerate() {
-        let path = format!("{at}.backends[{i}].address");
-        if b.weight == 0 {
-            errors.push(
-                format!("{at}.backends[{i}].weight"),
-                "weight must be at least 1",
-            );
+        let entry = format!("{at}.backends[{i}]");
+        if b.weight == Some(0) {
+            errors.push(format!("{entry}.weight"), "weight must be at least 1");
         }
-        if let Some(address) = errors.address(&path, &b.address) {
-            if !seen.insert(address) {
-                errors.push(&path, format!("{address} is listed twice in this upstream"));
+        let weight = b.weight.unwrap_or(1).max(1);
+        match (&b.address, &b.dns, &b.srv) {
+            (Some(text), None, None) => {
+                let path = format!("{entry}.address");
+                if let Some(address) = errors.address(&path, text) {
+                    if !seen.insert(address) {
+                        errors.push(&path, format!("{address} is listed twice in this upstream"));
+                    }
+                    backends.push(BackendConfig { address, weight });
+                }
             }
-            backends.push(BackendConfig {
-                address,
-                weight: b.weight.max(1),
-            });
+            (None, Some(text), None) => {
+                let path = format!("{entry}.dns");
+                let parsed = text
+                    .rsplit_once(':')
+                    .and_then(|(host, port)| Some((host, port.parse::<u16>().ok()?)))
+                    .filter(|(host, port)| dns_name(host) && *port != 0);
+                match parsed {
+                    Some((host, port)) => {
+                        let source = BackendSource::Dns {
+                            host: host.to_ascii_lowercase(),
+                            port,
+                        };
+                        if !seen_sources.insert(source.clone()) {
+                            errors.push(
+                                &path,
+                                format!("\"{text}\" is listed twice in this upstream"),
+                            );
+                        }
+                        discovered.push(DiscoveredBackends { source, weight });
+                    }
+                    None => errors.push(
+                        path,
+                        format!(
+                            "invalid name \"{text}\": expected NAME:port, such as api.internal:8080"
+                        ),
+                    ),
+                }
+            }
+            (None, None, Some(name)) => {
+                let path = format!("{entry}.srv");
+                if !dns_name(name) {
+                    errors.push(
+                        &path,
+                        format!("invalid name \"{name}\": expected an SRV name such as _http._tcp.api.service.consul"),
+                    );
+                } else {
+                    let source = BackendSource::Srv {
+                        name: name.to_ascii_lowercase(),
+                    };
+                    if !seen_sources.insert(source.clone()) {
+                        errors.push(
+                            &path,
+                            format!("\"{name}\" is listed twice in this upstream"),
+                        );
+                    }
+                    if b.weight.is_some() {
+                        errors.push(
+                            format!("{entry}.weight"),
+                            "an SRV record carries its own weight",
+                        );
+                    }
+                    discovered.push(DiscoveredBackends { source, weight });
+                }
+            }
+            _ => errors.push(entry, "a backend is exactly one of address, dns or srv"),
         }
     }
     let t = u.timeouts;
@@ -409,6 +515,7 @@ fn upstream(
     UpstreamConfig {
         name,
         backends,
+        discovered,
         selection: u.selection,
         timeouts,
         passive_health,

@@ -6,9 +6,12 @@
 //! previous generation also had takes over that one's counters, breaker and outstanding
 //! attempts: what is learnt of a backend lasts as long as its address stays in the pool.
 //! Requests that started on the previous generation keep theirs and report into the same state.
+//! So does the admin's drain flag: a backend drained for a rolling deploy stays drained across
+//! reloads and refreshes for as long as it stays.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pingora::upstreams::peer::HttpPeer;
 
@@ -33,13 +36,30 @@ pub(crate) struct Backend {
     metrics: Arc<BackendMetrics>,
     breaker: Arc<Breaker>,
     progress: Arc<Progress>,
+    /// Drained from the admin listener: it takes no new request.
+    draining: Arc<AtomicBool>,
+    /// Where it came from: `static`, or its `dns:`/`srv:` entry.
+    source: Arc<str>,
+    /// Its SRV priority group, ranked (0 for every other backend).
+    tier: u16,
+}
+
+/// Where a backend of a new generation comes from.
+#[derive(Debug, Clone)]
+pub(super) struct Origin {
+    /// `static`, or its `dns:`/`srv:` entry.
+    pub(super) source: Arc<str>,
+    /// Its SRV priority group, ranked.
+    pub(super) tier: u16,
 }
 
 impl Backend {
     /// A backend of a new pool generation: it takes over the state of `previous` (the same
     /// address in the generation before) or starts afresh.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn new(
         address: SocketAddr,
+        origin: Origin,
         peer: HttpPeer,
         selection: pingora::lb::Backend,
         lag: u64,
@@ -57,7 +77,30 @@ impl Backend {
             metrics: previous.map_or_else(Default::default, |p| p.metrics.clone()),
             breaker: previous.map_or_else(|| Arc::new(health.breaker()), |p| p.breaker.clone()),
             progress: previous.map_or_else(Default::default, |p| p.progress.clone()),
+            draining: previous.map_or_else(Default::default, |p| p.draining.clone()),
+            source: origin.source,
+            tier: origin.tier,
         }
+    }
+
+    /// Where it came from: `static`, or its `dns:`/`srv:` entry.
+    pub(crate) fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// Its SRV priority group, ranked (0 for every other backend).
+    pub(crate) fn tier(&self) -> u16 {
+        self.tier
+    }
+
+    /// Whether it is drained: it takes no new request.
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Drains it (`true`) or returns it to service (`false`).
+    pub(crate) fn set_draining(&self, draining: bool) {
+        self.draining.store(draining, Ordering::Relaxed);
     }
 
     /// Its address.

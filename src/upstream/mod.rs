@@ -10,10 +10,11 @@ pub(crate) mod backend;
 pub(crate) mod budget;
 pub(crate) mod health;
 pub(crate) mod lease;
+pub(crate) mod membership;
 pub(crate) mod window;
 
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
@@ -25,14 +26,15 @@ use pingora::lb::{Backends, LoadBalancer, discovery};
 use pingora::protocols::ALPN;
 use pingora::upstreams::peer::HttpPeer;
 
-use crate::config::{HeaderCase, Protocol, Selection, UpstreamConfig};
+use crate::config::{BackendSource, HeaderCase, Protocol, Selection, UpstreamConfig};
 use crate::failure::FailureKind;
 use crate::metrics::{BackendView, UpstreamMetrics, UpstreamView};
 use answering::Answers;
-use backend::Backend;
+use backend::{Backend, Origin};
 use budget::RetryBudget;
 use health::{Census, PassiveHealth, Reason, State, Verdict};
 use lease::{InFlight, Pending, Probe};
+use membership::{Refreshes, Resolved};
 
 /// The position of a backend in its pool, stored in the Pingora `Backend`'s extensions so a
 /// selection maps back to faultline's own per-backend state without a lookup.
@@ -140,6 +142,14 @@ pub struct Pool {
     max_in_flight: Option<u32>,
     header_case: HeaderCase,
     tunnel_idle: Duration,
+    /// The configuration it was built from, for the next generation a changed answer builds.
+    config: UpstreamConfig,
+    /// The last good answer of each `dns:`/`srv:` entry.
+    discovered: BTreeMap<BackendSource, Arc<[Resolved]>>,
+    /// The highest SRV priority tier among its backends.
+    max_tier: u16,
+    /// Refreshes of its entries, shared by every generation.
+    refreshes: Arc<Refreshes>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -166,46 +176,131 @@ impl std::error::Error for PoolError {}
 impl Pool {
     /// Builds the pool, its selector and, when configured, its active health check. Backends
     /// that `previous` (the same upstream before a reload) also had keep their counters and
-    /// passive-health state; the upstream keeps its retry budget.
+    /// passive-health state; the upstream keeps its retry budget. Its `dns:`/`srv:` entries
+    /// that `previous` also had keep their last good answer until the next refresh.
     pub fn new(config: &UpstreamConfig, previous: Option<&Pool>) -> Result<Pool, PoolError> {
+        let discovered = previous
+            .map(|p| {
+                config
+                    .discovered
+                    .iter()
+                    .filter_map(|d| {
+                        let set = p.discovered.get(&d.source)?;
+                        Some((d.source.clone(), set.clone()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        Pool::build(config, discovered, previous)
+    }
+
+    /// The next generation of this pool, with `set` as the answer of `source`: the backends
+    /// that stay keep their state, the ones it no longer lists leave, new ones are selectable
+    /// at once. `None` when the pool has no such entry.
+    pub(crate) fn with_answer(
+        &self,
+        source: &BackendSource,
+        set: Arc<[Resolved]>,
+    ) -> Option<Result<Pool, PoolError>> {
+        if !self.config.discovered.iter().any(|d| &d.source == source) {
+            return None;
+        }
+        let mut discovered = self.discovered.clone();
+        discovered.insert(source.clone(), set);
+        Some(Pool::build(&self.config, discovered, Some(self)))
+    }
+
+    /// The current answer of `source`, if it has had one.
+    pub(crate) fn answer(&self, source: &BackendSource) -> Option<&[Resolved]> {
+        self.discovered.get(source).map(|s| &**s)
+    }
+
+    /// Its `dns:`/`srv:` entries.
+    pub(crate) fn sources(&self) -> impl Iterator<Item = &BackendSource> {
+        self.config.discovered.iter().map(|d| &d.source)
+    }
+
+    /// Refreshes of its entries.
+    pub(crate) fn refreshes(&self) -> &Refreshes {
+        &self.refreshes
+    }
+
+    fn build(
+        config: &UpstreamConfig,
+        discovered: BTreeMap<BackendSource, Arc<[Resolved]>>,
+        previous: Option<&Pool>,
+    ) -> Result<Pool, PoolError> {
         let health = PassiveHealth::new(config.passive_health.clone());
         let answers = previous.map_or_else(Default::default, |p| p.answers.clone());
-        let total_weight = config.backends.iter().map(|b| b.weight).sum();
+        // Static backends first, then each entry's addresses in configuration order; an address
+        // already listed is one backend (the first listing wins).
+        let statics: Arc<str> = Arc::from("static");
+        let mut members: Vec<(SocketAddr, usize, Origin)> = config
+            .backends
+            .iter()
+            .map(|b| {
+                let origin = Origin {
+                    source: statics.clone(),
+                    tier: 0,
+                };
+                (b.address, b.weight, origin)
+            })
+            .collect();
+        for d in &config.discovered {
+            let Some(set) = discovered.get(&d.source) else {
+                continue;
+            };
+            let label: Arc<str> = Arc::from(d.source.to_string());
+            for r in set.iter() {
+                if members.iter().any(|(a, _, _)| *a == r.address) {
+                    continue;
+                }
+                let weight = match d.source {
+                    BackendSource::Dns { .. } => d.weight,
+                    BackendSource::Srv { .. } => r.weight,
+                };
+                let origin = Origin {
+                    source: label.clone(),
+                    tier: r.tier,
+                };
+                members.push((r.address, weight.max(1), origin));
+            }
+        }
+        let total_weight = members.iter().map(|(_, w, _)| *w).sum();
         let mut set = std::collections::BTreeSet::new();
-        let mut backends = Vec::with_capacity(config.backends.len());
-        for (i, b) in config.backends.iter().enumerate() {
+        let mut backends = Vec::with_capacity(members.len());
+        for (i, (address, weight, origin)) in members.iter().enumerate() {
             let mut selection =
-                pingora::lb::Backend::new_with_weight(&b.address.to_string(), b.weight).map_err(
-                    |e| {
-                        PoolError(format!(
-                            "upstream {}: backend {}: {e}",
-                            config.name, b.address
-                        ))
-                    },
+                pingora::lb::Backend::new_with_weight(&address.to_string(), *weight).map_err(
+                    |e| PoolError(format!("upstream {}: backend {address}: {e}", config.name)),
                 )?;
             selection.ext.insert(BackendIndex(i));
             set.insert(selection.clone());
             backends.push(Arc::new(Backend::new(
-                b.address,
-                peer(config, b.address),
+                *address,
+                origin.clone(),
+                peer(config, *address),
                 selection,
-                answering::allowed_lag(b.weight, total_weight),
+                answering::allowed_lag(*weight, total_weight),
                 &answers,
                 &health,
-                previous.and_then(|p| p.backend_at(b.address)),
+                previous.and_then(|p| p.backend_at(*address)),
             )));
         }
         let backends: Box<[Arc<Backend>]> = backends.into();
+        let max_tier = members.iter().map(|(_, _, o)| o.tier).max().unwrap_or(0);
         let discovery = discovery::Static::new(set);
         let balancer = match config.selection {
             Selection::RoundRobin | Selection::Random => Balancer::Own {
-                order: config
-                    .backends
+                // The weighted order covers the first tier; the others are reached only by the
+                // walk past unselectable backends.
+                order: members
                     .iter()
                     .enumerate()
-                    .flat_map(|(i, b)| std::iter::repeat_n(i, b.weight))
+                    .filter(|(_, (_, _, o))| o.tier == 0)
+                    .flat_map(|(i, (_, w, _))| std::iter::repeat_n(i, *w))
                     .collect(),
-                backends: config.backends.len(),
+                backends: members.len(),
                 next: AtomicUsize::new(0),
                 random: config.selection == Selection::Random,
                 lb: build(discovery, config, &backends)?,
@@ -226,6 +321,10 @@ impl Pool {
             max_in_flight: config.max_in_flight,
             header_case: config.header_case,
             tunnel_idle: config.timeouts.tunnel_idle,
+            config: config.clone(),
+            discovered,
+            max_tier,
+            refreshes: previous.map_or_else(Default::default, |p| p.refreshes.clone()),
         })
     }
 
@@ -287,12 +386,27 @@ impl Pool {
     /// Picks a backend that both health views admit, preferring one for which `tried` is
     /// false; falls back to a tried one only when every admitted backend was tried.
     pub fn select(&self, key: &[u8], tried: impl Fn(usize) -> bool) -> Option<Selected> {
+        (0..=self.max_tier).find_map(|tier| self.select_in(key, &tried, tier))
+    }
+
+    /// [`select`](Self::select) among the backends of SRV priority tiers up to `max_tier`.
+    fn select_in(
+        &self,
+        key: &[u8],
+        tried: &impl Fn(usize) -> bool,
+        max_tier: u16,
+    ) -> Option<Selected> {
         let probe = Cell::new(false);
         let admit = |i: usize, healthy: bool, fresh_only: bool, answering_only: bool| {
             let Some(b) = self.backends.get(i) else {
                 return false;
             };
-            if !healthy || (fresh_only && tried(i)) || (answering_only && b.lagging()) {
+            if !healthy
+                || b.draining()
+                || b.tier() > max_tier
+                || (fresh_only && tried(i))
+                || (answering_only && b.lagging())
+            {
                 return false;
             }
             match b.breaker().admit() {
@@ -546,9 +660,11 @@ where
 }
 
 /// Every pool, indexed like `Config::upstreams`.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Upstreams {
-    pools: Vec<Pool>,
+    /// Shared by `Arc`: a membership change of one pool builds a new `Upstreams` that keeps the
+    /// others as they are.
+    pools: Vec<Arc<Pool>>,
     /// Name → index, built once: routes name their upstream and every request looks it up.
     by_name: HashMap<String, usize, ahash::RandomState>,
 }
@@ -562,7 +678,7 @@ impl Upstreams {
     ) -> Result<Upstreams, PoolError> {
         let pools = configs
             .iter()
-            .map(|c| Pool::new(c, previous.and_then(|p| p.by_name(&c.name))))
+            .map(|c| Pool::new(c, previous.and_then(|p| p.by_name(&c.name))).map(Arc::new))
             .collect::<Result<Vec<_>, _>>()?;
         let by_name = pools
             .iter()
@@ -574,7 +690,16 @@ impl Upstreams {
 
     /// The pool at `index`.
     pub(crate) fn get(&self, index: usize) -> Option<&Pool> {
-        self.pools.get(index)
+        self.pools.get(index).map(|p| &**p)
+    }
+
+    /// These pools with `pool` in place of the one of the same name.
+    pub(crate) fn with_pool(&self, pool: Pool) -> Upstreams {
+        let mut next = self.clone();
+        if let Some(i) = self.index_of(&pool.name) {
+            next.pools[i] = Arc::new(pool);
+        }
+        next
     }
 
     /// The index of the pool named `name`.
@@ -583,12 +708,17 @@ impl Upstreams {
     }
 
     fn by_name(&self, name: &str) -> Option<&Pool> {
-        self.pools.get(self.index_of(name)?)
+        self.get(self.index_of(name)?)
+    }
+
+    /// The pool named `name`.
+    pub(crate) fn named(&self, name: &str) -> Option<&Pool> {
+        self.by_name(name)
     }
 
     /// Every pool, in configuration order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = &Pool> {
-        self.pools.iter()
+        self.pools.iter().map(|p| &**p)
     }
 }
 
@@ -708,5 +838,46 @@ pub(crate) mod tests {
         // The attempt started on the old generation ends in the state both generations share.
         drop(held);
         assert_eq!(stays_busy.pending(), 0);
+    }
+
+    #[test]
+    fn a_higher_srv_priority_group_takes_traffic_only_when_no_lower_one_is_selectable() {
+        let p = pool(
+            "[{ srv: \"_http._tcp.api.test\" }]",
+            "    health: { passive: { consecutive_failures: 1, max_ejected_percent: 100 } }\n",
+        );
+        assert!(p.select(b"", |_| false).is_none(), "no answer yet: empty");
+        let source = BackendSource::Srv {
+            name: "_http._tcp.api.test".into(),
+        };
+        let at = |port: u16, tier: u16| Resolved {
+            address: SocketAddr::from(([127, 0, 0, 1], port)),
+            weight: 1,
+            tier,
+        };
+        let p = p
+            .with_answer(&source, vec![at(9001, 0), at(9002, 0), at(9003, 1)].into())
+            .expect("the entry")
+            .expect("pool");
+        let pick = || {
+            p.backends()[p.select(b"", |_| false).expect("a backend").index]
+                .address()
+                .port()
+        };
+        for _ in 0..10 {
+            assert_ne!(pick(), 9003);
+        }
+        p.record_failure(0, None, false, FailureKind::ConnectionRefused);
+        for _ in 0..10 {
+            assert_eq!(pick(), 9002, "the rest of the first group");
+        }
+        p.backends()[1].set_draining(true);
+        assert_eq!(
+            pick(),
+            9003,
+            "the next group once none of the first is selectable"
+        );
+        p.backends()[1].set_draining(false);
+        assert_eq!(pick(), 9002);
     }
 }

@@ -57,7 +57,7 @@ fn unknown_keys_name_their_path() {
     );
     assert_eq!(
         one_error(&yaml),
-        "upstreams.app.backends[0].wieght: unknown field, expected `address` or `weight` (line 7, column 38)"
+        "upstreams.app.backends[0].wieght: unknown field, expected one of `address`, `dns`, `srv`, `weight` (line 7, column 38)"
     );
 }
 
@@ -420,5 +420,53 @@ fn a_tunnel_idle_of_zero_names_its_path() {
         c.upstreams[0].timeouts.tunnel_idle,
         std::time::Duration::from_secs(300),
         "the default"
+    );
+}
+
+#[test]
+fn discovered_backends_and_discovery_settings_name_their_field() {
+    let backends = |entry: &str| {
+        VALID.replace(
+            "      - { address: \"127.0.0.1:9001\" }",
+            &format!("      - {entry}"),
+        )
+    };
+    assert_eq!(
+        one_error(&backends(
+            "{ address: \"127.0.0.1:9001\", dns: \"api.internal:8080\" }"
+        )),
+        "upstreams.app.backends[0]: a backend is exactly one of address, dns or srv"
+    );
+    assert_eq!(
+        one_error(&backends("{ weight: 2 }")),
+        "upstreams.app.backends[0]: a backend is exactly one of address, dns or srv"
+    );
+    assert_eq!(
+        one_error(&backends("{ dns: \"api.internal\" }")),
+        "upstreams.app.backends[0].dns: invalid name \"api.internal\": expected NAME:port, such as api.internal:8080"
+    );
+    assert_eq!(
+        one_error(&backends("{ srv: \"_http._tcp.api\", weight: 3 }")),
+        "upstreams.app.backends[0].weight: an SRV record carries its own weight"
+    );
+    assert_eq!(
+        one_error(&backends("{ srv: \"not a name\" }")),
+        "upstreams.app.backends[0].srv: invalid name \"not a name\": expected an SRV name such as _http._tcp.api.service.consul"
+    );
+    let ok = backends(
+        "{ dns: \"API.internal:8080\", weight: 2 }\n      - { srv: \"_http._tcp.api.service.consul\" }",
+    );
+    let c = Config::from_yaml(&ok).expect("valid");
+    assert_eq!(c.upstreams[0].discovered.len(), 2);
+    assert!(c.upstreams[0].backends.is_empty());
+    let settings = format!(
+        "{VALID}discovery: {{ resolvers: [\"nameserver\"], min_refresh: 10s, max_refresh: 1s }}\n"
+    );
+    assert_eq!(
+        errors(&settings),
+        [
+            "discovery.resolvers[0]: invalid address \"nameserver\": expected IP:port, such as 127.0.0.1:8080",
+            "discovery.max_refresh: must be at least discovery.min_refresh",
+        ]
     );
 }

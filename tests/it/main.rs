@@ -10,6 +10,8 @@ mod harness;
 mod origin;
 
 mod config_errors;
+mod discovery;
+mod dns;
 mod edge;
 mod failures;
 mod grpc;

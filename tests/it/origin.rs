@@ -54,6 +54,19 @@ impl Origin {
         Origin { addr, kit }
     }
 
+    /// Starts an origin at `addr` (say 127.0.0.3 on the port another origin has), or `None`
+    /// when that address is taken.
+    pub fn start_at(addr: SocketAddr, behavior: Behavior) -> Option<Origin> {
+        let listener = runtime().block_on(async {
+            let socket = TcpSocket::new_v4().ok()?;
+            socket.bind(addr).ok()?;
+            socket.listen(1024).ok()
+        })?;
+        let kit = faultline::internals::demo::origin::Origin::new(behavior);
+        runtime().spawn(kit.clone().serve(listener));
+        Some(Origin { addr, kit })
+    }
+
     /// Changes what the origin does from the next request on.
     pub fn set(&self, behavior: Behavior) {
         self.kit.set(behavior);
