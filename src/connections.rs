@@ -211,9 +211,8 @@ where
         }
         let mut first = None;
         if self.is_h2c(&stream) {
-            let mut watch = shutdown.clone();
             // A client that left or stayed silent: nothing to serve.
-            let start = read_preface(&mut stream, deadline, &mut watch).await?;
+            let start = read_preface(&mut stream, deadline).await?;
             if start.starts_with(h2::PREFACE) {
                 if over {
                     return None;
@@ -268,19 +267,13 @@ where
             } else if first {
                 let wait = first_deadline.saturating_duration_since(Instant::now());
                 let start = read_already.take().unwrap_or_default();
-                read_head(
-                    &mut stream,
-                    start,
-                    wait,
-                    Some(first_deadline),
-                    limits,
-                    &mut watch,
-                )
-                .await
+                // A new connection's first request is read and answered even when the
+                // server is shutting down: the client connected before the listener closed.
+                read_head(&mut stream, start, wait, Some(first_deadline), limits, None).await
             } else {
                 let wait = limits.keepalive_timeout;
                 let start = BytesMut::new();
-                read_head(&mut stream, start, wait, None, limits, &mut watch).await
+                read_head(&mut stream, start, wait, None, limits, Some(&mut watch)).await
             };
             let prefix = match head {
                 Head::Read(prefix) => Some(prefix),
@@ -404,14 +397,15 @@ where
 
 /// Reads the start of a request until its header is complete. The first bytes may take `wait`;
 /// the whole header must be in by `deadline`, or, without one, within the header timeout from
-/// its first byte. (The clock is read only when a header takes more than one read.)
+/// its first byte. (The clock is read only when a header takes more than one read.) `shutdown`
+/// ends the wait for the first bytes (see [`wait_for_first_bytes`]).
 async fn read_head(
     stream: &mut Stream,
     mut buf: BytesMut,
     wait: Duration,
     deadline: Option<Instant>,
     limits: ClientLimits,
-    shutdown: &mut ShutdownWatch,
+    shutdown: Option<&mut ShutdownWatch>,
 ) -> Head {
     // `buf` holds what was read already (an h2c listener's look at the first bytes).
     if buf.is_empty() {
@@ -441,14 +435,11 @@ async fn read_head(
 /// Reads the first bytes of a connection on an h2c listener until they either are the HTTP/2
 /// preface or cannot be: the bytes read (to be replayed to whichever protocol serves the
 /// connection), or `None` when the client left or missed `deadline`.
-async fn read_preface(
-    stream: &mut Stream,
-    deadline: Instant,
-    shutdown: &mut ShutdownWatch,
-) -> Option<BytesMut> {
+async fn read_preface(stream: &mut Stream, deadline: Instant) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(4096);
     let wait = deadline.saturating_duration_since(Instant::now());
-    if !wait_for_first_bytes(stream, &mut buf, wait, shutdown).await {
+    // A new connection: served even if the server started shutting down since it was accepted.
+    if !wait_for_first_bytes(stream, &mut buf, wait, None).await {
         return None;
     }
     let n = h2::PREFACE.len();
@@ -464,18 +455,26 @@ async fn read_preface(
     Some(buf)
 }
 
-/// Waits up to `wait` for the first bytes of a request; the wait ends early when the server
-/// shuts down, as Pingora's own does. Whether bytes came.
+/// Waits up to `wait` for the first bytes of a request. Whether bytes came.
+///
+/// With `shutdown` (a connection idle between requests), the wait ends early when the server
+/// shuts down, as Pingora's own does: the client has had its answers and may reconnect. Without
+/// it (a connection's first request), a shutdown does not end the wait: the client connected
+/// while the listener still accepted, may already be sending, and would otherwise see its
+/// connection closed without an answer.
 async fn wait_for_first_bytes(
     stream: &mut Stream,
     buf: &mut BytesMut,
     wait: Duration,
-    shutdown: &mut ShutdownWatch,
+    shutdown: Option<&mut ShutdownWatch>,
 ) -> bool {
-    if *shutdown.borrow() {
+    if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
         return false;
     }
     let first_bytes = async {
+        let Some(shutdown) = shutdown else {
+            return matches!(stream.read_buf(buf).await, Ok(n) if n > 0);
+        };
         loop {
             tokio::select! {
                 biased;
