@@ -42,7 +42,7 @@ use crate::completion::Completion;
 use crate::config::ClientLimits;
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Source};
-use crate::metrics::{ClientCounters, Handshake};
+use crate::metrics::Handshake;
 use crate::request_head;
 use crate::request_id;
 use crate::state::{Shared, Snapshot};
@@ -66,11 +66,13 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Holds one place among the open connections until dropped.
-struct Open<'a>(&'a ClientCounters);
+struct Open<'a>(&'a Shared);
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.0.closed();
+        let left = self.0.clients().closed();
+        // A drain waits for the last one.
+        self.0.lifecycle().connection_closed(left);
     }
 }
 
@@ -92,16 +94,19 @@ pub(crate) struct ClientConnections<A> {
     shared: Arc<Shared>,
     /// The plain listeners that also serve HTTP/2 with prior knowledge.
     h2c: Vec<SocketAddr>,
+    /// How long a shutdown waits for open connections (`server.grace_period_seconds`).
+    grace: Duration,
 }
 
 impl<A> ClientConnections<A> {
     /// Wraps `app`; limits, and the TLS listeners (plain TCP listeners to Pingora) with their
     /// acceptors, are read from `shared`'s current configuration for each connection.
-    pub(crate) fn new(app: A, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(app: A, shared: Arc<Shared>, grace: Duration) -> Self {
         ClientConnections {
             app: Arc::new(app),
             shared,
             h2c: Vec::new(),
+            grace,
         }
     }
 }
@@ -177,7 +182,7 @@ where
     ) -> Option<Stream> {
         let counters = self.shared.clients();
         let open = counters.opened();
-        let _open = Open(counters);
+        let _open = Open(&self.shared);
         let snapshot = self.shared.current();
         let limits = snapshot.clients;
         // The acceptor of the configuration current now: a reload from here on changes
@@ -233,8 +238,12 @@ where
         None
     }
 
+    /// Pingora calls this once every accept loop of the service has stopped (`Service::
+    /// start_service`): no connection comes any more, and the drain waits for those open.
     async fn cleanup(&self) {
         ServerApp::cleanup(&*self.app).await;
+        let lifecycle = self.shared.lifecycle();
+        lifecycle.drain(self.shared.clients(), self.grace).await;
     }
 }
 

@@ -11,29 +11,52 @@ use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::connections::ClientConnections;
 use crate::gateway::Gateway;
+use crate::lifecycle::{DEFAULT_DRAIN_SECONDS, Signals};
 use crate::state::Shared;
 use crate::upstream::PoolError;
 
-/// Builds the server, bootstrapped and ready for `run_forever`. With `source`, `SIGHUP` and the
-/// admin `POST /reload` re-read that file.
+/// The binary's server: Pingora's, run with faultline's signal watch, exiting as soon as a
+/// shutdown has drained (`lifecycle`).
+pub struct Faultline {
+    server: Server,
+    shared: Arc<Shared>,
+}
+
+impl Faultline {
+    /// Runs until a signal ends it: `SIGTERM` drains and exits, `SIGQUIT` hands the listeners
+    /// over then drains and exits, `SIGINT` exits at once.
+    pub fn run(self) -> std::process::ExitCode {
+        self.shared.lifecycle().exit_when_drained();
+        let shutdown_signal = Box::new(Signals(self.shared.clone()));
+        self.server.run(RunArgs { shutdown_signal });
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Builds the binary's server, bootstrapped (listeners inherited with `-u`). With `source`,
+/// `SIGHUP` and the admin `POST /reload` re-read that file.
 pub fn build(
     config: Config,
     opt: Option<Opt>,
     source: Option<PathBuf>,
-) -> Result<Server, PoolError> {
+) -> Result<Faultline, PoolError> {
     let mut builder = Gateway::builder(&config);
     if let Some(path) = source {
         builder = builder.reload_from(path);
     }
     let gateway = builder.build()?;
-    Ok(serve(gateway, config, opt))
+    let shared = gateway.shared();
+    Ok(Faultline {
+        server: serve(gateway, config, opt),
+        shared,
+    })
 }
 
 /// Builds the server around an already built gateway (say, one with a custom router): the
@@ -60,7 +83,11 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     // TLS listener itself, under the client header deadline and with the certificates of the
     // current snapshot, so that a reload swaps them (connections::tls). Prior-knowledge HTTP/2
     // on a plain listener is decided at start, as its address is.
-    let mut connections = ClientConnections::new(proxy, shared.clone());
+    let grace = server
+        .configuration
+        .grace_period_seconds
+        .unwrap_or(DEFAULT_DRAIN_SECONDS);
+    let mut connections = ClientConnections::new(proxy, shared.clone(), Duration::from_secs(grace));
     for listener in listeners.iter().filter(|l| l.tls.is_none() && l.h2c) {
         connections = connections.serve_h2c(listener.address);
     }
@@ -113,6 +140,8 @@ impl BackgroundService for ActiveChecks {
                 }
             }
             drop(snapshot);
+            // Every pool has had its first round.
+            self.0.lifecycle().set_ready();
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => return,

@@ -151,6 +151,7 @@ pub struct Shared {
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
     clients: ClientCounters,
+    lifecycle: crate::lifecycle::Lifecycle,
 }
 
 impl std::fmt::Debug for Shared {
@@ -180,6 +181,7 @@ impl Shared {
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
             clients: ClientCounters::default(),
+            lifecycle: Default::default(),
         })
     }
 
@@ -241,6 +243,11 @@ impl Shared {
     /// Counters of client connections.
     pub fn clients(&self) -> &ClientCounters {
         &self.clients
+    }
+
+    /// Readiness and shutdown.
+    pub fn lifecycle(&self) -> &crate::lifecycle::Lifecycle {
+        &self.lifecycle
     }
 
     /// Reloads so far: (succeeded, failed).

@@ -60,14 +60,33 @@ fn sighup_reloads_the_file() {
 }
 
 #[test]
-fn sigterm_stops_accepting_and_lets_slow_requests_finish() {
+fn sigterm_on_an_idle_proxy_exits_within_two_seconds() {
+    let origin = Origin::start(Behavior::named("idle"));
+    // No grace period configured: faultline's default (25 s) bounds the drain, and nothing
+    // is open to drain.
+    let mut running = Running::start("idle", "server: { threads: 1 }", &route_to(&origin));
+    assert_eq!(client::get(running.admin, "/readyz", &[]).status, 200);
+    running.signal(Signal::SIGTERM);
+    let sent = Instant::now();
+    let status = exit_status(
+        &mut running,
+        Duration::from_secs(2),
+        "an idle faultline did not exit within 2 s of SIGTERM",
+    );
+    assert!(status.success(), "{status}");
+    assert!(sent.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn sigterm_stops_accepting_lets_slow_requests_finish_then_exits() {
     let slow = Origin::start(Behavior::delayed(
-        Duration::from_millis(1500),
+        Duration::from_secs(3),
         b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nfinished".to_vec(),
     ));
+    // A grace period far longer than the requests: the exit must not wait it out.
     let mut running = Running::start(
         "term",
-        "server: { threads: 1, grace_period_seconds: 3, graceful_shutdown_timeout_seconds: 2 }",
+        "server: { threads: 1, grace_period_seconds: 20 }",
         &route_to(&slow),
     );
     let clients: Vec<_> = (0..3)
@@ -93,14 +112,18 @@ fn sigterm_stops_accepting_and_lets_slow_requests_finish() {
         assert_eq!(resp.status, 200);
         assert_eq!(resp.text(), "finished");
         assert!(resp.complete);
+        // Answered during the drain: the client must not reuse the connection.
+        assert_eq!(resp.header("connection"), Some("close"));
     }
-    // The process then exits by itself, cleanly, after the grace period.
+    let answered = Instant::now();
+    // The process exits as soon as the last connection has closed, not at the grace period.
     let status = exit_status(
         &mut running,
-        Duration::from_secs(15),
-        "faultline did not exit after SIGTERM",
+        Duration::from_secs(3),
+        "faultline did not exit once the requests in flight were answered",
     );
     assert!(status.success(), "{status}");
+    assert!(answered.elapsed() < Duration::from_secs(3));
 }
 
 #[test]

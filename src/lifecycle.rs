@@ -1,0 +1,162 @@
+//! Shutdown as faultline runs it: drain, then exit.
+//!
+//! Pingora 0.9, on `SIGTERM`, broadcasts its shutdown watch (the accept loops stop and the
+//! listening sockets close), then sleeps its whole `grace_period_seconds` whatever is still in
+//! flight (`Server::run`, pingora-core `server/mod.rs`), and only then shuts its runtimes down.
+//! It offers no way to end that sleep early. faultline therefore:
+//!
+//! - watches the signals itself ([`Signals`], given to `Server::run` in place of Pingora's own
+//!   watch), so that from the signal on `/readyz` answers 503 and every response carries
+//!   `Connection: close` ([`Lifecycle::draining`]);
+//! - waits, once the client listeners have stopped accepting, until no client connection is
+//!   open (the connections' own count), bounded by `server.grace_period_seconds`
+//!   ([`Lifecycle::drain`]);
+//! - and then, in the binary only, exits the process rather than sleeping out the grace period.
+//!
+//! `SIGQUIT` (upgrade) goes through the same path after Pingora has handed the listeners over.
+
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
+use tokio::sync::Notify;
+
+use crate::metrics::ClientCounters;
+
+/// faultline's grace period when `server.grace_period_seconds` is not given: the drain must end
+/// before Kubernetes' SIGKILL, 30 s after its SIGTERM (Pingora's own default is 300 s).
+pub(crate) const DEFAULT_DRAIN_SECONDS: u64 = 25;
+
+/// A connection task Pingora spawned just before its accept loop stopped may not have run yet,
+/// and so is not counted; the drain looks again after this long before it ends. (Nothing
+/// signals that such a task has started.)
+const SETTLE: Duration = Duration::from_millis(50);
+
+/// What signal ended the server's run, if any.
+const RUNNING: u8 = 0;
+const TERMINATING: u8 = 1;
+const UPGRADING: u8 = 2;
+
+/// Readiness and shutdown state.
+#[derive(Debug, Default)]
+pub struct Lifecycle {
+    stopping: AtomicU8,
+    ready: AtomicBool,
+    /// Set by the binary: exit the process once the drain is over.
+    exit_when_drained: AtomicBool,
+    /// Woken when the last client connection closes during a drain.
+    idle: Notify,
+}
+
+impl Lifecycle {
+    /// The first round of active health checks is done: the proxy may take traffic.
+    pub fn set_ready(&self) {
+        self.ready.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether `/readyz` answers 200: started and not shutting down.
+    pub fn ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && !self.draining()
+    }
+
+    /// Whether a shutdown signal came: responses close their connections.
+    pub fn draining(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed) != RUNNING
+    }
+
+    /// Whether the shutdown is a `SIGTERM` (not an upgrade, whose new process has the
+    /// listeners).
+    pub fn terminating(&self) -> bool {
+        self.stopping.load(Ordering::Relaxed) == TERMINATING
+    }
+
+    pub(crate) fn exit_when_drained(&self) {
+        self.exit_when_drained.store(true, Ordering::Relaxed);
+    }
+
+    /// A client connection closed, `still_open` remain.
+    pub(crate) fn connection_closed(&self, still_open: usize) {
+        if still_open == 0 && self.draining() {
+            self.idle.notify_waiters();
+        }
+    }
+
+    /// Waits until no client connection is open, `bound` at most; then, in the binary, exits.
+    /// Called once the client listeners have stopped accepting.
+    pub(crate) async fn drain(&self, clients: &ClientCounters, bound: Duration) {
+        let started = Instant::now();
+        let deadline = tokio::time::Instant::now() + bound;
+        let drained = async {
+            loop {
+                let idle = self.idle.notified();
+                let mut idle = std::pin::pin!(idle);
+                idle.as_mut().enable();
+                if clients.open() == 0 {
+                    tokio::time::sleep(SETTLE).await;
+                    if clients.open() == 0 {
+                        return;
+                    }
+                    continue;
+                }
+                idle.await;
+            }
+        };
+        let complete = tokio::time::timeout_at(deadline, drained).await.is_ok();
+        if complete {
+            log::info!("drained in {:?}", started.elapsed());
+        } else {
+            log::warn!(
+                "{} client connections still open after the grace period of {bound:?}; closing them",
+                clients.open()
+            );
+        }
+        if self.exit_when_drained.load(Ordering::Relaxed) {
+            // Pingora would sleep out the rest of its grace period (`Server::run`); nothing is
+            // left to wait for.
+            std::process::exit(0);
+        }
+    }
+}
+
+/// The `SIGQUIT`, `SIGTERM` and `SIGINT` watch of Pingora's `UnixShutdownSignalWatch`, which
+/// also records the signal in the [`Lifecycle`] before Pingora acts on it.
+pub(crate) struct Signals(pub(crate) std::sync::Arc<crate::state::Shared>);
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for signal {}: {e}", kind.as_raw_value());
+                None
+            }
+        };
+        let mut quit = listen(SignalKind::quit());
+        let mut term = listen(SignalKind::terminate());
+        let mut int = listen(SignalKind::interrupt());
+        // A signal that cannot be listened for never comes.
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        let lifecycle = self.0.lifecycle();
+        tokio::select! {
+            () = next(&mut quit) => {
+                lifecycle.stopping.store(UPGRADING, Ordering::Relaxed);
+                ShutdownSignal::GracefulUpgrade
+            }
+            () = next(&mut term) => {
+                lifecycle.stopping.store(TERMINATING, Ordering::Relaxed);
+                ShutdownSignal::GracefulTerminate
+            }
+            () = next(&mut int) => ShutdownSignal::FastShutdown,
+        }
+    }
+}
