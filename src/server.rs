@@ -69,6 +69,12 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
         service.add_tcp(&address.to_string());
         service
     });
+    // The admin listener closes with the others on SIGTERM; `/readyz` must keep answering 503
+    // through the drain.
+    let admin_in_drain = config.admin.map(|address| AdminDuringDrain {
+        address,
+        admin: Arc::new(gateway.admin()),
+    });
     let listeners = config.listeners;
     let mut server = Server::new_with_opt_and_conf(opt, config.server);
     server.bootstrap();
@@ -99,6 +105,9 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     server.add_service(service);
     if let Some(admin) = admin {
         server.add_service(admin);
+    }
+    if let Some(admin) = admin_in_drain {
+        server.add_service(background_service("faultline admin during a drain", admin));
     }
     server.add_service(background_service(
         "faultline active health checks",
@@ -177,6 +186,62 @@ impl BackgroundService for ReloadOnHangup {
                 }
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+/// Serves the admin listener again once a `SIGTERM` has closed Pingora's, for as long as the
+/// drain lasts: Pingora stops every listener at its shutdown broadcast (`services/listening.rs`,
+/// `run_endpoint`), and a probe refused is no answer. An upgrade (`SIGQUIT`) does not: the new
+/// process has the admin listener.
+struct AdminDuringDrain {
+    address: std::net::SocketAddr,
+    admin: Arc<crate::admin::Admin>,
+}
+
+/// How long the admin address may stay taken after the shutdown broadcast (Pingora's admin
+/// listener closing) before the drain gives up serving it.
+const ADMIN_REBIND: Duration = Duration::from_secs(2);
+
+#[async_trait]
+impl BackgroundService for AdminDuringDrain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use pingora::apps::HttpServerApp;
+        use pingora::protocols::http::ServerSession;
+        use pingora::protocols::l4::stream::Stream as L4;
+
+        if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+            return;
+        }
+        if !self.admin.shared.lifecycle().terminating() {
+            return;
+        }
+        let deadline = Instant::now() + ADMIN_REBIND;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.address).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() >= deadline => {
+                    log::warn!("admin listener not served during the drain: {e}");
+                    return;
+                }
+                // Pingora's admin socket is not closed yet.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        // Every answer closes its connection.
+        let (_stopped, stopping) = tokio::sync::watch::channel(true);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                // Out of descriptors, say: let connections close before the next try.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let admin = self.admin.clone();
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let session = ServerSession::new_http1(Box::new(L4::from(tcp)));
+                admin.process_new_http(session, &stopping).await;
+            });
         }
     }
 }

@@ -25,6 +25,28 @@ fn exit_status(running: &mut Running, within: Duration, what: &str) -> ExitStatu
     }
 }
 
+/// `/readyz`'s status, or why there was none.
+fn readyz(admin: std::net::SocketAddr) -> Result<u16, String> {
+    let mut c = client::Client::try_connect(admin, Duration::from_secs(2))?;
+    let request = client::request("GET", "/readyz", "admin", &[]);
+    c.exchange(&request, "GET", Duration::from_secs(2))
+        .map(|r| r.status)
+        .map_err(|e| e.to_string())
+}
+
+/// Waits (5 s at most) until `/readyz` answers `status`; a refused probe is no answer yet.
+fn wait_for_readyz(admin: std::net::SocketAddr, status: u16) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let got = readyz(admin);
+        if got == Ok(status) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "/readyz never {status}: {got:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn route_to(origin: &Origin) -> String {
     format!(
         "upstreams:\n  app: {{ backends: [{{ address: \"{}\" }}] }}\nroutes:\n  - {{ upstream: app }}\n",
@@ -96,6 +118,7 @@ fn sigterm_stops_accepting_lets_slow_requests_finish_then_exits() {
         })
         .collect();
     slow.wait_for_requests(3);
+    wait_for_readyz(running.admin, 200);
     running.signal(Signal::SIGTERM);
     // Pingora 0.9 on SIGTERM (`Server::main_loop`) broadcasts its shutdown watch; each accept
     // loop (`services::listening::Service::run_endpoint`) then breaks and drops its endpoint,
@@ -103,9 +126,11 @@ fn sigterm_stops_accepting_lets_slow_requests_finish_then_exits() {
     // connection; a socket left open but no longer accepted from would still complete the
     // handshake and leave the client hanging. Only a refusal ends the wait.
     wait_until_refused(running.addr);
+    // Pingora closed the admin listener too; faultline serves it again for the drain.
+    wait_for_readyz(running.admin, 503);
     assert!(
         clients.iter().all(|c| !c.is_finished()),
-        "the listener closed only after the slow requests were answered"
+        "the listener closed (and /readyz turned 503) only after the slow requests were answered"
     );
     for c in clients {
         let resp = c.join().expect("client thread");
