@@ -342,3 +342,36 @@ fn upgrade_hands_the_listeners_over_without_a_failed_request() {
     // The last process serves on the same address.
     assert_eq!(client::get(addr, "/", &[]).text(), "origin up");
 }
+
+#[test]
+fn version_and_validation_print_one_line() {
+    let run = |args: &[&std::ffi::OsStr]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+            .args(args)
+            .output()
+            .expect("run faultline")
+    };
+    let out = run(&["--version".as_ref()]);
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("faultline {}\n", env!("CARGO_PKG_VERSION"))
+    );
+
+    let dir = std::env::temp_dir().join(format!("faultline-t-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let file = dir.join("faultline.yaml");
+    let (addr, admin) = (crate::harness::free_addr(), crate::harness::free_addr());
+    let body = "upstreams:\n  app: { backends: [{ address: \"127.0.0.1:9\" }, { address: \"127.0.0.1:10\" }] }\nroutes:\n  - { upstream: app }\n";
+    std::fs::write(&file, proxy_yaml(addr, admin, body)).expect("write");
+    let out = run(&["-t".as_ref(), "-c".as_ref(), file.as_os_str()]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!(
+            "faultline: {} is valid: 1 listeners (0 TLS), 1 upstreams (2 backends), 1 routes, admin on {admin}, drain up to 25s\n",
+            file.display()
+        )
+    );
+}
