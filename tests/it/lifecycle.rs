@@ -375,3 +375,59 @@ fn version_and_validation_print_one_line() {
         )
     );
 }
+
+#[test]
+fn an_h2c_connection_accepted_before_sigterm_gets_its_first_stream_answered() {
+    let origin = Origin::start(Behavior::named("h2"));
+    let mut running = Running::start_with_listener(
+        "h2term",
+        "server: { threads: 1, grace_period_seconds: 5 }",
+        ", h2c: true",
+        &route_to(&origin),
+    );
+    let addr = running.addr;
+    let rt = crate::origin::runtime();
+    // Accepted, nothing sent yet.
+    let tcp = rt
+        .block_on(tokio::net::TcpStream::connect(addr))
+        .expect("connect");
+    running.wait_for_metric(
+        "faultline_client_connections",
+        |n| n == 1,
+        "the connection was not accepted",
+    );
+    running.signal(Signal::SIGTERM);
+    wait_until_refused(addr);
+    // The preface, the settings and the first stream all come after the shutdown.
+    let (status, body, closed) = rt.block_on(async {
+        let (mut send, mut conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
+        let mut ping = conn.ping_pong().expect("ping");
+        let conn = tokio::spawn(conn);
+        // One round trip first: a server that sent GOAWAY at once, and a PING to settle the
+        // last stream, has that PING acknowledged before the request leaves, and refuses it.
+        ping.ping(h2::Ping::opaque()).await.expect("pong");
+        let req = http::Request::get(format!("http://{addr}/"))
+            .body(())
+            .expect("request");
+        let (resp, _) = send.send_request(req, true).expect("send");
+        let resp = tokio::time::timeout(Duration::from_secs(5), resp)
+            .await
+            .expect("a response in time")
+            .expect("a response, not a refused stream");
+        let status = resp.status().as_u16();
+        let (bytes, _) = crate::tls::h2_body(&mut resp.into_body(), usize::MAX).await;
+        // Then GOAWAY: the server ends the connection while the client still holds it.
+        let closed = tokio::time::timeout(Duration::from_secs(5), conn).await;
+        drop(send);
+        (status, bytes, closed.is_ok())
+    });
+    assert_eq!(status, 200);
+    assert_eq!(body, b"origin h2");
+    assert!(closed, "the connection was not closed after its stream");
+    let status = exit_status(
+        &mut running,
+        Duration::from_secs(5),
+        "faultline did not exit after SIGTERM",
+    );
+    assert!(status.success(), "{status}");
+}
