@@ -6,8 +6,8 @@
 //! It offers no way to end that sleep early. faultline therefore:
 //!
 //! - watches the signals itself ([`Signals`], given to `Server::run` in place of Pingora's own
-//!   watch), so that from the signal on `/readyz` answers 503 and every response carries
-//!   `Connection: close` ([`Lifecycle::draining`]);
+//!   watch), so that from the signal on every response carries `Connection: close`
+//!   ([`Lifecycle::draining`]) and, on `SIGTERM`, `/readyz` answers 503;
 //! - waits, once the client listeners have stopped accepting, until no client connection is
 //!   open (the connections' own count), bounded by `server.grace_period_seconds`
 //!   ([`Lifecycle::drain`]);
@@ -55,9 +55,10 @@ impl Lifecycle {
         self.ready.store(true, Ordering::Relaxed);
     }
 
-    /// Whether `/readyz` answers 200: started and not shutting down.
+    /// Whether `/readyz` answers 200: started and not terminating. An upgrade keeps it: the old
+    /// and the new process share the admin listener while both accept, and the service stays.
     pub fn ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && !self.draining()
+        self.ready.load(Ordering::Relaxed) && !self.terminating()
     }
 
     /// Whether a shutdown signal came: responses close their connections.

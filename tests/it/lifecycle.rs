@@ -207,12 +207,20 @@ fn a_connection_accepted_before_sigterm_gets_its_first_request_answered() {
         "server: { threads: 1, grace_period_seconds: 3, graceful_shutdown_timeout_seconds: 1 }",
         &route_to(&origin),
     );
-    // Accepted, and its first request header awaited by faultline.
+    // A keep-alive connection idle after its first answer, and one accepted whose first
+    // request header faultline awaits.
+    let mut idle = client::Client::connect(running.addr);
+    let request = client::request("GET", "/", "app.test", &[]);
+    let first = idle
+        .exchange(&request, "GET", Duration::from_secs(5))
+        .expect("an answer before the shutdown");
+    assert_eq!(first.status, 200);
+    assert_eq!(first.header("connection"), Some("keep-alive"));
     let mut client = client::Client::connect(running.addr);
     running.wait_for_metric(
         "faultline_client_connections",
-        |n| n == 1,
-        "the connection was not accepted",
+        |n| n == 2,
+        "the connections were not accepted",
     );
     running.signal(Signal::SIGTERM);
     wait_until_refused(running.addr);
@@ -227,6 +235,11 @@ fn a_connection_accepted_before_sigterm_gets_its_first_request_answered() {
     assert!(
         client.is_closed(),
         "the connection stayed open after the shutdown"
+    );
+    // The idle keep-alive connection is closed without an answer.
+    assert!(
+        idle.is_closed(),
+        "an idle keep-alive connection stayed open"
     );
     let status = exit_status(
         &mut running,
