@@ -5,8 +5,8 @@
 //! flight (`Server::run`, pingora-core `server/mod.rs`), and only then shuts its runtimes down.
 //! It offers no way to end that sleep early. faultline therefore:
 //!
-//! - watches the signals itself ([`Signals`], given to `Server::run` in place of Pingora's own
-//!   watch), so that from the signal on every response carries `Connection: close`
+//! - watches the signals itself (`server::Signals`, given to `Server::run` in place of
+//!   Pingora's own watch), so that from the signal on every response carries `Connection: close`
 //!   ([`Lifecycle::draining`]) and, on `SIGTERM`, `/readyz` answers 503;
 //! - waits, once the client listeners have stopped accepting, until no client connection is
 //!   open (the connections' own count), bounded by `server.grace_period_seconds`
@@ -18,8 +18,6 @@
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use pingora::server::{ShutdownSignal, ShutdownSignalWatch};
 use tokio::sync::Notify;
 
 use crate::metrics::ClientCounters;
@@ -72,6 +70,12 @@ impl Lifecycle {
         self.stopping.load(Ordering::Relaxed) == TERMINATING
     }
 
+    /// A `SIGTERM` (`upgrade: false`) or an upgrade's `SIGQUIT` came.
+    pub(crate) fn stopping(&self, upgrade: bool) {
+        let to = if upgrade { UPGRADING } else { TERMINATING };
+        self.stopping.store(to, Ordering::Relaxed);
+    }
+
     pub(crate) fn exit_when_drained(&self) {
         self.exit_when_drained.store(true, Ordering::Relaxed);
     }
@@ -116,48 +120,6 @@ impl Lifecycle {
             // Pingora would sleep out the rest of its grace period (`Server::run`); nothing is
             // left to wait for.
             std::process::exit(0);
-        }
-    }
-}
-
-/// The `SIGQUIT`, `SIGTERM` and `SIGINT` watch of Pingora's `UnixShutdownSignalWatch`, which
-/// also records the signal in the [`Lifecycle`] before Pingora acts on it.
-pub(crate) struct Signals(pub(crate) std::sync::Arc<crate::state::Shared>);
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        use tokio::signal::unix::{SignalKind, signal};
-        let listen = |kind: SignalKind| match signal(kind) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                log::error!("cannot listen for signal {}: {e}", kind.as_raw_value());
-                None
-            }
-        };
-        let mut quit = listen(SignalKind::quit());
-        let mut term = listen(SignalKind::terminate());
-        let mut int = listen(SignalKind::interrupt());
-        // A signal that cannot be listened for never comes.
-        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
-            match s {
-                Some(s) => {
-                    s.recv().await;
-                }
-                None => std::future::pending().await,
-            }
-        }
-        let lifecycle = self.0.lifecycle();
-        tokio::select! {
-            () = next(&mut quit) => {
-                lifecycle.stopping.store(UPGRADING, Ordering::Relaxed);
-                ShutdownSignal::GracefulUpgrade
-            }
-            () = next(&mut term) => {
-                lifecycle.stopping.store(TERMINATING, Ordering::Relaxed);
-                ShutdownSignal::GracefulTerminate
-            }
-            () = next(&mut int) => ShutdownSignal::FastShutdown,
         }
     }
 }

@@ -11,14 +11,14 @@ use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
-use pingora::server::{RunArgs, Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
 use crate::config::Config;
 use crate::connections::ClientConnections;
 use crate::gateway::Gateway;
-use crate::lifecycle::{DEFAULT_DRAIN_SECONDS, Signals};
+use crate::lifecycle::DEFAULT_DRAIN_SECONDS;
 use crate::state::Shared;
 use crate::upstream::PoolError;
 
@@ -242,6 +242,48 @@ impl BackgroundService for AdminDuringDrain {
                 let session = ServerSession::new_http1(Box::new(L4::from(tcp)));
                 admin.process_new_http(session, &stopping).await;
             });
+        }
+    }
+}
+
+/// The `SIGQUIT`, `SIGTERM` and `SIGINT` watch of Pingora's `UnixShutdownSignalWatch`, which
+/// also records the signal in the [`Lifecycle`] before Pingora acts on it.
+struct Signals(Arc<Shared>);
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for signal {}: {e}", kind.as_raw_value());
+                None
+            }
+        };
+        let mut quit = listen(SignalKind::quit());
+        let mut term = listen(SignalKind::terminate());
+        let mut int = listen(SignalKind::interrupt());
+        // A signal that cannot be listened for never comes.
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        let lifecycle = self.0.lifecycle();
+        tokio::select! {
+            () = next(&mut quit) => {
+                lifecycle.stopping(true);
+                ShutdownSignal::GracefulUpgrade
+            }
+            () = next(&mut term) => {
+                lifecycle.stopping(false);
+                ShutdownSignal::GracefulTerminate
+            }
+            () = next(&mut int) => ShutdownSignal::FastShutdown,
         }
     }
 }
