@@ -31,6 +31,9 @@ pub(crate) const DEFAULT_DRAIN_SECONDS: u64 = 25;
 /// signals that such a task has started.)
 const SETTLE: Duration = Duration::from_millis(50);
 
+/// Longest wait between two looks at the connection count during a drain.
+const RECHECK: Duration = Duration::from_millis(100);
+
 /// What signal ended the server's run, if any.
 const RUNNING: u8 = 0;
 const TERMINATING: u8 = 1;
@@ -43,6 +46,8 @@ pub struct Lifecycle {
     ready: AtomicBool,
     /// Set by the binary: exit the process once the drain is over.
     exit_when_drained: AtomicBool,
+    /// Set while a drain waits: closing connections then check for the last one.
+    waiting: AtomicBool,
     /// Woken when the last client connection closes during a drain.
     idle: Notify,
 }
@@ -82,7 +87,7 @@ impl Lifecycle {
 
     /// A client connection closed, `still_open` remain.
     pub(crate) fn connection_closed(&self, still_open: usize) {
-        if still_open == 0 && self.draining() {
+        if still_open == 0 && self.waiting.load(Ordering::Acquire) {
             self.idle.notify_waiters();
         }
     }
@@ -90,6 +95,7 @@ impl Lifecycle {
     /// Waits until no client connection is open, `bound` at most; then, in the binary, exits.
     /// Called once the client listeners have stopped accepting.
     pub(crate) async fn drain(&self, clients: &ClientCounters, bound: Duration) {
+        self.waiting.store(true, Ordering::Release);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + bound;
         let drained = async {
@@ -104,7 +110,9 @@ impl Lifecycle {
                     }
                     continue;
                 }
-                idle.await;
+                // A close that raced the start of the wait (the count and the flag are not
+                // one atomic step) is caught by the next look.
+                let _ = tokio::time::timeout(RECHECK, idle).await;
             }
         };
         let complete = tokio::time::timeout_at(deadline, drained).await.is_ok();
