@@ -1,5 +1,6 @@
 //! The admin listener: `/metrics` (Prometheus text), `/status` (JSON state of every upstream and
-//! backend), `/healthz` (the proxy itself is up) and `POST /reload` (re-read the configuration
+//! backend), `/healthz` (the proxy itself is up), `/readyz` (it takes traffic: started, its
+//! first health checks done, not shutting down), `POST /reload` (re-read the configuration
 //! file), and `POST /upstreams/{name}/backends/{address}/drain` and `.../undrain` (a backend
 //! takes no new request, or takes them again, for rolling deploys). Bind it to a private
 //! address.
@@ -310,6 +311,10 @@ impl ServeHttp for Admin {
                 reply(StatusCode::OK, "application/json", body)
             }
             ("/healthz", true, _) => text(StatusCode::OK, "ok\n"),
+            ("/readyz", true, _) if self.shared.lifecycle().ready() => {
+                text(StatusCode::OK, "ready\n")
+            }
+            ("/readyz", true, _) => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
             ("/reload", _, true) => {
                 // Reading and validating a file is blocking work: keep it off the event loop.
                 let shared = self.shared.clone();

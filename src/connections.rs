@@ -42,7 +42,7 @@ use crate::completion::Completion;
 use crate::config::ClientLimits;
 use crate::error_page::{self, Cause};
 use crate::failure::{FailureKind, Source};
-use crate::metrics::{ClientCounters, Handshake};
+use crate::metrics::Handshake;
 use crate::request_head;
 use crate::request_id;
 use crate::state::{Shared, Snapshot};
@@ -66,11 +66,13 @@ const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 1 << 20;
 
 /// Holds one place among the open connections until dropped.
-struct Open<'a>(&'a ClientCounters);
+struct Open<'a>(&'a Shared);
 
 impl Drop for Open<'_> {
     fn drop(&mut self) {
-        self.0.closed();
+        let left = self.0.clients().closed();
+        // A drain waits for the last one.
+        self.0.lifecycle().connection_closed(left);
     }
 }
 
@@ -92,16 +94,19 @@ pub(crate) struct ClientConnections<A> {
     shared: Arc<Shared>,
     /// The plain listeners that also serve HTTP/2 with prior knowledge.
     h2c: Vec<SocketAddr>,
+    /// How long a shutdown waits for open connections (`server.grace_period_seconds`).
+    grace: Duration,
 }
 
 impl<A> ClientConnections<A> {
     /// Wraps `app`; limits, and the TLS listeners (plain TCP listeners to Pingora) with their
     /// acceptors, are read from `shared`'s current configuration for each connection.
-    pub(crate) fn new(app: A, shared: Arc<Shared>) -> Self {
+    pub(crate) fn new(app: A, shared: Arc<Shared>, grace: Duration) -> Self {
         ClientConnections {
             app: Arc::new(app),
             shared,
             h2c: Vec::new(),
+            grace,
         }
     }
 }
@@ -177,7 +182,7 @@ where
     ) -> Option<Stream> {
         let counters = self.shared.clients();
         let open = counters.opened();
-        let _open = Open(counters);
+        let _open = Open(&self.shared);
         let snapshot = self.shared.current();
         let limits = snapshot.clients;
         // The acceptor of the configuration current now: a reload from here on changes
@@ -211,9 +216,8 @@ where
         }
         let mut first = None;
         if self.is_h2c(&stream) {
-            let mut watch = shutdown.clone();
             // A client that left or stayed silent: nothing to serve.
-            let start = read_preface(&mut stream, deadline, &mut watch).await?;
+            let start = read_preface(&mut stream, deadline).await?;
             if start.starts_with(h2::PREFACE) {
                 if over {
                     return None;
@@ -234,8 +238,12 @@ where
         None
     }
 
+    /// Pingora calls this once every accept loop of the service has stopped (`Service::
+    /// start_service`): no connection comes any more, and the drain waits for those open.
     async fn cleanup(&self) {
         ServerApp::cleanup(&*self.app).await;
+        let lifecycle = self.shared.lifecycle();
+        lifecycle.drain(self.shared.clients(), self.grace).await;
     }
 }
 
@@ -268,19 +276,13 @@ where
             } else if first {
                 let wait = first_deadline.saturating_duration_since(Instant::now());
                 let start = read_already.take().unwrap_or_default();
-                read_head(
-                    &mut stream,
-                    start,
-                    wait,
-                    Some(first_deadline),
-                    limits,
-                    &mut watch,
-                )
-                .await
+                // A new connection's first request is read and answered even when the
+                // server is shutting down: the client connected before the listener closed.
+                read_head(&mut stream, start, wait, Some(first_deadline), limits, None).await
             } else {
                 let wait = limits.keepalive_timeout;
                 let start = BytesMut::new();
-                read_head(&mut stream, start, wait, None, limits, &mut watch).await
+                read_head(&mut stream, start, wait, None, limits, Some(&mut watch)).await
             };
             let prefix = match head {
                 Head::Read(prefix) => Some(prefix),
@@ -404,14 +406,15 @@ where
 
 /// Reads the start of a request until its header is complete. The first bytes may take `wait`;
 /// the whole header must be in by `deadline`, or, without one, within the header timeout from
-/// its first byte. (The clock is read only when a header takes more than one read.)
+/// its first byte. (The clock is read only when a header takes more than one read.) `shutdown`
+/// ends the wait for the first bytes (see [`wait_for_first_bytes`]).
 async fn read_head(
     stream: &mut Stream,
     mut buf: BytesMut,
     wait: Duration,
     deadline: Option<Instant>,
     limits: ClientLimits,
-    shutdown: &mut ShutdownWatch,
+    shutdown: Option<&mut ShutdownWatch>,
 ) -> Head {
     // `buf` holds what was read already (an h2c listener's look at the first bytes).
     if buf.is_empty() {
@@ -441,14 +444,11 @@ async fn read_head(
 /// Reads the first bytes of a connection on an h2c listener until they either are the HTTP/2
 /// preface or cannot be: the bytes read (to be replayed to whichever protocol serves the
 /// connection), or `None` when the client left or missed `deadline`.
-async fn read_preface(
-    stream: &mut Stream,
-    deadline: Instant,
-    shutdown: &mut ShutdownWatch,
-) -> Option<BytesMut> {
+async fn read_preface(stream: &mut Stream, deadline: Instant) -> Option<BytesMut> {
     let mut buf = BytesMut::with_capacity(4096);
     let wait = deadline.saturating_duration_since(Instant::now());
-    if !wait_for_first_bytes(stream, &mut buf, wait, shutdown).await {
+    // A new connection: served even if the server started shutting down since it was accepted.
+    if !wait_for_first_bytes(stream, &mut buf, wait, None).await {
         return None;
     }
     let n = h2::PREFACE.len();
@@ -464,18 +464,26 @@ async fn read_preface(
     Some(buf)
 }
 
-/// Waits up to `wait` for the first bytes of a request; the wait ends early when the server
-/// shuts down, as Pingora's own does. Whether bytes came.
+/// Waits up to `wait` for the first bytes of a request. Whether bytes came.
+///
+/// With `shutdown` (a connection idle between requests), the wait ends early when the server
+/// shuts down, as Pingora's own does: the client has had its answers and may reconnect. Without
+/// it (a connection's first request), a shutdown does not end the wait: the client connected
+/// while the listener still accepted, may already be sending, and would otherwise see its
+/// connection closed without an answer.
 async fn wait_for_first_bytes(
     stream: &mut Stream,
     buf: &mut BytesMut,
     wait: Duration,
-    shutdown: &mut ShutdownWatch,
+    shutdown: Option<&mut ShutdownWatch>,
 ) -> bool {
-    if *shutdown.borrow() {
+    if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
         return false;
     }
     let first_bytes = async {
+        let Some(shutdown) = shutdown else {
+            return matches!(stream.read_buf(buf).await, Ok(n) if n > 0);
+        };
         loop {
             tokio::select! {
                 biased;

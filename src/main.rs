@@ -55,6 +55,26 @@ fn init_logging() {
         .init();
 }
 
+/// What `-t` validated, in one line.
+fn summary(config: &Config) -> String {
+    let tls = config.listeners.iter().filter(|l| l.tls.is_some()).count();
+    let backends: usize = config.upstreams.iter().map(|u| u.backends.len()).sum();
+    let admin = config.admin.map_or_else(
+        || "no admin listener".to_string(),
+        |a| format!("admin on {a}"),
+    );
+    let grace = config
+        .server
+        .grace_period_seconds
+        .map_or_else(String::new, |s| format!(", drain up to {s}s"));
+    format!(
+        "{} listeners ({tls} TLS), {} upstreams ({backends} backends), {} routes, {admin}{grace}",
+        config.listeners.len(),
+        config.upstreams.len(),
+        config.routes.len(),
+    )
+}
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let mut config = match Config::load(&args.conf) {
@@ -68,7 +88,11 @@ fn main() -> ExitCode {
         }
     };
     if args.test {
-        println!("faultline: {} is valid", args.conf.display());
+        println!(
+            "faultline: {} is valid: {}",
+            args.conf.display(),
+            summary(&config)
+        );
         return ExitCode::SUCCESS;
     }
     if args.daemon && !config.demo.is_empty() {
@@ -100,5 +124,5 @@ fn main() -> ExitCode {
         let scheme = if l.tls.is_some() { "https" } else { "http" };
         log::info!("faultline listening on {scheme}://{}", l.address);
     }
-    server.run_forever()
+    server.run()
 }

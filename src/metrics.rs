@@ -167,9 +167,9 @@ impl ClientCounters {
         self.open.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// A connection closed.
-    pub fn closed(&self) {
-        self.open.fetch_sub(1, Ordering::Relaxed);
+    /// A connection closed; returns how many are still open.
+    pub fn closed(&self) -> usize {
+        self.open.fetch_sub(1, Ordering::Relaxed).saturating_sub(1)
     }
 
     /// A connection came beyond `max_connections`.

@@ -11,7 +11,7 @@ use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
-use pingora::server::{Server, ShutdownWatch};
+use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
 use pingora::services::background::{BackgroundService, background_service};
 use pingora::services::listening::Service;
 
@@ -19,22 +19,45 @@ use crate::config::Config;
 use crate::connections::ClientConnections;
 use crate::discovery::Refresher;
 use crate::gateway::Gateway;
+use crate::lifecycle::DEFAULT_DRAIN_SECONDS;
 use crate::state::Shared;
 use crate::upstream::PoolError;
 
-/// Builds the server, bootstrapped and ready for `run_forever`. With `source`, `SIGHUP` and the
-/// admin `POST /reload` re-read that file.
+/// The binary's server: Pingora's, run with faultline's signal watch, exiting as soon as a
+/// shutdown has drained (`lifecycle`).
+pub struct Faultline {
+    server: Server,
+    shared: Arc<Shared>,
+}
+
+impl Faultline {
+    /// Runs until a signal ends it: `SIGTERM` drains and exits, `SIGQUIT` hands the listeners
+    /// over then drains and exits, `SIGINT` exits at once.
+    pub fn run(self) -> std::process::ExitCode {
+        self.shared.lifecycle().exit_when_drained();
+        let shutdown_signal = Box::new(Signals(self.shared.clone()));
+        self.server.run(RunArgs { shutdown_signal });
+        std::process::ExitCode::SUCCESS
+    }
+}
+
+/// Builds the binary's server, bootstrapped (listeners inherited with `-u`). With `source`,
+/// `SIGHUP` and the admin `POST /reload` re-read that file.
 pub fn build(
     config: Config,
     opt: Option<Opt>,
     source: Option<PathBuf>,
-) -> Result<Server, PoolError> {
+) -> Result<Faultline, PoolError> {
     let mut builder = Gateway::builder(&config);
     if let Some(path) = source {
         builder = builder.reload_from(path);
     }
     let gateway = builder.build()?;
-    Ok(serve(gateway, config, opt))
+    let shared = gateway.shared();
+    Ok(Faultline {
+        server: serve(gateway, config, opt),
+        shared,
+    })
 }
 
 /// Builds the server around an already built gateway (say, one with a custom router): the
@@ -46,6 +69,12 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
         let mut service = Service::new("faultline admin".to_string(), gateway.admin());
         service.add_tcp(&address.to_string());
         service
+    });
+    // The admin listener closes with the others on SIGTERM; `/readyz` must keep answering 503
+    // through the drain.
+    let admin_in_drain = config.admin.map(|address| AdminDuringDrain {
+        address,
+        admin: Arc::new(gateway.admin()),
     });
     let listeners = config.listeners;
     let watch = config.watch;
@@ -62,7 +91,11 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     // TLS listener itself, under the client header deadline and with the certificates of the
     // current snapshot, so that a reload swaps them (connections::tls). Prior-knowledge HTTP/2
     // on a plain listener is decided at start, as its address is.
-    let mut connections = ClientConnections::new(proxy, shared.clone());
+    let grace = server
+        .configuration
+        .grace_period_seconds
+        .unwrap_or(DEFAULT_DRAIN_SECONDS);
+    let mut connections = ClientConnections::new(proxy, shared.clone(), Duration::from_secs(grace));
     for listener in listeners.iter().filter(|l| l.tls.is_none() && l.h2c) {
         connections = connections.serve_h2c(listener.address);
     }
@@ -74,6 +107,9 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     server.add_service(service);
     if let Some(admin) = admin {
         server.add_service(admin);
+    }
+    if let Some(admin) = admin_in_drain {
+        server.add_service(background_service("faultline admin during a drain", admin));
     }
     server.add_service(background_service(
         "faultline active health checks",
@@ -125,6 +161,8 @@ impl BackgroundService for ActiveChecks {
                 }
             }
             drop(snapshot);
+            // Every pool has had its first round.
+            self.0.lifecycle().set_ready();
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
                 _ = shutdown.changed() => return,
@@ -202,6 +240,104 @@ impl BackgroundService for ReloadOnHangup {
                 }
                 _ = shutdown.changed() => return,
             }
+        }
+    }
+}
+
+/// Serves the admin listener again once a `SIGTERM` has closed Pingora's, for as long as the
+/// drain lasts: Pingora stops every listener at its shutdown broadcast (`services/listening.rs`,
+/// `run_endpoint`), and a probe refused is no answer. An upgrade (`SIGQUIT`) does not: the new
+/// process has the admin listener.
+struct AdminDuringDrain {
+    address: std::net::SocketAddr,
+    admin: Arc<crate::admin::Admin>,
+}
+
+/// How long the admin address may stay taken after the shutdown broadcast (Pingora's admin
+/// listener closing) before the drain gives up serving it.
+const ADMIN_REBIND: Duration = Duration::from_secs(2);
+
+#[async_trait]
+impl BackgroundService for AdminDuringDrain {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        use pingora::apps::HttpServerApp;
+        use pingora::protocols::http::ServerSession;
+        use pingora::protocols::l4::stream::Stream as L4;
+
+        if shutdown.wait_for(|stopping| *stopping).await.is_err() {
+            return;
+        }
+        if !self.admin.shared.lifecycle().terminating() {
+            return;
+        }
+        let deadline = Instant::now() + ADMIN_REBIND;
+        let listener = loop {
+            match tokio::net::TcpListener::bind(self.address).await {
+                Ok(l) => break l,
+                Err(e) if Instant::now() >= deadline => {
+                    log::warn!("admin listener not served during the drain: {e}");
+                    return;
+                }
+                // Pingora's admin socket is not closed yet.
+                Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+            }
+        };
+        // Every answer closes its connection.
+        let (_stopped, stopping) = tokio::sync::watch::channel(true);
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                // Out of descriptors, say: let connections close before the next try.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            };
+            let admin = self.admin.clone();
+            let stopping = stopping.clone();
+            tokio::spawn(async move {
+                let session = ServerSession::new_http1(Box::new(L4::from(tcp)));
+                admin.process_new_http(session, &stopping).await;
+            });
+        }
+    }
+}
+
+/// The `SIGQUIT`, `SIGTERM` and `SIGINT` watch of Pingora's `UnixShutdownSignalWatch`, which
+/// also records the signal in the [`Lifecycle`] before Pingora acts on it.
+struct Signals(Arc<Shared>);
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{SignalKind, signal};
+        let listen = |kind: SignalKind| match signal(kind) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for signal {}: {e}", kind.as_raw_value());
+                None
+            }
+        };
+        let mut quit = listen(SignalKind::quit());
+        let mut term = listen(SignalKind::terminate());
+        let mut int = listen(SignalKind::interrupt());
+        // A signal that cannot be listened for never comes.
+        async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+            match s {
+                Some(s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        }
+        let lifecycle = self.0.lifecycle();
+        tokio::select! {
+            () = next(&mut quit) => {
+                lifecycle.stopping(true);
+                ShutdownSignal::GracefulUpgrade
+            }
+            () = next(&mut term) => {
+                lifecycle.stopping(false);
+                ShutdownSignal::GracefulTerminate
+            }
+            () = next(&mut int) => ShutdownSignal::FastShutdown,
         }
     }
 }

@@ -173,6 +173,7 @@ pub struct Shared {
     /// Held by whoever builds the next snapshot from the current one (a reload, a membership
     /// change), so that neither loses the other's.
     writer: std::sync::Mutex<()>,
+    lifecycle: crate::lifecycle::Lifecycle,
 }
 
 impl std::fmt::Debug for Shared {
@@ -203,6 +204,7 @@ impl Shared {
             reloads_failed: AtomicU64::new(0),
             clients: ClientCounters::default(),
             writer: std::sync::Mutex::new(()),
+            lifecycle: Default::default(),
         })
     }
 
@@ -301,6 +303,11 @@ impl Shared {
     /// Counters of client connections.
     pub fn clients(&self) -> &ClientCounters {
         &self.clients
+    }
+
+    /// Readiness and shutdown.
+    pub fn lifecycle(&self) -> &crate::lifecycle::Lifecycle {
+        &self.lifecycle
     }
 
     /// Reloads so far: (succeeded, failed).

@@ -279,7 +279,18 @@ fn clients(c: &file::ClientsFile, errors: &mut Errors) -> ClientLimits {
 
 /// Pingora's `ServerConf` accepts unknown keys silently; faultline does not, so every key given
 /// must be one that `ServerConf` knows.
+///
+/// `grace_period_seconds` bounds the drain on `SIGTERM`; faultline's default fits Kubernetes'
+/// 30 s before SIGKILL, where Pingora's is 300 s.
 fn server_conf(value: Option<serde_norway::Value>, errors: &mut Errors) -> ServerConf {
+    let mut conf = pingora_server_conf(value, errors);
+    conf.grace_period_seconds = conf
+        .grace_period_seconds
+        .or(Some(crate::lifecycle::DEFAULT_DRAIN_SECONDS));
+    conf
+}
+
+fn pingora_server_conf(value: Option<serde_norway::Value>, errors: &mut Errors) -> ServerConf {
     let Some(value) = value else {
         return ServerConf::default();
     };

@@ -110,12 +110,29 @@ pub(crate) async fn serve<A>(
     let streams = Arc::new(OpenStreams::new());
     let mut watch = shutdown.clone();
     let mut draining = false;
+    // A shutdown seen before the connection's first stream: the GOAWAY waits for that stream,
+    // until the header deadline at most. The client connected while the listener still
+    // accepted, and a GOAWAY at once would refuse the request it is about to send.
+    let mut stop_after_first = false;
+    let mut served = false;
     let mut rejected = 0;
     loop {
         let next = tokio::select! {
             biased;
-            _ = watch.changed(), if !draining => {
-                // GOAWAY, then the streams in flight finish, as Pingora's own loop does.
+            _ = watch.changed(), if !draining && !stop_after_first => {
+                if served {
+                    // GOAWAY, then the streams in flight finish, as Pingora's own loop does.
+                    draining = true;
+                    conn.graceful_shutdown();
+                } else {
+                    stop_after_first = true;
+                }
+                continue;
+            }
+            // Lazy: the timer is made only when this branch is polled.
+            () = async {
+                pingora::prelude::sleep(deadline.saturating_duration_since(Instant::now())).await
+            }, if stop_after_first && !draining => {
                 draining = true;
                 conn.graceful_shutdown();
                 continue;
@@ -150,6 +167,11 @@ pub(crate) async fn serve<A>(
                     let _open = open;
                     app.process_new_http(session, &shutdown).await;
                 });
+                served = true;
+                if stop_after_first && !draining {
+                    draining = true;
+                    conn.graceful_shutdown();
+                }
             }
         }
     }

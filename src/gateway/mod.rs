@@ -333,10 +333,14 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         upstream_response: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
+        // Shutting down: the client is told to take its next request elsewhere.
+        if self.shared.lifecycle().draining() {
+            session.set_keepalive(None);
+        }
         grpc_calls::origin_status(&upstream_response.headers, ctx);
         ctx.snapshot
             .pages
