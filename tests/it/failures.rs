@@ -624,10 +624,7 @@ fn http2_stream_cancelled_by_the_client_is_499_and_not_an_upstream_failure() {
         let tls = crate::tls::tls_connect(&connector, proxy.addr)
             .await
             .expect("handshake");
-        let (mut send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut send = crate::tls::h2_client(tls).await;
         let req = http::Request::get("https://localhost/slow")
             .header("x-request-id", "h2cancel")
             .body(())

@@ -380,10 +380,7 @@ fn http1_and_h2c_share_one_h2c_listener() {
     // HTTP/2 with prior knowledge on the same port, to the same HTTP/1 origin.
     let (status, body) = runtime().block_on(async {
         let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let (mut send, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut send = crate::tls::h2_client(tcp).await;
         let req = http::Request::get(format!("http://{}/", proxy.addr))
             .body(())
             .unwrap();
@@ -507,10 +504,7 @@ fn no_route_is_unimplemented() {
 fn raw_call(addr: SocketAddr, method: &str, headers: &[(&str, &str)]) -> http::HeaderMap {
     runtime().block_on(async {
         let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-        let (mut send, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut send = crate::tls::h2_client(tcp).await;
         let mut req = http::Request::post(format!("http://{addr}/test.Echo/{method}"))
             .header("content-type", "application/grpc")
             .header("te", "trailers");
@@ -675,10 +669,7 @@ fn a_call_that_fails_after_its_response_started_ends_with_grpc_status_trailers()
     let proxy = h2c_proxy(&crate::harness::one_upstream(&[cut.addr], "", ""));
     let (status, data, trailers) = runtime().block_on(async {
         let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
-        let (mut send, conn) = h2::client::handshake(tcp).await.expect("h2c handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut send = crate::tls::h2_client(tcp).await;
         let req = http::Request::post(format!("http://{}/test.Echo/Unary", proxy.addr))
             .header("content-type", "application/grpc")
             .header("te", "trailers")

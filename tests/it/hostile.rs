@@ -370,10 +370,7 @@ fn http2_connect_is_405_from_faultline() {
         let tls = crate::tls::tls_connect(&connector, proxy.addr)
             .await
             .expect("handshake");
-        let (mut send, conn) = h2::client::handshake(tls).await.expect("h2 handshake");
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let mut send = crate::tls::h2_client(tls).await;
         let req = http::Request::builder()
             .method(http::Method::CONNECT)
             .uri("localhost:443")

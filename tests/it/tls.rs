@@ -30,6 +30,18 @@ impl Drop for Pki {
     }
 }
 
+/// A self-signed CA certificate named `common_name`, and its key.
+pub(crate) fn ca(common_name: &str) -> (Certificate, KeyPair) {
+    let key = KeyPair::generate().expect("key");
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    let cert = params.self_signed(&key).expect("ca");
+    (cert, key)
+}
+
 fn leaf(names: &[&str], ca: Option<(&Certificate, &KeyPair)>) -> (Certificate, KeyPair) {
     let key = KeyPair::generate().expect("key");
     let params = CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -47,13 +59,7 @@ impl Pki {
         pingora::tls::install_default_crypto_provider();
         let dir = std::env::temp_dir().join(format!("faultline-tls-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
-        let ca_key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "faultline test CA");
-        let ca = params.self_signed(&ca_key).expect("ca");
+        let (ca, ca_key) = ca("faultline test CA");
         let proxy = leaf(&["localhost", "127.0.0.1"], Some((&ca, &ca_key)));
         let origin = leaf(&["origin.test"], Some((&ca, &ca_key)));
         let rogue = leaf(&["origin.test"], None);
@@ -145,6 +151,19 @@ pub(crate) async fn tls_connect(
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").expect("name");
     connector.connect(name, tcp).await
+}
+
+/// An HTTP/2 client connection over `io` (TLS, or plain TCP for h2c), driven in the background:
+/// its sender.
+pub(crate) async fn h2_client<T>(io: T) -> h2::client::SendRequest<bytes::Bytes>
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (send, conn) = h2::client::handshake(io).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    send
 }
 
 /// Starts a GET of `path` with `headers` on a new HTTP/2 connection over `tls`: the connection's

@@ -13,7 +13,7 @@ use pingora::tls::{
     PrivateKeyDer, RootCertStore, ServerCertVerified, ServerCertVerifier, ServerConfig, ServerName,
     SignatureScheme, TlsConnector, UnixTime, WebPkiClientVerifier,
 };
-use rcgen::{BasicConstraints, Certificate, CertificateParams, DnType, IsCa, KeyPair};
+use rcgen::{Certificate, CertificateParams, DnType, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client;
@@ -50,13 +50,7 @@ impl Pki {
         pingora::tls::install_default_crypto_provider();
         let dir = std::env::temp_dir().join(format!("faultline-sni-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("tmp");
-        let ca_key = KeyPair::generate().expect("key");
-        let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "faultline sni CA");
-        let ca = params.self_signed(&ca_key).expect("ca");
+        let (ca, ca_key) = crate::tls::ca("faultline sni CA");
         std::fs::write(dir.join("ca.pem"), ca.pem()).expect("write");
         Pki { dir, ca, ca_key }
     }
