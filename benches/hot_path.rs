@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use faultline::Config;
-use faultline::Router;
 use faultline::config::HeaderCase;
 use faultline::internals::failure::Source;
 use faultline::internals::metrics::{BackendMetrics, RouteTable};

@@ -11,8 +11,8 @@
 
 use std::sync::Arc;
 
+use faultline::extension::RequestContext;
 use faultline::{Config, Gateway, Route};
-use pingora::http::RequestHeader;
 
 const CONFIG: &str = r#"
 listeners: [{ address: "127.0.0.1:8080" }]
@@ -33,8 +33,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Route::to_upstream("tenant", "tenants")
     });
     let web = Arc::new(Route::to_upstream("web", "web"));
-    let router = move |req: &RequestHeader| {
-        Some(if req.headers.contains_key("x-tenant") {
+    let router = move |req: &RequestContext<'_>| {
+        Some(if req.header().headers.contains_key("x-tenant") {
             tenant.clone()
         } else {
             web.clone()

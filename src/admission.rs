@@ -11,6 +11,7 @@ use pingora::proxy::Session;
 use crate::context::RequestCtx;
 use crate::failure::FailureKind;
 use crate::request_checks::{self, TargetError, host::Host, path::PathError};
+use crate::state::Shared;
 
 /// A request that is not taken.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,7 +43,11 @@ impl Refusal {
 /// Admits the request or says why not. On admission the context holds the route, its pool,
 /// the request's place among the upstream's requests in flight and the backend of the first
 /// attempt.
-pub(crate) fn admit(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), Refusal> {
+pub(crate) async fn admit(
+    session: &mut Session,
+    ctx: &mut RequestCtx,
+    shared: &Shared,
+) -> Result<(), Refusal> {
     let refused = if session.req_header().method == http::Method::CONNECT {
         // HTTP/1 CONNECT is refused before Pingora parses it (`request_head`); an HTTP/2 one
         // reaches here (`server` lets Pingora pass it on).
@@ -60,21 +65,19 @@ pub(crate) fn admit(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), R
         ctx.metrics = Some(ctx.snapshot.routes.get(None));
         return Err(refusal);
     }
-    let req = session.req_header();
-    let route = ctx.snapshot.router.route(req);
-    ctx.metrics = Some(
-        ctx.snapshot
-            .routes
-            .get(route.as_deref().map(|r| r.name.as_str())),
-    );
-    let route = route.ok_or(Refusal::keeping(FailureKind::DestinationNotFound))?;
-    let too_large = route
-        .max_request_body
-        .is_some_and(|limit| declared_body_length(req) > Some(limit));
-    ctx.pool_index = ctx.snapshot.upstreams.index_of(&route.upstream);
-    ctx.route = Some(route);
-    if too_large {
-        return Err(Refusal::closing(FailureKind::HttpRequestBodySize));
+    if shared.extensions().any() {
+        extended::route_and_filter(session, ctx, shared).await?;
+    } else {
+        let route = ctx.snapshot.router.route(session.req_header());
+        ctx.metrics = Some(
+            ctx.snapshot
+                .routes
+                .get(route.as_deref().map(|r| r.name.as_str())),
+        );
+        let route = route.ok_or(Refusal::keeping(FailureKind::DestinationNotFound))?;
+        ctx.pool_index = ctx.snapshot.upstreams.index_of(&route.upstream);
+        ctx.route = Some(route);
+        check_body_limit(session, ctx)?;
     }
     let pool = ctx
         .pool()
@@ -84,10 +87,88 @@ pub(crate) fn admit(session: &mut Session, ctx: &mut RequestCtx) -> Result<(), R
         .ok_or(Refusal::keeping(FailureKind::ConnectionLimitReached))?;
     // Selecting here lets "no backend" answer on a connection that stays open.
     pool.budget.record_request();
-    let selected = ctx.select(req);
+    let selected = ctx.select(session.req_header());
     ctx.in_flight = Some(place);
     ctx.preselected = Some(selected.ok_or(Refusal::keeping(FailureKind::DestinationUnavailable))?);
     Ok(())
+}
+
+/// Admission's steps with extensions installed: the custom router (or the configuration's),
+/// then the filters.
+mod extended {
+    use pingora::proxy::Session;
+
+    use super::Refusal;
+    use crate::context::RequestCtx;
+    use crate::extension::{Connection, RequestContext, Routing};
+    use crate::failure::FailureKind;
+    use crate::state::Shared;
+
+    /// Routes the request and runs the filters on it. The context holds the route (and its
+    /// counters) whenever one was chosen, even when a filter then refused the request.
+    pub(super) async fn route_and_filter(
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        shared: &Shared,
+    ) -> Result<(), Refusal> {
+        let extensions = shared.extensions();
+        let connection = Connection::of(session, shared.listeners());
+        let snapshot = ctx.snapshot.clone();
+        let routed = match extensions.router() {
+            Some(router) => {
+                let request = RequestContext {
+                    header: session.req_header_mut(),
+                    connection: &connection,
+                    request_id: &ctx.request_id,
+                    route: None,
+                    configured: &snapshot.router,
+                };
+                extensions.route(router.as_ref(), &request).await
+            }
+            None => Ok(snapshot.router.route(session.req_header()).map(Routing::to)),
+        };
+        let routing = match routed {
+            Ok(routing) => routing,
+            Err(kind) => {
+                ctx.metrics = Some(snapshot.routes.get(None));
+                return Err(Refusal::keeping(kind));
+            }
+        };
+        let name = routing.as_ref().map(|r| r.route.name.as_str());
+        ctx.metrics = Some(snapshot.routes.get(name));
+        let routing = routing.ok_or(Refusal::keeping(FailureKind::DestinationNotFound))?;
+        ctx.pool_index = snapshot.upstreams.index_of(&routing.route.upstream);
+        let pool = ctx.pool();
+        ctx.preferred = match (&routing.backend, pool) {
+            (Some(name), Some(pool)) => {
+                let found = pool.backend_named(name);
+                if found.is_none() {
+                    log::debug!(
+                        "request {}: the preferred backend {name} is not in upstream {}",
+                        ctx.request_id,
+                        routing.route.upstream
+                    );
+                }
+                found
+            }
+            _ => None,
+        };
+        ctx.hash_key = routing.hash_key;
+        ctx.route = Some(routing.route.clone());
+        super::check_body_limit(session, ctx)?;
+        let mut request = RequestContext {
+            header: session.req_header_mut(),
+            connection: &connection,
+            request_id: &ctx.request_id,
+            route: Some(&routing.route),
+            configured: &snapshot.router,
+        };
+        if let Err(stopped) = extensions.filter_request(&mut request).await {
+            ctx.answer_headers = stopped.headers;
+            return Err(Refusal::keeping(stopped.kind));
+        }
+        Ok(())
+    }
 }
 
 /// The host and path checks: the request is routed and forwarded with its normalised path, and
@@ -117,6 +198,15 @@ fn check_target(session: &mut Session) -> Result<(), Refusal> {
             })
         }
     }
+}
+
+/// Refuses a request whose declared body is over its route's limit.
+fn check_body_limit(session: &Session, ctx: &RequestCtx) -> Result<(), Refusal> {
+    let limit = ctx.route.as_ref().and_then(|r| r.max_request_body);
+    if limit.is_some_and(|limit| declared_body_length(session.req_header()) > Some(limit)) {
+        return Err(Refusal::closing(FailureKind::HttpRequestBodySize));
+    }
+    Ok(())
 }
 
 /// The body length a request declares with `Content-Length`, when it does.

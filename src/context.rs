@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use pingora::http::RequestHeader;
 
 use crate::error_page::Cause;
@@ -60,6 +61,12 @@ pub struct RequestCtx {
     pub(crate) route: Option<Arc<Route>>,
     /// A backend chosen while filtering the request, used by the first attempt.
     pub(crate) preselected: Option<Selected>,
+    /// The key a router chose to hash on instead of the route's.
+    pub(crate) hash_key: Option<Bytes>,
+    /// The backend a router prefers for the first attempt.
+    pub(crate) preferred: Option<usize>,
+    /// Headers an extension's refusal adds to the proxy's answer.
+    pub(crate) answer_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Every attempt.
     pub(crate) attempts: Attempts,
     /// Phase of the current attempt.
@@ -96,6 +103,9 @@ impl RequestCtx {
             request_id: String::new(),
             route: None,
             preselected: None,
+            hash_key: None,
+            preferred: None,
+            answer_headers: Vec::new(),
             attempts: Attempts::default(),
             phase: Phase::Select,
             decision: Decision::Open,
@@ -111,16 +121,23 @@ impl RequestCtx {
         }
     }
 
-    /// A backend for the next attempt, preferring one the request has not tried.
+    /// A backend for the next attempt: the router's preferred one for the first attempt if it
+    /// can take it, else one the request has not tried.
     pub(crate) fn select(&self, req: &RequestHeader) -> Option<Selected> {
         let pool = self.pool()?;
-        let key = match (
-            pool.uses_key(),
-            self.route.as_ref().and_then(|r| r.hash_header.as_ref()),
-        ) {
-            (false, _) => &b""[..],
-            (true, Some(header)) => req.headers.get(header).map_or(&b""[..], |v| v.as_bytes()),
-            (true, None) => req
+        if let (Some(i), 0) = (self.preferred, self.attempts.count())
+            && let Some(selected) = pool.select_backend(i)
+        {
+            return Some(selected);
+        }
+        let header = self.route.as_ref().and_then(|r| r.hash_header.as_ref());
+        let key = match (pool.uses_key(), &self.hash_key, header) {
+            (false, ..) => &b""[..],
+            (true, Some(key), _) => key,
+            (true, None, Some(header)) => {
+                req.headers.get(header).map_or(&b""[..], |v| v.as_bytes())
+            }
+            (true, None, None) => req
                 .uri
                 .path_and_query()
                 .map_or(&b""[..], |p| p.as_str().as_bytes()),

@@ -178,6 +178,16 @@ failure_kinds! {
     HttpRequestBodySize => "http_request_body_size", 413, Never, false;
     /// The client did not send its request (header, or body) in time.
     HttpRequestTimeout => "http_request_timeout", 408, Never, false;
+    /// An extension refused the request for want of valid credentials (`extension::Refusal`).
+    Unauthorized => "unauthorized", 401, Never, false;
+    /// An extension refused the request: the client may not make it.
+    Forbidden => "forbidden", 403, Never, false;
+    /// An extension refused the request: the client sends more than it may.
+    TooManyRequests => "too_many_requests", 429, Never, false;
+    /// An extension (custom router or filter) returned an error or panicked.
+    ExtensionFailed => "extension_failed", 500, Never, false;
+    /// An extension did not finish within its time limit.
+    ExtensionTimeout => "extension_timeout", 500, Never, false;
     /// A bug inside the proxy.
     ProxyInternalError => "proxy_internal_error", 500, Never, false;
     /// The proxy's configuration does not allow serving the request.
@@ -207,8 +217,10 @@ impl FailureKind {
     /// The gRPC status code a gRPC call failed with this kind gets (DESIGN §9; linkerd2-proxy's
     /// table): a backend that failed or none to take the call is `UNAVAILABLE` (14), a timeout
     /// `DEADLINE_EXCEEDED` (4), a limit on the request's size or on connections
-    /// `RESOURCE_EXHAUSTED` (8), no route or an unserved method `UNIMPLEMENTED` (12), a refused
-    /// request or a proxy error `INTERNAL` (13), a client that went away `CANCELLED` (1).
+    /// `RESOURCE_EXHAUSTED` (8), no route or an unserved method `UNIMPLEMENTED` (12), an
+    /// extension's refusal `UNAUTHENTICATED` (16), `PERMISSION_DENIED` (7) or
+    /// `RESOURCE_EXHAUSTED` (8), a malformed request or a proxy error `INTERNAL` (13), a client
+    /// that went away `CANCELLED` (1).
     pub const fn grpc_status(self) -> u8 {
         match self {
             FailureKind::ClientConnectionLimit
@@ -217,6 +229,9 @@ impl FailureKind {
             | FailureKind::HttpRequestTargetSize => 8,
             FailureKind::DestinationNotFound | FailureKind::MethodNotAllowed => 12,
             FailureKind::HttpRequestTimeout => 4,
+            FailureKind::Unauthorized => 16,
+            FailureKind::Forbidden => 7,
+            FailureKind::TooManyRequests => 8,
             FailureKind::ClientAborted => 1,
             kind => match kind.status() {
                 502 | 503 => 14,
@@ -245,6 +260,11 @@ impl FailureKind {
                 | FailureKind::MethodNotAllowed
                 | FailureKind::HttpRequestBodySize
                 | FailureKind::HttpRequestTimeout
+                | FailureKind::Unauthorized
+                | FailureKind::Forbidden
+                | FailureKind::TooManyRequests
+                | FailureKind::ExtensionFailed
+                | FailureKind::ExtensionTimeout
                 | FailureKind::ProxyInternalError
                 | FailureKind::ProxyConfigurationError
                 | FailureKind::ClientAborted
@@ -253,15 +273,20 @@ impl FailureKind {
 
     /// The error type in `Proxy-Status`. RFC 9209 registers no type for a request body or
     /// target over a limit, a method the proxy does not serve, a client too slow to send its
-    /// request, or a proxy full of client connections, so those use the registered types that
-    /// cover them; [`Self::as_str`] keeps them apart in metrics and logs.
+    /// request, a proxy full of client connections, a request an extension refused or an
+    /// extension that failed, so those use the registered types that cover them;
+    /// [`Self::as_str`] keeps them apart in metrics and logs.
     pub const fn proxy_status_type(self) -> &'static str {
         match self {
             FailureKind::ClientConnectionLimit => "connection_limit_reached",
             FailureKind::HttpRequestBodySize
             | FailureKind::HttpRequestTargetSize
-            | FailureKind::MethodNotAllowed => "http_request_denied",
+            | FailureKind::MethodNotAllowed
+            | FailureKind::Unauthorized
+            | FailureKind::Forbidden
+            | FailureKind::TooManyRequests => "http_request_denied",
             FailureKind::HttpRequestTimeout => "http_request_error",
+            FailureKind::ExtensionFailed | FailureKind::ExtensionTimeout => "proxy_internal_error",
             other => other.as_str(),
         }
     }
@@ -311,6 +336,13 @@ impl FailureKind {
                 "the request body is larger than this address takes"
             }
             FailureKind::HttpRequestTimeout => "the request was not received in time",
+            FailureKind::Unauthorized => "the request lacks valid credentials",
+            FailureKind::Forbidden => "the request is not allowed",
+            FailureKind::TooManyRequests => "too many requests were sent; slow down",
+            FailureKind::ExtensionFailed => "the proxy failed to decide where the request goes",
+            FailureKind::ExtensionTimeout => {
+                "the proxy could not decide in time where the request goes"
+            }
             FailureKind::ProxyInternalError => "the proxy failed to handle the request",
             FailureKind::ProxyConfigurationError => {
                 "the proxy is not configured to serve this request"
@@ -850,9 +882,12 @@ mod tests {
                 ClientConnectionLimit
                 | HttpRequestBodySize
                 | HttpRequestHeaderSectionSize
-                | HttpRequestTargetSize => 8,
+                | HttpRequestTargetSize
+                | TooManyRequests => 8,
                 DestinationNotFound | MethodNotAllowed => 12,
                 ClientAborted => 1,
+                Unauthorized => 16,
+                Forbidden => 7,
                 _ if kind.status() == 504 || *kind == HttpRequestTimeout => 4,
                 _ if matches!(kind.status(), 502 | 503) => 14,
                 _ => 13,

@@ -9,18 +9,23 @@
 //! One closed enum, [`failure::FailureKind`], decides the status, the `Proxy-Status` header
 //! (RFC 9209), the retry, the health signal and the log field of every failure.
 //!
-//! Embed it in your own Pingora server, with your own routing if you like:
+//! Embed it in your own Pingora server, with your own routing and filters if you like
+//! ([`extension`]):
 //!
 //! ```no_run
 //! use std::sync::Arc;
+//! use faultline::extension::RequestContext;
 //! use faultline::{Config, Gateway, Route};
-//! use pingora::http::RequestHeader;
 //!
 //! let config = Config::load("conf/faultline.yaml").expect("valid config");
 //! let api = Arc::new(Route::to_upstream("api", "app"));
 //! let gateway = Gateway::builder(&config)
-//!     .router(move |req: &RequestHeader| {
-//!         req.uri.path().starts_with("/api").then(|| api.clone())
+//!     .router(move |req: &RequestContext<'_>| {
+//!         if req.header().uri.path().starts_with("/api") {
+//!             return Some(api.clone().into());
+//!         }
+//!         // Everything else goes where the configuration says.
+//!         req.configured()
 //!     })
 //!     .route_names(["api"])
 //!     .build()
@@ -39,6 +44,7 @@ mod context;
 mod demo;
 mod discovery;
 mod error_page;
+pub mod extension;
 mod failure;
 mod forwarding;
 mod gateway;
@@ -57,9 +63,9 @@ mod upstream;
 
 pub use access_log::TARGET as ACCESS_LOG_TARGET;
 pub use config::{Config, Route};
+pub use extension::{Filter, Router};
 pub use failure::FailureKind;
 pub use gateway::{Gateway, GatewayBuilder};
-pub use routing::Router;
 
 /// Not part of the API: the pieces that the project's own binary, benchmarks, fuzz targets and
 /// integration tests reach into. Anything here may change in any release.

@@ -1,7 +1,9 @@
-//! Routing: the [`Router`] trait and the router built from the configuration.
+//! The router built from the configuration, and the request's host as routing sees it.
 //!
-//! A router looks at the request header and returns the route (upstream and policy) or nothing,
-//! in which case the proxy answers 404 with `Proxy-Status: faultline; error=destination_not_found`.
+//! It looks at the request header and returns the route (upstream and policy) or nothing, in
+//! which case the proxy answers 404 with `Proxy-Status: faultline; error=destination_not_found`.
+//! The gateway calls it directly; a custom [`Router`](crate::extension::Router) reaches it
+//! through [`RequestContext::configured`](crate::extension::RequestContext::configured).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,21 +12,6 @@ use pingora::http::RequestHeader;
 
 pub(crate) use crate::config::Route;
 use crate::config::{HostMatch, RouteConfig};
-
-/// Chooses the route of a request.
-pub trait Router: Send + Sync {
-    /// The route for `req`, or `None` for a 404 from the proxy.
-    fn route(&self, req: &RequestHeader) -> Option<Arc<Route>>;
-}
-
-impl<F> Router for F
-where
-    F: Fn(&RequestHeader) -> Option<Arc<Route>> + Send + Sync,
-{
-    fn route(&self, req: &RequestHeader) -> Option<Arc<Route>> {
-        self(req)
-    }
-}
 
 /// The request's host: the `Host` header, or the URI authority (HTTP/2), without port.
 pub(crate) fn request_host(req: &RequestHeader) -> Option<&str> {
@@ -104,8 +91,9 @@ impl ConfigRouter {
     }
 }
 
-impl Router for ConfigRouter {
-    fn route(&self, req: &RequestHeader) -> Option<Arc<Route>> {
+impl ConfigRouter {
+    /// The route for `req`, or `None` for a 404 from the proxy.
+    pub fn route(&self, req: &RequestHeader) -> Option<Arc<Route>> {
         let by_host = !self.exact.is_empty() || !self.suffix.is_empty();
         if by_host && let Some(host) = request_host(req) {
             let lower;
@@ -251,18 +239,6 @@ mod tests {
         assert_eq!(
             name("GET", "/api/x", &[("x-tenant", "acme")]).as_deref(),
             Some("tenant")
-        );
-    }
-
-    #[test]
-    fn closures_are_routers() {
-        let r = Arc::new(Route::to_upstream("x", "app"));
-        let router = move |_: &RequestHeader| Some(r.clone());
-        assert_eq!(
-            Router::route(&router, &req("a", "/"))
-                .map(|r| r.name.clone())
-                .as_deref(),
-            Some("x")
         );
     }
 

@@ -17,15 +17,16 @@ use pingora::listeners::tls::Acceptor;
 
 use crate::config::{BackendSource, ClientLimits, Config, Discovery, IpNet, ListenerTls};
 use crate::error_page::ErrorPages;
+use crate::extension::Extensions;
 use crate::metrics::{ClientCounters, RouteTable};
-use crate::routing::{ConfigRouter, Router};
+use crate::routing::ConfigRouter;
 use crate::upstream::membership::Resolved;
 use crate::upstream::{PoolError, Upstreams};
 
 /// Everything built from one configuration.
 pub struct Snapshot {
-    /// Chooses the route of a request.
-    pub router: Arc<dyn Router>,
+    /// The configuration's routes.
+    pub router: Arc<ConfigRouter>,
     /// The pools.
     pub upstreams: Upstreams,
     /// Route counters.
@@ -66,16 +67,11 @@ impl std::fmt::Debug for Snapshot {
 impl Snapshot {
     fn build(
         config: &Config,
-        custom_router: Option<&Arc<dyn Router>>,
         route_names: &[String],
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, PoolError> {
-        let router = match custom_router {
-            Some(r) => r.clone(),
-            None => Arc::new(ConfigRouter::new(&config.routes)) as Arc<dyn Router>,
-        };
         Ok(Snapshot {
-            router,
+            router: Arc::new(ConfigRouter::new(&config.routes)),
             upstreams: Upstreams::new(&config.upstreams, previous.map(|p| &p.upstreams))?,
             routes: RouteTable::new(
                 config
@@ -163,7 +159,7 @@ impl std::error::Error for ReloadError {}
 /// The gateway's state, shared with the admin listener and the background services.
 pub struct Shared {
     current: ArcSwap<Snapshot>,
-    custom_router: Option<Arc<dyn Router>>,
+    extensions: Extensions,
     route_names: Vec<String>,
     source: Option<PathBuf>,
     listeners: Vec<std::net::SocketAddr>,
@@ -185,18 +181,18 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    /// State built from `config`; a custom router's `route_names` get their own counters;
-    /// `source` is the file reloads read.
-    pub fn new(
+    /// State built from `config`, run with `extensions`; a custom router's `route_names` get
+    /// their own counters; `source` is the file reloads read.
+    pub(crate) fn new(
         config: &Config,
-        custom_router: Option<Arc<dyn Router>>,
+        extensions: Extensions,
         route_names: Vec<String>,
         source: Option<PathBuf>,
     ) -> Result<Shared, PoolError> {
-        let snapshot = Snapshot::build(config, custom_router.as_ref(), &route_names, None)?;
+        let snapshot = Snapshot::build(config, &route_names, None)?;
         Ok(Shared {
             current: ArcSwap::from_pointee(snapshot),
-            custom_router,
+            extensions,
             route_names,
             source,
             listeners: config.listeners.iter().map(|l| l.address).collect(),
@@ -206,6 +202,16 @@ impl Shared {
             writer: std::sync::Mutex::new(()),
             lifecycle: Default::default(),
         })
+    }
+
+    /// The custom router and filters.
+    pub(crate) fn extensions(&self) -> &Extensions {
+        &self.extensions
+    }
+
+    /// The configured listener addresses.
+    pub(crate) fn listeners(&self) -> &[std::net::SocketAddr] {
+        &self.listeners
     }
 
     /// The snapshot new requests run on.
@@ -220,12 +226,7 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let old = self.current();
-        let next = Snapshot::build(
-            config,
-            self.custom_router.as_ref(),
-            &self.route_names,
-            Some(&old),
-        )?;
+        let next = Snapshot::build(config, &self.route_names, Some(&old))?;
         if !config
             .listeners
             .iter()

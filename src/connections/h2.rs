@@ -42,6 +42,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::handshake::HandshakeError;
 use crate::config::ClientLimits;
+use crate::extension::ServerName;
 
 /// Time allowed to write the closing GOAWAY to a client that may not be reading.
 const GOAWAY_TIMEOUT: Duration = Duration::from_secs(1);
@@ -89,6 +90,12 @@ pub(crate) async fn serve<A>(
         proxy_digest: stream.get_proxy_digest(),
         socket_digest: stream.get_socket_digest(),
     });
+    // Each request carries the TLS server name to the extensions: an HTTP/2 stream has no way
+    // back to its connection's TLS state.
+    let server_name = stream
+        .get_ssl()
+        .and_then(|t| t.server_name())
+        .map(|name| ServerName(Arc::from(name)));
     let blocks = Arc::new(HeaderBlocks::default());
     let watched: Stream = Box::new(Watched {
         replay: replay.unwrap_or_default(),
@@ -155,7 +162,13 @@ pub(crate) async fn serve<A>(
                     return close(&mut conn, &digest, Reason::ENHANCE_YOUR_CALM).await;
                 }
             }
-            Ok(Some(H2Accept::Session(session))) => {
+            Ok(Some(H2Accept::Session(mut session))) => {
+                if let Some(name) = &server_name {
+                    session
+                        .req_header_mut()
+                        .extensions_mut()
+                        .insert(name.clone());
+                }
                 let open = streams.opened();
                 let app = app.clone();
                 let shutdown = shutdown.clone();

@@ -1,30 +1,48 @@
-//! Building a [`Gateway`] from a configuration, with an optional custom router and the file
-//! that reloads read.
+//! Building a [`Gateway`] from a configuration, with optional extensions (a custom router,
+//! filters) and the file that reloads read.
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::Gateway;
 use crate::config::Config;
-use crate::routing::Router;
+use crate::extension::{Extensions, Filter, Router};
 use crate::state::Shared;
 use crate::upstream::PoolError;
 
-/// Builds a [`Gateway`]: the configuration, and optionally a custom router and the file that
-/// reloads read.
+/// Builds a [`Gateway`]: the configuration, and optionally a custom router, filters, and the
+/// file that reloads read.
 pub struct GatewayBuilder<'a> {
     config: &'a Config,
     router: Option<Arc<dyn Router>>,
+    filters: Vec<Arc<dyn Filter>>,
+    extension_timeout: Duration,
     route_names: Vec<String>,
     source: Option<PathBuf>,
 }
 
 impl GatewayBuilder<'_> {
-    /// Routes with `router` instead of the configuration's routes. Its routes name the
-    /// configuration's upstreams; a name that does not exist is answered with a 500
-    /// (`proxy_configuration_error`). A closure `Fn(&RequestHeader) -> Option<Arc<Route>>` works.
-    pub fn router(mut self, router: impl Router + 'static) -> Self {
+    /// Routes with `router` instead of the configuration's routes (which it can still ask:
+    /// [`RequestContext::configured`](crate::extension::RequestContext::configured)). Its
+    /// routes name the configuration's upstreams; a name that does not exist is answered with
+    /// a 500 (`proxy_configuration_error`). A closure
+    /// `Fn(&RequestContext) -> Option<Arc<Route>>` works.
+    pub fn router(mut self, router: impl Router) -> Self {
         self.router = Some(Arc::new(router));
+        self
+    }
+
+    /// Adds `filter`, run after those added before it.
+    pub fn filter(mut self, filter: impl Filter) -> Self {
+        self.filters.push(Arc::new(filter));
+        self
+    }
+
+    /// How long one call of the router or of a filter may take (default 1 s); one that takes
+    /// longer is answered 500 (`extension_timeout`).
+    pub fn extension_timeout(mut self, timeout: Duration) -> Self {
+        self.extension_timeout = timeout;
         self
     }
 
@@ -47,7 +65,7 @@ impl GatewayBuilder<'_> {
         Ok(Gateway {
             shared: Arc::new(Shared::new(
                 self.config,
-                self.router,
+                Extensions::new(self.router, self.filters, self.extension_timeout),
                 self.route_names,
                 self.source,
             )?),
@@ -61,11 +79,13 @@ impl Gateway {
         Self::builder(config).build()
     }
 
-    /// A builder, to embed faultline with a custom router.
+    /// A builder, to embed faultline with extensions.
     pub fn builder(config: &Config) -> GatewayBuilder<'_> {
         GatewayBuilder {
             config,
             router: None,
+            filters: Vec::new(),
+            extension_timeout: crate::extension::DEFAULT_TIMEOUT,
             route_names: Vec::new(),
             source: None,
         }

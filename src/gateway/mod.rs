@@ -26,6 +26,7 @@ use crate::completion::Completion;
 use crate::config::HeaderCase;
 use crate::context::{Decision, RequestCtx};
 use crate::error_page::{self, Cause};
+use crate::extension::ResponseContext;
 use crate::failure::{FailureKind, Phase, Progress, classify};
 use crate::forwarding;
 use crate::request_id;
@@ -90,6 +91,25 @@ impl Gateway {
         e
     }
 
+    /// Runs the filters on a response header about to be written.
+    fn filter_response(&self, session: &Session, ctx: &RequestCtx, header: &mut ResponseHeader) {
+        let extensions = self.shared.extensions();
+        if !extensions.filters_responses() {
+            return;
+        }
+        let response = ResponseContext {
+            request: session.req_header(),
+            request_id: &ctx.request_id,
+            route: ctx.route.as_deref(),
+            from_proxy: matches!(ctx.decision, Decision::Generated(_)),
+            failure: match ctx.decision {
+                Decision::Generated(Cause::Failure(kind)) => Some(kind),
+                _ => None,
+            },
+        };
+        extensions.filter_response(header, &response);
+    }
+
     /// Unwinds Pingora's upstream flow with `decision` recorded.
     fn decide(ctx: &mut RequestCtx, decision: Decision, why: &'static str) -> Box<Error> {
         ctx.decision = decision;
@@ -101,6 +121,7 @@ impl Gateway {
     /// Writes a proxy-generated response. With `keep_alive` the client connection stays open
     /// (only possible before an upstream was chosen); otherwise it is closed after the response.
     async fn respond(
+        &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
         cause: Cause,
@@ -124,16 +145,21 @@ impl Gateway {
             },
         )?;
         ctx.decision = Decision::Generated(cause);
+        let mut header = rendered.header;
+        for (name, value) in ctx.answer_headers.drain(..) {
+            header.append_header(name, value)?;
+        }
+        self.filter_response(session, ctx, &mut header);
+        // Shutting down: the client is told to take its next request elsewhere.
+        let keep_alive = keep_alive && !self.shared.lifecycle().draining();
         if !keep_alive {
             return session
                 .as_downstream_mut()
-                .write_error_response(rendered.header, rendered.body)
+                .write_error_response(header, rendered.body)
                 .await;
         }
         let end = rendered.body.is_empty();
-        session
-            .write_response_header(Box::new(rendered.header), end)
-            .await?;
+        session.write_response_header(Box::new(header), end).await?;
         if !end {
             session
                 .write_response_body(Some(rendered.body), true)
@@ -163,12 +189,14 @@ impl ProxyHttp for Gateway {
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
-        let Err(Refusal { kind, keep_alive }) = admission::admit(session, ctx) else {
+        let Err(Refusal { kind, keep_alive }) = admission::admit(session, ctx, &self.shared).await
+        else {
             return Ok(false);
         };
         // Decided before the page is written: if writing fails, the failure stays this one.
         ctx.decision = Decision::Failed(kind);
-        Self::respond(session, ctx, Cause::Failure(kind), keep_alive).await?;
+        self.respond(session, ctx, Cause::Failure(kind), keep_alive)
+            .await?;
         Ok(true)
     }
 
@@ -346,7 +374,9 @@ impl ProxyHttp for Gateway {
             .pages
             .mark_passed_through(upstream_response, |status| {
                 ctx.next_hop(Outcome::Response(status))
-            })
+            })?;
+        self.filter_response(session, ctx, upstream_response);
+        Ok(())
     }
 
     fn fail_to_connect(
@@ -442,7 +472,7 @@ impl ProxyHttp for Gateway {
         } else if cause == Cause::Failure(FailureKind::ClientAborted) {
             0
         } else {
-            if let Err(write_error) = Self::respond(session, ctx, cause, false).await {
+            if let Err(write_error) = self.respond(session, ctx, cause, false).await {
                 log::debug!("writing the error response failed: {write_error}");
             }
             cause.status()

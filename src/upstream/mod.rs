@@ -401,24 +401,12 @@ impl Pool {
             let Some(b) = self.backends.get(i) else {
                 return false;
             };
-            if !healthy
-                || b.draining()
-                || b.tier() > max_tier
-                || (fresh_only && tried(i))
-                || (answering_only && b.lagging())
-            {
+            if (fresh_only && tried(i)) || (answering_only && b.lagging()) {
                 return false;
             }
-            match b.breaker().admit() {
-                Some(is_probe) => {
-                    probe.set(is_probe);
-                    true
-                }
-                None => false,
-            }
+            Self::admits(b, healthy, max_tier, &probe)
         };
-        // Readiness by active check; without active checks every backend is ready.
-        let ready = |i: usize| self.active_interval.is_none() || self.actively_healthy(i);
+        let ready = |i: usize| self.ready(i);
         // Consistent hashing keeps its affinity: only health moves a key elsewhere.
         let avoid_lagging = !self.hash_key;
         let chosen = self
@@ -444,6 +432,46 @@ impl Pool {
                 .then(|| self.backends.get(chosen).map(Probe::granted))
                 .flatten(),
         })
+    }
+
+    /// Backend `index` for a request that prefers it (a sticky session), when it can take one
+    /// now: both health views admit it, it is not draining, and it is in the first SRV tier.
+    pub(crate) fn select_backend(&self, index: usize) -> Option<Selected> {
+        let b = self.backends.get(index)?;
+        let probe = Cell::new(false);
+        if !Self::admits(b, self.ready(index), 0, &probe) {
+            return None;
+        }
+        Some(Selected {
+            index,
+            probe: probe.get().then(|| Probe::granted(b)),
+        })
+    }
+
+    /// The index of the backend named `name` (its configured address), if the pool has it.
+    pub(crate) fn backend_named(&self, name: &str) -> Option<usize> {
+        self.backends.iter().position(|b| b.name() == name)
+    }
+
+    /// Readiness by active check; without active checks every backend is ready.
+    fn ready(&self, i: usize) -> bool {
+        self.active_interval.is_none() || self.actively_healthy(i)
+    }
+
+    /// Whether `b` takes a request now: healthy by active check, not draining, within
+    /// `max_tier`, and let through by its breaker (which may make the request its probe, told
+    /// by `probe`).
+    fn admits(b: &Backend, healthy: bool, max_tier: u16, probe: &Cell<bool>) -> bool {
+        if !healthy || b.draining() || b.tier() > max_tier {
+            return false;
+        }
+        match b.breaker().admit() {
+            Some(is_probe) => {
+                probe.set(is_probe);
+                true
+            }
+            None => false,
+        }
     }
 
     /// Takes a place among the requests in flight, given back when dropped; `None` when the

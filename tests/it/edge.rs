@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use faultline::Route;
-use pingora::http::RequestHeader;
+use faultline::extension::RequestContext;
 
 use crate::client::{self, Client};
 use crate::harness::{
@@ -28,8 +28,8 @@ fn a_closure_routes_requests() {
     let to_blue = Arc::new(Route::to_upstream("blue-route", "blue"));
     let to_green = Arc::new(Route::to_upstream("green-route", "green"));
     let proxy = Proxy::start_with(&two_upstreams(&blue, &green), move |b| {
-        b.router(move |req: &RequestHeader| {
-            match req.headers.get("x-color").map(|v| v.as_bytes()) {
+        b.router(move |req: &RequestContext<'_>| {
+            match req.header().headers.get("x-color").map(|v| v.as_bytes()) {
                 Some(b"blue") => Some(to_blue.clone()),
                 Some(b"green") => Some(to_green.clone()),
                 _ => None,
@@ -77,7 +77,7 @@ fn a_route_to_a_missing_upstream_is_a_configuration_error() {
     let green = Origin::start(Behavior::named("green"));
     let nowhere = Arc::new(Route::to_upstream("nowhere", "purple"));
     let proxy = Proxy::start_with(&two_upstreams(&blue, &green), move |b| {
-        b.router(move |_: &RequestHeader| Some(nowhere.clone()))
+        b.router(move |_: &RequestContext<'_>| Some(nowhere.clone()))
     });
     let resp = client::get(proxy.addr, "/", &[]);
     assert_eq!(resp.status, 500);

@@ -62,7 +62,9 @@ impl Proxy {
         Self::start_full(addr, admin, &yaml, move |b| b.reload_from(source))
     }
 
-    fn start_full(
+    /// Starts faultline from a whole configuration whose listener is `addr` and admin `admin`,
+    /// with the gateway builder adjusted by `customize`.
+    pub fn start_full(
         addr: SocketAddr,
         admin: SocketAddr,
         yaml: &str,

@@ -13,6 +13,7 @@ mod config_errors;
 mod discovery;
 mod dns;
 mod edge;
+mod extensions;
 mod failures;
 mod grpc;
 mod health;

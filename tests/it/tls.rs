@@ -286,6 +286,15 @@ routes:
 
 /// Starts faultline with a TLS listener (and the test CA for upstream verification).
 pub(crate) fn tls_proxy(pki: &Pki, body: &str) -> Proxy {
+    tls_proxy_with(pki, body, |b| b)
+}
+
+/// Like [`tls_proxy`], with the gateway builder adjusted by `customize`.
+pub(crate) fn tls_proxy_with(
+    pki: &Pki,
+    body: &str,
+    customize: impl FnOnce(faultline::GatewayBuilder<'_>) -> faultline::GatewayBuilder<'_>,
+) -> Proxy {
     let addr = crate::harness::free_addr();
     let admin = crate::harness::free_addr();
     let yaml = format!(
@@ -294,7 +303,7 @@ pub(crate) fn tls_proxy(pki: &Pki, body: &str) -> Proxy {
         pki.path("proxy.pem"),
         pki.path("proxy.key")
     );
-    Proxy::start_yaml(addr, admin, &yaml)
+    Proxy::start_full(addr, admin, &yaml, customize)
 }
 
 #[test]
