@@ -103,11 +103,7 @@ impl Admin {
             }
         }
         let (ok, failed) = self.shared.reload_counts();
-        text.push_str("# HELP faultline_config_reloads_total Configuration reloads by result.\n");
-        text.push_str("# TYPE faultline_config_reloads_total counter\n");
-        text.push_str(&format!(
-            "faultline_config_reloads_total{{result=\"success\"}} {ok}\nfaultline_config_reloads_total{{result=\"failure\"}} {failed}\n"
-        ));
+        metrics::render_reloads(&mut text, ok, failed, self.shared.last_reload_successful());
         text
     }
 

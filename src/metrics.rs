@@ -542,6 +542,23 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
     out
 }
 
+/// Writes the reload series: reloads by result, and whether the last one succeeded.
+pub(crate) fn render_reloads(out: &mut String, ok: u64, failed: u64, last_ok: bool) {
+    out.push_str("# HELP faultline_config_reloads_total Configuration reloads by result.\n");
+    out.push_str("# TYPE faultline_config_reloads_total counter\n");
+    let _ = writeln!(
+        out,
+        "faultline_config_reloads_total{{result=\"success\"}} {ok}\nfaultline_config_reloads_total{{result=\"failure\"}} {failed}"
+    );
+    out.push_str("# HELP faultline_config_last_reload_successful Whether the last reload succeeded: 0 from a failed reload (the previous configuration still runs) until one succeeds; 1 before any.\n");
+    out.push_str("# TYPE faultline_config_last_reload_successful gauge\n");
+    let _ = writeln!(
+        out,
+        "faultline_config_last_reload_successful {}",
+        u8::from(last_ok)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -594,6 +611,20 @@ mod tests {
             "faultline_backend_up{upstream=\"app\",backend=\"127.0.0.1:1\"} 0",
             "faultline_backend_ejections_total{upstream=\"app\",backend=\"127.0.0.1:1\",reason=\"consecutive_failures\"} 2",
             "faultline_backend_ejections_total{upstream=\"app\",backend=\"127.0.0.1:1\",reason=\"probe_failed\"} 1",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+    }
+
+    #[test]
+    fn reloads_render_with_the_last_result() {
+        let mut text = String::new();
+        render_reloads(&mut text, 2, 1, false);
+        for line in [
+            "faultline_config_reloads_total{result=\"success\"} 2",
+            "faultline_config_reloads_total{result=\"failure\"} 1",
+            "# TYPE faultline_config_last_reload_successful gauge",
+            "faultline_config_last_reload_successful 0",
         ] {
             assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
         }

@@ -10,7 +10,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use pingora::listeners::tls::Acceptor;
@@ -165,6 +165,8 @@ pub struct Shared {
     listeners: Vec<std::net::SocketAddr>,
     reloads_ok: AtomicU64,
     reloads_failed: AtomicU64,
+    /// Whether the last reload succeeded (true before any: the file started with was valid).
+    last_reload_ok: AtomicBool,
     clients: ClientCounters,
     /// Held by whoever builds the next snapshot from the current one (a reload, a membership
     /// change), so that neither loses the other's.
@@ -198,6 +200,7 @@ impl Shared {
             listeners: config.listeners.iter().map(|l| l.address).collect(),
             reloads_ok: AtomicU64::new(0),
             reloads_failed: AtomicU64::new(0),
+            last_reload_ok: AtomicBool::new(true),
             clients: ClientCounters::default(),
             writer: std::sync::Mutex::new(()),
             lifecycle: Default::default(),
@@ -286,10 +289,12 @@ impl Shared {
         match &result {
             Ok(()) => {
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                self.last_reload_ok.store(true, Ordering::Relaxed);
                 log::info!("configuration reloaded");
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                self.last_reload_ok.store(false, Ordering::Relaxed);
                 log::error!("configuration reload failed, the running configuration stays:\n{e}");
             }
         }
@@ -317,5 +322,11 @@ impl Shared {
             self.reloads_ok.load(Ordering::Relaxed),
             self.reloads_failed.load(Ordering::Relaxed),
         )
+    }
+
+    /// Whether the last reload succeeded; true before any reload (the running configuration is
+    /// the file's), false from a failed reload until the next one succeeds.
+    pub fn last_reload_successful(&self) -> bool {
+        self.last_reload_ok.load(Ordering::Relaxed)
     }
 }

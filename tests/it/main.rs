@@ -10,6 +10,7 @@ mod harness;
 mod origin;
 
 mod config_errors;
+mod deploy;
 mod discovery;
 mod dns;
 mod edge;

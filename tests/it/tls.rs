@@ -211,7 +211,7 @@ pub(crate) async fn h2_request(
 }
 
 /// An HTTPS/1.1 request; returns the status line, the raw head and the body.
-fn https1(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, String, String) {
+pub(crate) fn https1(pki: &Pki, addr: SocketAddr, path: &str) -> (u16, String, String) {
     let connector = connector(pki, b"http/1.1");
     runtime().block_on(async move {
         let mut tls = tls_connect(&connector, addr).await.expect("handshake");
