@@ -124,7 +124,7 @@ fn bench(c: &mut Criterion) {
     let backend = BackendMetrics::default();
     c.bench_function("record a request and an attempt", |b| {
         b.iter(|| {
-            route.request(black_box(200), Source::Origin);
+            route.request(black_box(200), Source::Origin, None);
             backend.response(black_box(200));
             backend
                 .header

@@ -14,6 +14,8 @@ faultline.
     python3 benches/instructions.py              # 20000 requests each
     python3 benches/instructions.py --requests 5000 --skip-build
     python3 benches/instructions.py --save /tmp/cg   # then: callgrind_annotate --inclusive=yes
+    python3 benches/instructions.py --skip-build --only A=/tmp/faultline-a,B=/tmp/faultline-b
+        # two faultline builds against each other, run alternately (paired comparison)
 
 Loopback only; every wait has a deadline and the request count is fixed.
 """
@@ -102,16 +104,17 @@ def drive(port, total, extra=b""):
     return sum(ok)
 
 
-def measure(procs, workdir, kind, origin, requests, save, extra):
+def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     port = load.free_port()
-    tag = f"{kind}-{len(extra)}"
+    tag = f"{kind}-{len(extra)}".replace("/", "_")
     out = os.path.join(workdir, f"{tag}.callgrind")
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                 "--dump-instr=no", "--collect-atstart=yes"]
     name = f"{tag}-callgrind"
-    if kind == "faultline":
+    if kind == "faultline" or binary:
         conf = load.faultline_conf(workdir, name, port, [origin], False)
-        args = [os.path.join(load.ROOT, "target/release/faultline"), "-c", conf]
+        binary = binary or os.path.join(load.ROOT, "target/release/faultline")
+        args = [binary, "-c", conf]
         env = dict(os.environ, RUST_LOG="error")
     else:
         args, env = load.bare_command(kind, port, [origin])
@@ -154,7 +157,13 @@ def main():
     parser.add_argument("--skip-build", action="store_true")
     parser.add_argument("--save", metavar="DIR",
                         help="keep the callgrind files here (for callgrind_annotate)")
+    parser.add_argument("--only", metavar="NAME=BINARY,...",
+                        help="measure only these faultline binaries, alternately, "
+                             "--pairs times each")
+    parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
+    if args.only:
+        return compare(args)
     load.ensure_tools()
     ensure_valgrind()
     if not args.skip_build:
@@ -187,6 +196,43 @@ def main():
         bare, mi, headers, ours = (results[(kind, shape)] for kind in KINDS)
         print(f"| {label} | {bare:,.0f} | {mi:,.0f} | {headers:,.0f} | {ours:,.0f} | "
               f"{ours / bare:.3f} | {ours / mi:.3f} | {ours / headers:.3f} |")
+
+
+def compare(args):
+    """Faultline binaries against each other: each shape measured `--pairs` times per binary,
+    the binaries alternating, so that a drift of the machine falls on all of them."""
+    binaries = [tuple(item.split("=", 1)) for item in args.only.split(",")]
+    load.ensure_tools()
+    ensure_valgrind()
+    workdir = tempfile.mkdtemp(prefix="faultline-instr-")
+    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
+    procs = load.Procs(workdir)
+    results = {}
+    try:
+        origin = load.free_port()
+        load.start_origin(procs, workdir, origin)
+        for shape, extra in (("minimal", b""), ("browser", BROWSER_HEADERS)):
+            for run in range(args.pairs):
+                order = binaries if run % 2 == 0 else binaries[::-1]
+                for name, binary in order:
+                    n = measure(procs, workdir, f"{name}-{run}", origin, args.requests, None,
+                                extra, binary)
+                    results.setdefault((name, shape), []).append(n)
+                    load.log(f"{name}, {shape} request, run {run}: {n:,.0f} instructions")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`")
+    print()
+    names = [name for name, _ in binaries]
+    print("| request | " + " | ".join(f"{n} (mean of {args.pairs})" for n in names)
+          + " | " + " | ".join(f"{n} / {names[0]}" for n in names[1:]) + " |")
+    print("|---|" + "---:|" * (2 * len(names) - 1))
+    for shape, label in (("minimal", "`GET /` with `Host` only"),
+                         ("browser", "`GET /` with 11 browser headers")):
+        means = [sum(results[(n, shape)]) / len(results[(n, shape)]) for n in names]
+        print(f"| {label} | " + " | ".join(f"{m:,.0f}" for m in means) + " | "
+              + " | ".join(f"{m / means[0]:.3f}" for m in means[1:]) + " |")
 
 
 if __name__ == "__main__":

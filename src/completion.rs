@@ -101,7 +101,7 @@ impl Completion<'_> {
     /// Counts the request and writes its access-log line.
     pub(crate) fn record(&self) {
         if let Some(m) = self.metrics {
-            m.request(self.status, self.source);
+            m.request(self.status, self.source, self.failure);
         }
         access_log::write(|| self.to_json());
     }

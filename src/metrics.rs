@@ -223,6 +223,8 @@ pub struct RouteMetrics {
     name: String,
     requests: [Box<[AtomicU64; STATUSES]>; 3],
     retries: Box<[AtomicU64; REASONS]>,
+    /// Requests that ended in a failure, by kind.
+    failures: Box<[AtomicU64; FailureKind::ALL.len()]>,
     client_aborts: AtomicU64,
     /// gRPC calls the proxy answered itself, by gRPC status code (0 to 16).
     grpc_answers: Box<[AtomicU64; GRPC_CODES]>,
@@ -237,14 +239,19 @@ impl RouteMetrics {
             name: name.to_string(),
             requests: [counters(), counters(), counters()],
             retries: counters(),
+            failures: counters(),
             client_aborts: AtomicU64::new(0),
             grpc_answers: counters(),
         }
     }
 
-    /// A request finished with `status`, produced by `source`.
-    pub fn request(&self, status: u16, source: Source) {
+    /// A request finished with `status`, produced by `source`, and ended in `failure` if it
+    /// did (the proxy's answer, a response cut after its header, a client gone).
+    pub fn request(&self, status: u16, source: Source, failure: Option<FailureKind>) {
         inc(&self.requests[source as usize][status_index(status)]);
+        if let Some(kind) = failure {
+            inc(&self.failures[kind.index()]);
+        }
         if source == Source::Client {
             inc(&self.client_aborts);
         }
@@ -374,6 +381,23 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                 let _ = writeln!(
                     out,
                     "faultline_retries_total{{route=\"{}\",reason=\"{reason}\"}} {v}",
+                    r.name
+                );
+            }
+        }
+    }
+
+    out.push_str(
+        "# HELP faultline_request_failures_total Requests that ended in a failure, by kind.\n",
+    );
+    out.push_str("# TYPE faultline_request_failures_total counter\n");
+    for r in all_routes() {
+        for (kind, c) in FailureKind::ALL.iter().zip(r.failures.iter()) {
+            let v = c.load(Ordering::Relaxed);
+            if v > 0 {
+                let _ = writeln!(
+                    out,
+                    "faultline_request_failures_total{{route=\"{}\",kind=\"{kind}\"}} {v}",
                     r.name
                 );
             }
@@ -567,11 +591,15 @@ mod tests {
     fn renders_what_was_counted() {
         let routes = RouteTable::new(["api"], None);
         let api = routes.get(Some("api"));
-        api.request(502, Source::Proxy);
-        api.request(200, Source::Origin);
-        api.request(200, Source::Origin);
+        api.request(502, Source::Proxy, Some(FailureKind::ConnectionRefused));
+        api.request(200, Source::Origin, None);
+        api.request(200, Source::Origin, None);
         api.retry(Some(FailureKind::ConnectionRefused));
-        routes.get(Some("custom")).request(404, Source::Proxy);
+        routes.get(Some("custom")).request(
+            404,
+            Source::Proxy,
+            Some(FailureKind::DestinationNotFound),
+        );
         let backend = BackendMetrics::default();
         backend.failure(FailureKind::ConnectionRefused);
         backend.response(503);
@@ -599,6 +627,8 @@ mod tests {
             "faultline_requests_total{route=\"api\",status=\"200\",source=\"origin\"} 2",
             "faultline_requests_total{route=\"api\",status=\"502\",source=\"proxy\"} 1",
             "faultline_requests_total{route=\"none\",status=\"404\",source=\"proxy\"} 1",
+            "faultline_request_failures_total{route=\"api\",kind=\"connection_refused\"} 1",
+            "faultline_request_failures_total{route=\"none\",kind=\"destination_not_found\"} 1",
             "faultline_retries_total{route=\"api\",reason=\"connection_refused\"} 1",
             "faultline_client_aborts_total{route=\"api\"} 0",
             "faultline_retry_budget_exhausted_total{upstream=\"app\"} 0",

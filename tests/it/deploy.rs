@@ -470,7 +470,10 @@ upstreams:
     backends: [{{ address: \"{refused}\" }}, {{ address: \"{origin}\" }}]
   discovered:
     backends: [{{ dns: \"api.test:{port}\" }}]
+  dead:
+    backends: [{{ address: \"{refused}\" }}]
 routes:
+  - {{ match: {{ path_prefix: /dead }}, upstream: dead, name: dead }}
   - {{ match: {{ path_prefix: /d }}, upstream: discovered, name: discovered }}
   - {{ upstream: app, name: main, retry: {{ attempts: 2 }} }}
 ",
@@ -497,6 +500,14 @@ routes:
     );
     let (status, _, _) = https1(&pki, bin.addr, "/d");
     assert_eq!(status, 200);
+    // A request that ends in a failure.
+    let (status, _, _) = https1(&pki, bin.addr, "/dead");
+    assert_eq!(status, 502);
+    wait_for(
+        &bin,
+        "faultline_request_failures_total{route=\"dead\",kind=\"connection_refused\"}",
+        |n| n == 1,
+    );
     wait_for(
         &bin,
         "faultline_retries_total{route=\"main\",reason=\"connection_refused\"}",

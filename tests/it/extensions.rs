@@ -212,6 +212,13 @@ fn a_failing_slow_or_absent_directory_is_answered_by_the_failure_contract() {
         |v| v == 2,
         "extension failures counted",
     );
+    for kind in ["extension_failed", "extension_timeout"] {
+        proxy.wait_for_metric(
+            &format!("faultline_request_failures_total{{route=\"none\",kind=\"{kind}\"}}"),
+            |v| v == 1,
+            "extension failures by kind",
+        );
+    }
 
     // No directory at all.
     let gone = format!("http://{}", refused_addr());
@@ -328,6 +335,11 @@ fn api_key_filter_refuses_with_401_problem_json_and_hides_the_key() {
         "faultline_requests_total{route=\"api\",status=\"401\",source=\"proxy\"}",
         |v| v == 2,
         "refusals counted",
+    );
+    proxy.wait_for_metric(
+        "faultline_request_failures_total{route=\"api\",kind=\"unauthorized\"}",
+        |v| v == 2,
+        "refusals counted by kind",
     );
     // The refused requests kept their connection: a refusal reads the whole request.
     let mut c = client::Client::connect(proxy.addr);
@@ -472,6 +484,17 @@ fn filter_refusals_failures_and_panics_take_the_proxys_answer_path() {
             "faultline_requests_total{{route=\"main\",status=\"{status}\",source=\"proxy\"}}"
         );
         proxy.wait_for_metric(&series, |v| v >= 1, "answers counted");
+    }
+    for (kind, n) in [
+        ("forbidden", 1),
+        ("too_many_requests", 1),
+        ("extension_failed", 2),
+    ] {
+        proxy.wait_for_metric(
+            &format!("faultline_request_failures_total{{route=\"main\",kind=\"{kind}\"}}"),
+            |v| v == n,
+            "failures by kind",
+        );
     }
     let slow = client::get(proxy.addr, "/slow-down", &[]);
     assert_eq!(slow.header("retry-after"), Some("2"));
