@@ -15,7 +15,7 @@
 //! Whatever an extension does goes through the same path as every other answer of the proxy:
 //! a refusal, an error ([`ExtensionError`]), an extension that runs past its time limit or one
 //! that panics is answered with the proxy's page, `Proxy-Status`, request id, counters and
-//! access-log line, each with its own [`FailureKind`](crate::FailureKind). Without a custom
+//! access-log line, each with its own [`FailureKind`]. Without a custom
 //! router, the configuration's routes are looked up directly, with no boxed future or time
 //! limit on the way.
 //!
@@ -65,7 +65,22 @@ use crate::failure::FailureKind;
 /// Chooses the route of a request.
 ///
 /// A closure `Fn(&RequestContext) -> Option<R>` is a router, where `R` is a [`Routing`] or an
-/// `Arc<Route>`. An async router implements the trait with `#[async_trait]`.
+/// `Arc<Route>`. An async router implements the trait with `#[async_trait]` (see the module's
+/// example). A sticky session, with the configuration's routes as the fallback:
+///
+/// ```
+/// use faultline::extension::{RequestContext, Routing};
+/// # fn builder(b: faultline::GatewayBuilder<'_>) -> faultline::GatewayBuilder<'_> {
+/// b.router(|request: &RequestContext<'_>| {
+///     let routing = request.configured()?;
+///     Some(match request.cookie("backend") {
+///         // The backend by its configured address, while it can take requests.
+///         Some(backend) => routing.prefer_backend(backend),
+///         None => routing,
+///     })
+/// })
+/// # }
+/// ```
 #[async_trait]
 pub trait Router: Send + Sync + 'static {
     /// Where `request` goes; `Ok(None)` is answered 404 (`destination_not_found`), an error
@@ -86,7 +101,34 @@ where
 
 /// Acts on routed requests and on responses.
 ///
-/// Both methods do nothing unless overridden. Filters run in the order they were added.
+/// Both methods do nothing unless overridden. Filters run in the order they were added, each
+/// call under the gateway's time limit for extensions.
+///
+/// ```
+/// use async_trait::async_trait;
+/// use faultline::extension::{Filter, FilterError, Refusal, RequestContext, ResponseContext};
+/// use pingora::http::ResponseHeader;
+///
+/// /// Only clients on the office network may use the route `admin`; every response says
+/// /// which request it answers.
+/// struct Office;
+///
+/// #[async_trait]
+/// impl Filter for Office {
+///     async fn request(&self, request: &mut RequestContext<'_>) -> Result<(), FilterError> {
+///         let admin = request.route().is_some_and(|r| r.name == "admin");
+///         let inside = request.client_addr().is_some_and(|a| a.ip().is_loopback());
+///         if admin && !inside {
+///             return Err(Refusal::forbidden().into());
+///         }
+///         Ok(())
+///     }
+///
+///     fn response(&self, response: &mut ResponseHeader, request: &ResponseContext<'_>) {
+///         let _ = response.insert_header("x-answered", request.request_id().to_string());
+///     }
+/// }
+/// ```
 #[async_trait]
 pub trait Filter: Send + Sync + 'static {
     /// Runs once per routed request, before a backend is chosen: may change the request's
