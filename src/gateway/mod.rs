@@ -43,7 +43,8 @@ const DECIDED: ErrorType = ErrorType::new("FaultlineDecided");
 /// The faultline proxy: routing, per-backend failure semantics, retries, error pages.
 ///
 /// Build one with [`Gateway::new`] (the configuration's routes) or [`Gateway::builder`] (a
-/// custom [`Router`](crate::extension::Router) and filters), then hand it to Pingora's `http_proxy_service`.
+/// custom [`Router`](crate::extension::Router) and filters), then hand it to Pingora's
+/// `http_proxy_service`.
 pub struct Gateway {
     shared: Arc<Shared>,
 }
