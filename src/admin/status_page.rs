@@ -53,6 +53,7 @@ ul{list-style:none;margin:0;padding:0}li{white-space:nowrap}\
 b{font-variant-numeric:tabular-nums}\
 svg{display:block}svg .r{fill:var(--bar)}svg .e{fill:var(--warn)}svg .f{fill:var(--bad)}\
 svg .a{stroke:var(--line)}svg .t{fill:var(--line)}\
+svg .sr{stroke:var(--bar)}svg .se{stroke:var(--warn)}svg .sf{stroke:var(--bad)}\
 .key i{display:inline-block;width:.7em;height:.7em;border-radius:2px;margin:0 .25em 0 .6em}\
 .key .r{background:var(--bar)}.key .e{background:var(--warn)}.key .f{background:var(--bad)}\
 footer{color:var(--mute);font-size:.85em}";
@@ -305,11 +306,18 @@ fn backend(out: &mut String, pool: &Pool, i: usize, b: &Backend, r: &Recent) {
     for (_, class, words) in &states {
         let _ = write!(out, "<span class=\"badge {class}\">{words}</span>");
     }
-    let ejections = b.breaker().ejections_total();
-    let consecutive = b.breaker().consecutive_failures();
+    let passive = if pool.passive_health() {
+        format!(
+            "{} ejections · {} failures in a row",
+            b.breaker().ejections_total(),
+            b.breaker().consecutive_failures()
+        )
+    } else {
+        "passive health off: never ejected".to_string()
+    };
     let _ = write!(
         out,
-        "<br><span class=\"sub\">{ejections} ejections · {consecutive} failures in a row · {} pending</span></td><td>",
+        "<br><span class=\"sub\">{passive} · {} pending</span></td><td>",
         b.pending()
     );
     sparkline(out, &r.bars, 180, 28);
@@ -346,10 +354,12 @@ fn kinds(out: &mut String, b: &Backend, r: &Recent) {
     out.push_str("</ul>");
 }
 
-/// Bars of responses (5xx on top of them) and failures per interval, scaled to the busiest.
+/// Bars of responses (5xx on top of them) and failures per interval, scaled to the busiest,
+/// in whole pixels. Each bar is a vertical stroke as wide as the bar, one path per colour: a
+/// few bytes per bar, so a busy backend's chart stays around 2 KiB.
 fn sparkline(out: &mut String, bars: &[Bar], width: u32, height: u32) {
-    let step = f64::from(width) / bars.len().max(1) as f64;
-    let bar_width = (step - 1.0).max(1.0);
+    let step = width / u32::try_from(bars.len()).unwrap_or(u32::MAX).max(1);
+    let bar_width = step.saturating_sub(1).max(1);
     let top = bars
         .iter()
         .map(|b| b.responses + b.failures)
@@ -358,34 +368,30 @@ fn sparkline(out: &mut String, bars: &[Bar], width: u32, height: u32) {
     let (responses, failures): (u64, u64) = bars
         .iter()
         .fold((0, 0), |(r, f), b| (r + b.responses, f + b.failures));
-    let chart = f64::from(height - 1);
+    let chart = u64::from(height - 1);
     let mut paths = [String::new(), String::new(), String::new()];
     for (i, b) in bars.iter().enumerate() {
         let total = b.responses + b.failures;
         if total == 0 {
             continue;
         }
-        let full = (total as f64 * chart / top as f64).max(1.0);
+        // At least a pixel for anything counted.
+        let full = (total * chart).div_ceil(top).max(1);
         let part = |n: u64| {
-            if n == 0 {
-                0.0
-            } else {
-                (n as f64 * full / total as f64).max(1.0)
-            }
+            if n == 0 { 0 } else { (n * full / total).max(1) }
         };
         let failed = part(b.failures).min(full);
         let server_errors = part(b.server_errors.min(b.responses)).min(full - failed);
         let ok = full - failed - server_errors;
-        let x = i as f64 * step;
+        // The middle of the bar, in half pixels.
+        let x2 = u64::try_from(i).unwrap_or(u64::MAX) * u64::from(step) * 2 + u64::from(bar_width);
+        let x = format!("{}{}", x2 / 2, if x2 % 2 == 1 { ".5" } else { "" });
         // Stacked from the baseline: responses, then 5xx responses, then failures.
         let mut y = chart;
         for (path, h) in paths.iter_mut().zip([ok, server_errors, failed]) {
-            if h > 0.0 {
+            if h > 0 {
+                let _ = write!(path, "M{x} {y}v-{h}");
                 y -= h;
-                let _ = write!(
-                    path,
-                    "M{x:.1} {y:.1}h{bar_width:.1}v{h:.1}h-{bar_width:.1}z"
-                );
             }
         }
     }
@@ -398,9 +404,12 @@ fn sparkline(out: &mut String, bars: &[Bar], width: u32, height: u32) {
         base = height - 1,
         slot = SLOT.as_secs(),
     );
-    for (class, d) in ["r", "e", "f"].iter().zip(&paths) {
+    for (class, d) in ["sr", "se", "sf"].iter().zip(&paths) {
         if !d.is_empty() {
-            let _ = write!(out, "<path class=\"{class}\" d=\"{d}\"/>");
+            let _ = write!(
+                out,
+                "<path class=\"{class}\" stroke-width=\"{bar_width}\" d=\"{d}\"/>"
+            );
         }
     }
     out.push_str("</svg>");
@@ -456,11 +465,46 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_backend_takes_a_few_kib() {
+        let backends: Vec<String> = (1..=10)
+            .map(|i| format!("{{ address: \"127.0.0.{i}:80\" }}"))
+            .collect();
+        let yaml = format!(
+            "listeners: [{{ address: \"127.0.0.1:8080\" }}]\nupstreams:\n  app:\n    backends: [{}]\nroutes: [{{ upstream: app }}]\n",
+            backends.join(", ")
+        );
+        let config = crate::config::Config::from_yaml(&yaml).expect("config");
+        let shared = Shared::new(&config, None, vec![], None).expect("state");
+        let snapshot = shared.current();
+        let pool = snapshot.upstreams.iter().next().expect("a pool");
+        for b in pool.backends() {
+            for kind in FailureKind::ALL.iter().filter(|k| k.is_upstream()) {
+                b.metrics().failure(*kind);
+            }
+        }
+        let mut recent = shared.history().read(pool);
+        for r in &mut recent {
+            for (i, bar) in r.bars.iter_mut().enumerate() {
+                let i = i as u64;
+                *bar = Bar {
+                    responses: 50 + i * 7 % 13 * 9,
+                    failures: i % 5,
+                    server_errors: i % 3,
+                };
+            }
+        }
+        let mut section = String::new();
+        upstream(&mut section, pool, &recent);
+        // Every interval drawn in three colours and every upstream-side kind listed.
+        assert!(section.len() < 10 * 6 * 1024, "{} bytes", section.len());
+    }
+
+    #[test]
     fn a_quiet_chart_is_its_baseline() {
         let mut out = String::new();
         sparkline(&mut out, &[Bar::default(); SLOTS], 240, 40);
         assert!(out.contains("class=\"a\""));
-        assert!(!out.contains("class=\"r\""), "{out}");
+        assert!(!out.contains("class=\"sr\""), "{out}");
         let mut busy = [Bar::default(); SLOTS];
         busy[SLOTS - 1] = Bar {
             responses: 9,
@@ -469,8 +513,16 @@ mod tests {
         };
         let mut out = String::new();
         sparkline(&mut out, &busy, 240, 40);
-        for class in ["r", "e", "f"] {
-            assert!(out.contains(&format!("<path class=\"{class}\"")), "{out}");
-        }
+        // The busiest bar fills the 39 pixels: a tenth failures on top, 3 in 9 responses 5xx
+        // below them, the rest ordinary responses.
+        assert!(
+            out.contains("<path class=\"sr\" stroke-width=\"3\" d=\"M237.5 39v-25\"/>"),
+            "{out}"
+        );
+        assert!(out.contains("d=\"M237.5 14v-11\""), "{out}");
+        assert!(
+            out.contains("<path class=\"sf\" stroke-width=\"3\" d=\"M237.5 3v-3\"/>"),
+            "{out}"
+        );
     }
 }

@@ -183,8 +183,8 @@ fn shows_failure_counts_by_kind_after_failures() {
     );
     assert!(good_row.contains("<b>0</b> failures"), "{good_row}");
     // The upstream's chart has bars for both.
-    assert!(page.contains("<path class=\"r\""), "responses drawn");
-    assert!(page.contains("<path class=\"f\""), "failures drawn");
+    assert!(page.contains("<path class=\"sr\""), "responses drawn");
+    assert!(page.contains("<path class=\"sf\""), "failures drawn");
 }
 
 #[test]
