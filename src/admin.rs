@@ -1,9 +1,11 @@
-//! The admin listener: `/metrics` (Prometheus text), `/status` (JSON state of every upstream and
-//! backend), `/healthz` (the proxy itself is up), `/readyz` (it takes traffic: started, its
+//! The admin listener: `/` (the status page, HTML for a person), `/metrics` (Prometheus text),
+//! `/status` (JSON state of every upstream and backend), `/healthz` (the proxy itself is up), `/readyz` (it takes traffic: started, its
 //! first health checks done, not shutting down), `POST /reload` (re-read the configuration
 //! file), and `POST /upstreams/{name}/backends/{address}/drain` and `.../undrain` (a backend
 //! takes no new request, or takes them again, for rolling deploys). Bind it to a private
 //! address.
+
+mod status_page;
 
 use std::sync::Arc;
 
@@ -11,6 +13,8 @@ use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
 use pingora::apps::http_app::ServeHttp;
 use pingora::protocols::http::ServerSession;
+use pingora::server::ShutdownWatch;
+use pingora::services::background::BackgroundService;
 use serde_json::json;
 
 use crate::config::{Certificate, UnknownSni};
@@ -116,6 +120,27 @@ impl Admin {
             .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
         let tls: Vec<_> = snapshot.tls.iter().map(|l| tls_status(l, now)).collect();
         json!({ "upstreams": upstreams, "tls": tls })
+    }
+}
+
+/// The tick of the backends' recent history (`history`), behind the status page: every
+/// `history::SLOT` it reads the counters of the current configuration's backends.
+#[derive(Debug)]
+pub(crate) struct Sampler(pub(crate) Arc<Shared>);
+
+#[async_trait]
+impl BackgroundService for Sampler {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(crate::history::SLOT);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            let snapshot = self.0.current();
+            self.0.history().sample(snapshot.upstreams.iter());
+        }
     }
 }
 
@@ -296,6 +321,11 @@ impl ServeHttp for Admin {
         let req = session.req_header();
         let read = req.method == Method::GET || req.method == Method::HEAD;
         match (req.uri.path(), read, req.method == Method::POST) {
+            ("/", true, _) => reply(
+                StatusCode::OK,
+                "text/html; charset=utf-8",
+                status_page::render(&self.shared).into_bytes(),
+            ),
             ("/metrics", true, _) => reply(
                 StatusCode::OK,
                 "text/plain; version=0.0.4",
@@ -325,7 +355,7 @@ impl ServeHttp for Admin {
             }
             (path, _, true) if path.starts_with("/upstreams/") => drain(&self.shared, path)
                 .unwrap_or_else(|| text(StatusCode::NOT_FOUND, "not found\n")),
-            ("/metrics" | "/status" | "/healthz" | "/reload", _, _) => {
+            ("/" | "/metrics" | "/status" | "/healthz" | "/reload", _, _) => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),

@@ -278,9 +278,12 @@ impl ErrorPages {
                 None,
             ),
         };
+        // RFC 9110 §10.2.3: a 503 the proxy answers says when to come back.
+        let retry_after = (status == 503 && matches!(cause, Cause::Failure(_)))
+            .then(|| req.retry_after.unwrap_or(RETRY_AFTER_SECONDS).max(1));
         let format = negotiate(req.accept);
         let body = match format {
-            Format::Html => self.html(status, reason, &detail, req.request_id),
+            Format::Html => self.html(status, reason, &detail, req.request_id, retry_after),
             Format::ProblemJson => {
                 self.problem_json(status, reason, &detail, kind_name, req.request_id)
             }
@@ -301,8 +304,7 @@ impl ErrorPages {
             // RFC 9110 §15.5.6: a 405 says what is allowed.
             header.insert_header(http::header::ALLOW, ALLOWED_METHODS)?;
         }
-        if status == 503 && matches!(cause, Cause::Failure(_)) {
-            let seconds = req.retry_after.unwrap_or(RETRY_AFTER_SECONDS).max(1);
+        if let Some(seconds) = retry_after {
             header.insert_header(http::header::RETRY_AFTER, seconds.to_string())?;
         }
         let body = if req.head {
@@ -313,8 +315,16 @@ impl ErrorPages {
         Ok(Rendered { header, body })
     }
 
-    fn html(&self, status: u16, reason: &str, detail: &str, request_id: &str) -> String {
+    fn html(
+        &self,
+        status: u16,
+        reason: &str,
+        detail: &str,
+        request_id: &str,
+        retry_after: Option<u64>,
+    ) -> String {
         let support = self.settings.support_url.as_deref().unwrap_or("");
+        let (headline, advice) = for_visitors(status, retry_after);
         let fill = |template: &str| {
             fill_template(template, |name| match name {
                 "status" => Some(status.to_string()),
@@ -322,6 +332,8 @@ impl ErrorPages {
                 "detail" => Some(escape_html(detail)),
                 "request_id" => Some(escape_html(request_id)),
                 "support_url" => Some(escape_html(support)),
+                "headline" => Some(headline.to_string()),
+                "advice" => Some(escape_html(&advice)),
                 _ => None,
             })
         };
@@ -329,17 +341,11 @@ impl ErrorPages {
             return fill(template);
         }
         let support_line = if support.is_empty() {
-            String::new()
+            ""
         } else {
-            "<p>If this keeps happening, <a href=\"{{support_url}}\">contact support</a> and quote the request id.</p>\n".to_string()
+            "<p>If this keeps happening, <a href=\"{{support_url}}\">contact support</a> and quote the request id.</p>\n"
         };
-        fill(&format!(
-            "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
-             <title>{{{{status}}}} {{{{reason}}}}</title>\n</head>\n<body>\n\
-             <h1>{{{{status}}}} {{{{reason}}}}</h1>\n\
-             <p>Sorry, {{{{detail}}}}. Please try again in a moment.</p>\n\
-             {support_line}<p>Request id: <code>{{{{request_id}}}}</code></p>\n</body>\n</html>\n"
-        ))
+        fill(&DEFAULT_PAGE.replacen("{{support}}", support_line, 1))
     }
 
     fn problem_json(
@@ -367,7 +373,118 @@ impl ErrorPages {
     }
 }
 
-fn escape_html(s: &str) -> String {
+/// The built-in HTML page: small, self-contained (its CSS inline, light and dark, no external
+/// asset, no script). `{{support}}` is the support paragraph, or nothing without a support URL.
+const DEFAULT_PAGE: &str = "<!DOCTYPE html>
+<html lang=\"en\">
+<head>
+<meta charset=\"utf-8\">
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">
+<meta name=\"color-scheme\" content=\"light dark\">
+<meta name=\"robots\" content=\"noindex\">
+<title>{{status}} {{reason}}</title>
+<style>
+:root{color-scheme:light dark;--bg:#f5f5f3;--fg:#1c1c1f;--mute:#66666e;--card:#fff;--line:#e2e2de;--accent:#c4372c}
+@media (prefers-color-scheme:dark){:root{--bg:#141416;--fg:#ececf0;--mute:#a0a0a8;--card:#1f1f23;--line:#36363d;--accent:#ff7a6e}}
+body{margin:0;min-height:100vh;display:grid;place-items:center;background:var(--bg);color:var(--fg);font:16px/1.55 system-ui,-apple-system,\"Segoe UI\",Roboto,sans-serif}
+main{max-width:34rem;margin:1.5rem;padding:2rem 2.25rem;background:var(--card);border:1px solid var(--line);border-radius:12px}
+.status{margin:0;color:var(--accent);font-weight:700;font-size:.8rem;letter-spacing:.06em;text-transform:uppercase}
+h1{font-size:1.55rem;line-height:1.25;margin:.4rem 0 1rem}
+p{margin:.6rem 0}
+.id{margin-top:1.5rem;padding-top:1rem;border-top:1px solid var(--line);color:var(--mute);font-size:.9rem}
+code{font:.85rem ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;background:var(--bg);padding:.1rem .35rem;border-radius:4px;user-select:all}
+a{color:inherit}
+</style>
+</head>
+<body>
+<main>
+<p class=\"status\">Error {{status}} · {{reason}}</p>
+<h1>{{headline}}</h1>
+<p>Sorry, {{detail}}.</p>
+<p>{{advice}}</p>
+<div class=\"id\">
+<p>Request id: <code>{{request_id}}</code></p>
+{{support}}</div>
+</main>
+</body>
+</html>
+";
+
+/// What a visitor reads on the page for `status`: what happened, in a headline, and what to
+/// do about it. `retry_after`: the seconds of a 503's `Retry-After`.
+fn for_visitors(status: u16, retry_after: Option<u64>) -> (&'static str, String) {
+    let (headline, advice) = match status {
+        400 => (
+            "This request could not be handled",
+            "Go back and try again from the page you came from.",
+        ),
+        404 => (
+            "There is nothing at this address",
+            "Check the address for typos, or start again from the home page.",
+        ),
+        405 => (
+            "This kind of request is not accepted here",
+            "Go back and try again from the page you came from.",
+        ),
+        408 => (
+            "Your request took too long to arrive",
+            "Check your connection, then try again.",
+        ),
+        413 => (
+            "What you sent is too large",
+            "Try again with a smaller file or less data.",
+        ),
+        414 => (
+            "This address is too long",
+            "Go back and follow a shorter link, or shorten the address.",
+        ),
+        429 => ("Too many requests", "Wait a little, then try again."),
+        431 => (
+            "Your request carried too much information",
+            "Clearing this site's cookies usually fixes this. Then try again.",
+        ),
+        500 => (
+            "Something went wrong on our side",
+            "Try again in a moment. If it keeps happening, let us know.",
+        ),
+        502 => (
+            "The server behind this site had a problem",
+            "This is usually brief. Please try again in a moment.",
+        ),
+        503 => match retry_after {
+            Some(1) => {
+                return (
+                    "This service is unavailable right now",
+                    "Please try again in a second.".to_string(),
+                );
+            }
+            Some(s) => {
+                return (
+                    "This service is unavailable right now",
+                    format!("Please try again in {s} seconds."),
+                );
+            }
+            None => (
+                "This service is unavailable right now",
+                "Please try again in a little while.",
+            ),
+        },
+        504 => (
+            "The server behind this site took too long to answer",
+            "Please try again in a moment. If you were sending something, such as a form or a \
+             payment, check whether it went through before sending it again.",
+        ),
+        s if s < 500 => (
+            "This request could not be served",
+            "Check the address, then try again.",
+        ),
+        _ => ("Something went wrong", "Please try again in a moment."),
+    };
+    (headline, advice.to_string())
+}
+
+/// `s` as HTML text or attribute value.
+pub(crate) fn escape_html(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         match c {
@@ -472,6 +589,63 @@ mod tests {
         assert_eq!(
             r.header.headers["content-length"],
             body.len().to_string().as_str()
+        );
+    }
+
+    #[test]
+    fn html_page_says_what_happened_and_what_to_do_in_a_few_kib() {
+        let pages = ErrorPages::new(config::ErrorPages::default());
+        let unavailable = Request {
+            retry_after: Some(12),
+            ..req("text/html")
+        };
+        let cases = [
+            (
+                FailureKind::DestinationUnavailable,
+                unavailable,
+                "This service is unavailable right now",
+                "Please try again in 12 seconds.",
+            ),
+            (
+                FailureKind::HttpResponseTimeout,
+                req("text/html"),
+                "The server behind this site took too long to answer",
+                "check whether it went through",
+            ),
+            (
+                FailureKind::HttpRequestHeaderSectionSize,
+                req("text/html"),
+                "Your request carried too much information",
+                "Clearing this site&#39;s cookies",
+            ),
+            (
+                FailureKind::DestinationNotFound,
+                req("text/html"),
+                "There is nothing at this address",
+                "Check the address",
+            ),
+        ];
+        for (kind, request, headline, advice) in cases {
+            let r = pages.render(Cause::Failure(kind), request).unwrap();
+            let body = std::str::from_utf8(&r.body).unwrap();
+            assert!(body.contains(&format!("<h1>{headline}</h1>")), "{body}");
+            assert!(body.contains(advice), "{body}");
+            assert!(body.contains(&format!("Sorry, {}.", kind.detail().replace('\'', "&#39;"))));
+            assert!(!body.contains("contact support"), "no support URL, no link");
+            assert!(!body.contains("{{"), "every placeholder filled: {body}");
+            assert!(body.len() < 3 * 1024, "{} bytes", body.len());
+            for external in ["src=", "href=", "url(", "@import", "<script"] {
+                assert!(!body.contains(external), "{external} in {body}");
+            }
+        }
+        // An intercepted origin status gets the words of its class.
+        let r = pages
+            .render(Cause::Intercepted(429), req("text/html"))
+            .unwrap();
+        assert!(
+            std::str::from_utf8(&r.body)
+                .unwrap()
+                .contains("<h1>Too many requests</h1>")
         );
     }
 

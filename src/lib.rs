@@ -49,6 +49,7 @@ mod failure;
 mod forwarding;
 mod gateway;
 mod grpc;
+mod history;
 mod lifecycle;
 mod metrics;
 mod request_checks;

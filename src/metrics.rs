@@ -128,6 +128,15 @@ impl BackendMetrics {
         let i = kind.map_or(0, |k| 1 + k.index());
         self.attempts[i].load(Ordering::Relaxed)
     }
+
+    /// Response headers with a status in `range` (say `500..600`).
+    pub(crate) fn responses_in(&self, range: std::ops::Range<u16>) -> u64 {
+        let (start, end) = (status_index(range.start), status_index(range.end));
+        self.responses[start..end]
+            .iter()
+            .map(|c| c.load(Ordering::Relaxed))
+            .sum()
+    }
 }
 
 /// The protocol of a client handshake: TLS, or HTTP/2's connection preface and settings.
@@ -268,6 +277,29 @@ impl RouteMetrics {
     pub fn retry(&self, kind: Option<FailureKind>) {
         inc(&self.retries[kind.map_or(0, |k| 1 + k.index())]);
     }
+
+    /// The route's name (`none` for requests no route took).
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Requests that `source` finished, by status class: index 0 for 1xx to 4 for 5xx (a
+    /// status outside 100..=599 counts with its nearest class).
+    pub(crate) fn requests_by_class(&self, source: Source) -> [u64; 5] {
+        let mut classes = [0; 5];
+        for (status, c) in self.requests[source as usize].iter().enumerate() {
+            let v = c.load(Ordering::Relaxed);
+            if v > 0 {
+                classes[(status / 100).clamp(1, 5) - 1] += v;
+            }
+        }
+        classes
+    }
+
+    /// Retries so far, whatever their reason.
+    pub(crate) fn retries_total(&self) -> u64 {
+        self.retries.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// Route counters by name; requests no configured route matched count under `none`.
@@ -304,6 +336,14 @@ impl RouteTable {
                 |p| p.unmatched.clone(),
             ),
         }
+    }
+
+    /// Every route's counters in configuration order, then those of requests no route took.
+    pub(crate) fn all(&self) -> impl Iterator<Item = &RouteMetrics> {
+        self.order
+            .iter()
+            .chain(std::iter::once(&self.unmatched))
+            .map(|r| &**r)
     }
 
     /// The counters of route `name`; a name outside the configuration (a custom router's) counts

@@ -110,6 +110,11 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     }
     if let Some(admin) = admin_in_drain {
         server.add_service(background_service("faultline admin during a drain", admin));
+        // The status page's recent history: only an admin listener shows it.
+        server.add_service(background_service(
+            "faultline status history",
+            crate::admin::Sampler(shared.clone()),
+        ));
     }
     server.add_service(background_service(
         "faultline active health checks",

@@ -172,6 +172,8 @@ pub struct Shared {
     /// change), so that neither loses the other's.
     writer: std::sync::Mutex<()>,
     lifecycle: crate::lifecycle::Lifecycle,
+    /// The backends' recent attempts, for the status page.
+    history: crate::history::History,
 }
 
 impl std::fmt::Debug for Shared {
@@ -204,6 +206,7 @@ impl Shared {
             clients: ClientCounters::default(),
             writer: std::sync::Mutex::new(()),
             lifecycle: Default::default(),
+            history: Default::default(),
         })
     }
 
@@ -314,6 +317,11 @@ impl Shared {
     /// Readiness and shutdown.
     pub fn lifecycle(&self) -> &crate::lifecycle::Lifecycle {
         &self.lifecycle
+    }
+
+    /// The backends' recent attempts.
+    pub(crate) fn history(&self) -> &crate::history::History {
+        &self.history
     }
 
     /// Reloads so far: (succeeded, failed).

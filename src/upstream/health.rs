@@ -195,6 +195,11 @@ impl PassiveHealth {
         PassiveHealth { settings }
     }
 
+    /// Whether it is configured: without it no backend is ever ejected.
+    pub(crate) fn enabled(&self) -> bool {
+        self.settings.is_some()
+    }
+
     /// A fresh breaker for a backend that joins the pool.
     pub(crate) fn breaker(&self) -> Breaker {
         Breaker {

@@ -366,6 +366,11 @@ impl Pool {
         self.hash_key
     }
 
+    /// Whether passive health ejects its failing backends (it is configured).
+    pub(crate) fn passive_health(&self) -> bool {
+        self.health.enabled()
+    }
+
     /// How often the active health checks run, when configured.
     pub(crate) fn active_interval(&self) -> Option<Duration> {
         self.active_interval

@@ -25,6 +25,7 @@ mod pages;
 mod proxying;
 mod retries;
 mod soak;
+mod status_page;
 mod tls;
 mod tls_edge;
 mod websocket;

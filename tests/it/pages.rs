@@ -154,3 +154,93 @@ fn proxy_status_can_be_switched_off() {
     assert_eq!(resp.header("proxy-status"), None);
     assert!(resp.header("x-request-id").is_some());
 }
+
+/// Every `href` and `src` of an HTML body, and whether it loads anything by `url(` or `@import`.
+fn references(body: &str) -> Vec<String> {
+    let mut refs: Vec<String> = ["href=\"", "src=\"", "src='", "href='"]
+        .iter()
+        .flat_map(|attr| body.split(attr).skip(1))
+        .map(|r| r[..r.find(['"', '\'']).unwrap_or(r.len())].to_string())
+        .collect();
+    for loads in ["src=", "url(", "@import", "<script", "<link", "<img"] {
+        if body.contains(loads) {
+            refs.push(loads.to_string());
+        }
+    }
+    refs
+}
+
+#[test]
+fn default_html_page_is_complete_and_self_contained() {
+    let body = format!(
+        "error_pages:\n  support_url: \"https://help.example/support?a=1&b=2\"\n{}",
+        one_upstream(&[refused_addr()], "", "")
+    );
+    let proxy = Proxy::start(&body);
+    let resp = client::get(
+        proxy.addr,
+        "/",
+        &[("accept", "text/html"), ("x-request-id", "page-502")],
+    );
+    assert_eq!(resp.status, 502);
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(resp.header("cache-control"), Some("no-store"));
+    assert_eq!(resp.header("x-request-id"), Some("page-502"));
+    let html = resp.text();
+    assert_eq!(
+        resp.header("content-length"),
+        Some(html.len().to_string().as_str())
+    );
+    assert!(html.len() < 4096, "a small page: {} bytes", html.len());
+    for part in [
+        "<title>502 Bad Gateway</title>",
+        "<h1>The server behind this site had a problem</h1>",
+        "<p>Sorry, the upstream server refused the connection.</p>",
+        "<p>This is usually brief. Please try again in a moment.</p>",
+        "<p>Request id: <code>page-502</code></p>",
+        "<a href=\"https://help.example/support?a=1&amp;b=2\">contact support</a>",
+        "@media (prefers-color-scheme:dark)",
+    ] {
+        assert!(html.contains(part), "{part} missing in\n{html}");
+    }
+    assert_eq!(
+        references(&html),
+        ["https://help.example/support?a=1&amp;b=2"],
+        "nothing but the support link refers elsewhere"
+    );
+}
+
+#[test]
+fn the_503_page_says_when_to_come_back() {
+    let proxy = Proxy::start(&one_upstream(
+        &[refused_addr()],
+        "    health:\n      passive: { consecutive_failures: 1, base_ejection: 30s, max_ejected_percent: 100 }\n",
+        "",
+    ));
+    assert_eq!(client::get(proxy.addr, "/", &[]).status, 502);
+    let resp = client::get(
+        proxy.addr,
+        "/",
+        &[("accept", "text/html"), ("x-request-id", "page-503")],
+    );
+    assert_eq!(resp.status, 503);
+    let seconds: u64 = resp
+        .header("retry-after")
+        .and_then(|s| s.parse().ok())
+        .expect("Retry-After");
+    assert!((25..=33).contains(&seconds), "{seconds}");
+    let html = resp.text();
+    for part in [
+        "<title>503 Service Unavailable</title>".to_string(),
+        "<h1>This service is unavailable right now</h1>".to_string(),
+        format!("<p>Please try again in {seconds} seconds.</p>"),
+        "<code>page-503</code>".to_string(),
+    ] {
+        assert!(html.contains(&part), "{part} missing in\n{html}");
+    }
+    assert!(!html.contains("contact support"), "no support URL, no link");
+    assert!(references(&html).is_empty(), "{html}");
+}
