@@ -73,7 +73,7 @@ impl Admin {
                 text.push_str(&format!(
                     "faultline_tls_certificate_expiry_seconds{{listener=\"{}\",certificate=\"{}\"}} {}\n",
                     listener.address,
-                    escape(&certificate_label(certificates, i)),
+                    metrics::Label(&certificate_label(certificates, i)),
                     c.not_after
                 ));
             }
@@ -85,7 +85,7 @@ impl Admin {
         for pool in snapshot.upstreams.iter() {
             text.push_str(&format!(
                 "faultline_upstream_backends{{upstream=\"{}\"}} {}\n",
-                pool.name(),
+                metrics::Label(pool.name()),
                 pool.backends().len()
             ));
         }
@@ -100,7 +100,7 @@ impl Admin {
             for result in RefreshResult::ALL {
                 text.push_str(&format!(
                     "faultline_discovery_refreshes_total{{upstream=\"{}\",result=\"{}\"}} {}\n",
-                    pool.name(),
+                    metrics::Label(pool.name()),
                     result.as_str(),
                     pool.refreshes().count(result)
                 ));
@@ -162,13 +162,6 @@ fn certificate_label(certificates: &[Certificate], i: usize) -> String {
 }
 
 /// A label value in the Prometheus text format.
-fn escape(value: &str) -> String {
-    value
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 fn tls_status(listener: &TlsListener, now: i64) -> serde_json::Value {
     let settings = &listener.settings;
     let certificates: Vec<_> = settings

@@ -302,6 +302,26 @@ impl RouteMetrics {
     }
 }
 
+/// A label value as the exposition format writes it: `\\`, `"` and line feeds escaped. Route
+/// and upstream names come from the configuration and may hold any of them.
+pub(crate) struct Label<'a>(pub(crate) &'a str);
+
+impl std::fmt::Display for Label<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            f.write_str(&rest[..i])?;
+            f.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        f.write_str(rest)
+    }
+}
+
 /// Route counters by name; requests no configured route matched count under `none`.
 #[derive(Debug, Clone)]
 pub struct RouteTable {
@@ -399,7 +419,7 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                     let _ = writeln!(
                         out,
                         "faultline_requests_total{{route=\"{}\",status=\"{status}\",source=\"{}\"}} {v}",
-                        r.name,
+                        Label(&r.name),
                         source.as_str()
                     );
                 }
@@ -421,7 +441,7 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                 let _ = writeln!(
                     out,
                     "faultline_retries_total{{route=\"{}\",reason=\"{reason}\"}} {v}",
-                    r.name
+                    Label(&r.name)
                 );
             }
         }
@@ -438,7 +458,7 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                 let _ = writeln!(
                     out,
                     "faultline_request_failures_total{{route=\"{}\",kind=\"{kind}\"}} {v}",
-                    r.name
+                    Label(&r.name)
                 );
             }
         }
@@ -455,7 +475,7 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                 let _ = writeln!(
                     out,
                     "faultline_grpc_proxy_answers_total{{route=\"{}\",grpc_status=\"{code}\"}} {v}",
-                    r.name
+                    Label(&r.name)
                 );
             }
         }
@@ -467,7 +487,7 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
         let _ = writeln!(
             out,
             "faultline_client_aborts_total{{route=\"{}\"}} {}",
-            r.name,
+            Label(&r.name),
             r.client_aborts.load(Ordering::Relaxed)
         );
     }
@@ -480,7 +500,7 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
         let _ = writeln!(
             out,
             "faultline_retry_budget_exhausted_total{{upstream=\"{}\"}} {}",
-            u.name,
+            Label(u.name),
             u.metrics.budget_exhausted.load(Ordering::Relaxed)
         );
     }
@@ -493,7 +513,7 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
         let _ = writeln!(
             out,
             "faultline_tunnels_open{{upstream=\"{}\"}} {}",
-            u.name,
+            Label(u.name),
             u.metrics.tunnels_open.load(Ordering::Relaxed)
         );
     }
@@ -518,8 +538,9 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                     };
                     let _ = writeln!(
                         out,
-                        "faultline_upstream_attempts_total{{upstream=\"{}\",backend=\"{backend}\",outcome=\"{outcome}\"}} {v}",
-                        u.name
+                        "faultline_upstream_attempts_total{{upstream=\"{}\",backend=\"{}\",outcome=\"{outcome}\"}} {v}",
+                        Label(u.name),
+                        Label(backend)
                     );
                 }
             }
@@ -542,8 +563,9 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                 if v > 0 {
                     let _ = writeln!(
                         out,
-                        "faultline_upstream_responses_total{{upstream=\"{}\",backend=\"{backend}\",status=\"{status}\"}} {v}",
-                        u.name
+                        "faultline_upstream_responses_total{{upstream=\"{}\",backend=\"{}\",status=\"{status}\"}} {v}",
+                        Label(u.name),
+                        Label(backend)
                     );
                 }
             }
@@ -557,8 +579,8 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
             let _ = writeln!(
                 out,
                 "faultline_backend_up{{upstream=\"{}\",backend=\"{}\"}} {}",
-                u.name,
-                b.name,
+                Label(u.name),
+                Label(b.name),
                 u8::from(b.up)
             );
         }
@@ -572,7 +594,8 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                 let _ = writeln!(
                     out,
                     "faultline_backend_ejections_total{{upstream=\"{}\",backend=\"{}\",reason=\"{reason}\"}} {n}",
-                    u.name, b.name
+                    Label(u.name),
+                    Label(b.name)
                 );
             }
         }
@@ -598,7 +621,11 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
                 ..
             } in &u.backends
             {
-                let labels = format!("upstream=\"{}\",backend=\"{backend}\"", u.name);
+                let labels = format!(
+                    "upstream=\"{}\",backend=\"{}\"",
+                    Label(u.name),
+                    Label(backend)
+                );
                 pick(m).render(&mut out, name, &labels);
             }
         }
@@ -626,6 +653,12 @@ pub(crate) fn render_reloads(out: &mut String, ok: u64, failed: u64, last_ok: bo
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_are_escaped() {
+        assert_eq!(Label("plain").to_string(), "plain");
+        assert_eq!(Label("a\"b\\c\nd").to_string(), "a\\\"b\\\\c\\nd");
+    }
 
     #[test]
     fn renders_what_was_counted() {

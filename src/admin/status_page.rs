@@ -474,7 +474,7 @@ mod tests {
             backends.join(", ")
         );
         let config = crate::config::Config::from_yaml(&yaml).expect("config");
-        let shared = Shared::new(&config, None, vec![], None).expect("state");
+        let shared = Shared::new(&config, Default::default(), vec![], None).expect("state");
         let snapshot = shared.current();
         let pool = snapshot.upstreams.iter().next().expect("a pool");
         for b in pool.backends() {

@@ -50,6 +50,13 @@ impl std::fmt::Debug for Extensions {
     }
 }
 
+impl Default for Extensions {
+    /// None: the configuration's routes, no filters.
+    fn default() -> Extensions {
+        Extensions::new(None, Vec::new(), DEFAULT_TIMEOUT)
+    }
+}
+
 impl Extensions {
     /// A custom router (if any) and filters, each call bounded by `timeout`.
     pub(crate) fn new(

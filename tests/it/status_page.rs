@@ -217,5 +217,11 @@ fn escapes_every_name() {
     );
     assert!(page.contains(&shown_dir), "{page}");
     assert!(!page.contains("<b>&"), "{page}");
+    // The same name in the Prometheus exposition: its quotes escaped, so the line still parses.
+    proxy.wait_for_metric(
+        "faultline_requests_total{route=\"<script>alert(\\\"x\\\")</script> & 'q'\",status=\"200\",source=\"origin\"}",
+        |v| v == 1,
+        "the hostile route's request",
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
