@@ -418,6 +418,14 @@ fn for_visitors(status: u16, retry_after: Option<u64>) -> (&'static str, String)
             "This request could not be handled",
             "Go back and try again from the page you came from.",
         ),
+        401 => (
+            "You need to sign in to see this",
+            "Sign in, or check the key or credentials you sent, then try again.",
+        ),
+        403 => (
+            "You are not allowed to see this",
+            "If you think you should have access, ask the site's owner, quoting the request id below.",
+        ),
         404 => (
             "There is nothing at this address",
             "Check the address for typos, or start again from the home page.",
@@ -623,6 +631,12 @@ mod tests {
                 req("text/html"),
                 "There is nothing at this address",
                 "Check the address",
+            ),
+            (
+                FailureKind::Unauthorized,
+                req("text/html"),
+                "You need to sign in to see this",
+                "check the key or credentials",
             ),
         ];
         for (kind, request, headline, advice) in cases {
