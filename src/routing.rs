@@ -2,8 +2,8 @@
 //!
 //! It looks at the request header and returns the route (upstream and policy) or nothing, in
 //! which case the proxy answers 404 with `Proxy-Status: faultline; error=destination_not_found`.
-//! The gateway calls it directly; a custom [`Router`](crate::extension::Router) reaches it
-//! through [`RequestContext::configured`](crate::extension::RequestContext::configured).
+//! The gateway calls it directly; a custom router (the extension API) reaches it through its
+//! request context's `configured()`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
