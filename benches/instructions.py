@@ -150,6 +150,20 @@ def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     return int(m.group(1)) / requests
 
 
+def start_origin():
+    """A work folder, its process list, and the nginx origin started in it (its port)."""
+    workdir = tempfile.mkdtemp(prefix="faultline-instr-")
+    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
+    procs = load.Procs(workdir)
+    origin = load.free_port()
+    try:
+        load.start_origin(procs, workdir, origin)
+    except BaseException:
+        procs.stop_all()
+        raise
+    return workdir, procs, origin
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -168,13 +182,9 @@ def main():
     ensure_valgrind()
     if not args.skip_build:
         load.build()
-    workdir = tempfile.mkdtemp(prefix="faultline-instr-")
-    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
-    procs = load.Procs(workdir)
+    workdir, procs, origin = start_origin()
     results = {}
     try:
-        origin = load.free_port()
-        load.start_origin(procs, workdir, origin)
         for shape, extra in (("minimal", b""), ("browser", BROWSER_HEADERS)):
             for kind in KINDS:
                 save = os.path.join(args.save, shape) if args.save else None
@@ -204,13 +214,9 @@ def compare(args):
     binaries = [tuple(item.split("=", 1)) for item in args.only.split(",")]
     load.ensure_tools()
     ensure_valgrind()
-    workdir = tempfile.mkdtemp(prefix="faultline-instr-")
-    os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
-    procs = load.Procs(workdir)
+    workdir, procs, origin = start_origin()
     results = {}
     try:
-        origin = load.free_port()
-        load.start_origin(procs, workdir, origin)
         for shape, extra in (("minimal", b""), ("browser", BROWSER_HEADERS)):
             for run in range(args.pairs):
                 order = binaries if run % 2 == 0 else binaries[::-1]

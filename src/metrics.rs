@@ -302,6 +302,31 @@ impl RouteMetrics {
     }
 }
 
+/// A counter family by route and one more label, `label`: its help, its type, and a line for
+/// each count above zero that `counts` hands to its callback.
+fn by_route<'a>(
+    out: &mut String,
+    routes: impl Iterator<Item = &'a Arc<RouteMetrics>>,
+    name: &str,
+    help: &str,
+    label: &str,
+    counts: impl Fn(&RouteMetrics, &mut dyn FnMut(&dyn std::fmt::Display, &AtomicU64)),
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for r in routes {
+        counts(r, &mut |value, c| {
+            let v = c.load(Ordering::Relaxed);
+            if v > 0 {
+                let _ = writeln!(
+                    out,
+                    "{name}{{route=\"{}\",{label}=\"{value}\"}} {v}",
+                    Label(&r.name)
+                );
+            }
+        });
+    }
+}
+
 /// A label value as the exposition format writes it: `\\`, `"` and line feeds escaped. Route
 /// and upstream names come from the configuration and may hold any of them.
 pub(crate) struct Label<'a>(pub(crate) &'a str);
@@ -427,59 +452,45 @@ pub(crate) fn render(routes: &RouteTable, upstreams: &[UpstreamView<'_>]) -> Str
         }
     }
 
-    out.push_str("# HELP faultline_retries_total Retries by reason (a failure kind, or status).\n");
-    out.push_str("# TYPE faultline_retries_total counter\n");
-    for r in all_routes() {
-        for (i, c) in r.retries.iter().enumerate() {
-            let v = c.load(Ordering::Relaxed);
-            if v > 0 {
-                let reason = if i == 0 {
-                    "status"
-                } else {
-                    FailureKind::ALL[i - 1].as_str()
-                };
-                let _ = writeln!(
-                    out,
-                    "faultline_retries_total{{route=\"{}\",reason=\"{reason}\"}} {v}",
-                    Label(&r.name)
-                );
+    by_route(
+        &mut out,
+        all_routes(),
+        "faultline_retries_total",
+        "Retries by reason (a failure kind, or status).",
+        "reason",
+        |r, line| {
+            for (i, c) in r.retries.iter().enumerate() {
+                match i.checked_sub(1) {
+                    None => line(&"status", c),
+                    Some(k) => line(&FailureKind::ALL[k], c),
+                }
             }
-        }
-    }
-
-    out.push_str(
-        "# HELP faultline_request_failures_total Requests that ended in a failure, by kind.\n",
+        },
     );
-    out.push_str("# TYPE faultline_request_failures_total counter\n");
-    for r in all_routes() {
-        for (kind, c) in FailureKind::ALL.iter().zip(r.failures.iter()) {
-            let v = c.load(Ordering::Relaxed);
-            if v > 0 {
-                let _ = writeln!(
-                    out,
-                    "faultline_request_failures_total{{route=\"{}\",kind=\"{kind}\"}} {v}",
-                    Label(&r.name)
-                );
+    by_route(
+        &mut out,
+        all_routes(),
+        "faultline_request_failures_total",
+        "Requests that ended in a failure, by kind.",
+        "kind",
+        |r, line| {
+            for (kind, c) in FailureKind::ALL.iter().zip(r.failures.iter()) {
+                line(kind, c);
             }
-        }
-    }
-
-    out.push_str(
-        "# HELP faultline_grpc_proxy_answers_total gRPC calls the proxy answered itself, by grpc-status.\n",
+        },
     );
-    out.push_str("# TYPE faultline_grpc_proxy_answers_total counter\n");
-    for r in all_routes() {
-        for (code, c) in r.grpc_answers.iter().enumerate() {
-            let v = c.load(Ordering::Relaxed);
-            if v > 0 {
-                let _ = writeln!(
-                    out,
-                    "faultline_grpc_proxy_answers_total{{route=\"{}\",grpc_status=\"{code}\"}} {v}",
-                    Label(&r.name)
-                );
+    by_route(
+        &mut out,
+        all_routes(),
+        "faultline_grpc_proxy_answers_total",
+        "gRPC calls the proxy answered itself, by grpc-status.",
+        "grpc_status",
+        |r, line| {
+            for (code, c) in r.grpc_answers.iter().enumerate() {
+                line(&code, c);
             }
-        }
-    }
+        },
+    );
 
     out.push_str("# HELP faultline_client_aborts_total Requests the client abandoned.\n");
     out.push_str("# TYPE faultline_client_aborts_total counter\n");

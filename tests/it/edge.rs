@@ -89,15 +89,7 @@ fn a_route_to_a_missing_upstream_is_a_configuration_error() {
 
 #[test]
 fn consistent_hashing_on_a_header_keeps_a_tenant_on_one_backend() {
-    let origins: Vec<Origin> = ["a", "b", "c"]
-        .iter()
-        .map(|t| Origin::start(Behavior::named(t)))
-        .collect();
-    let mut body =
-        String::from("upstreams:\n  app:\n    selection: consistent_hash\n    backends:\n");
-    for o in &origins {
-        body.push_str(&format!("      - {{ address: \"{}\" }}\n", o.addr));
-    }
+    let (_origins, mut body) = crate::harness::consistent_hash_app();
     body.push_str("routes:\n  - { upstream: app, hash_header: x-tenant }\n");
     let proxy = Proxy::start(&body);
     let mut seen = std::collections::HashSet::new();

@@ -615,15 +615,7 @@ fn a_preferred_backend_takes_the_first_attempt_while_it_can() {
 
 #[test]
 fn a_router_hash_key_keeps_a_user_on_one_backend() {
-    let origins: Vec<Origin> = ["a", "b", "c"]
-        .iter()
-        .map(|t| Origin::start(Behavior::named(t)))
-        .collect();
-    let mut body =
-        String::from("upstreams:\n  app:\n    selection: consistent_hash\n    backends:\n");
-    for o in &origins {
-        body.push_str(&format!("      - {{ address: \"{}\" }}\n", o.addr));
-    }
+    let (_origins, mut body) = crate::harness::consistent_hash_app();
     body.push_str("routes: []\n");
     let proxy = Proxy::start_with(&body, |builder| {
         builder.router(sticky).route_names(["main"])

@@ -150,6 +150,22 @@ pub fn proxy_yaml(addr: SocketAddr, admin: SocketAddr, body: &str) -> String {
     )
 }
 
+/// Three origins named `a`, `b` and `c` behind one `consistent_hash` upstream `app`: the
+/// `upstreams:` section (routes to add).
+pub fn consistent_hash_app() -> (Vec<crate::origin::Origin>, String) {
+    use crate::origin::{Behavior, Origin};
+    let origins: Vec<Origin> = ["a", "b", "c"]
+        .iter()
+        .map(|t| Origin::start(Behavior::named(t)))
+        .collect();
+    let mut body =
+        String::from("upstreams:\n  app:\n    selection: consistent_hash\n    backends:\n");
+    for o in &origins {
+        body.push_str(&format!("      - {{ address: \"{}\" }}\n", o.addr));
+    }
+    (origins, body)
+}
+
 /// A config body with one upstream `app` of these backends and one catch-all route to it.
 pub fn one_upstream(backends: &[SocketAddr], extra_upstream: &str, extra_route: &str) -> String {
     let mut s = String::from("upstreams:\n  app:\n    backends:\n");
