@@ -300,8 +300,7 @@ where
                 Head::Gone => return,
                 Head::TimedOut => {
                     self.shared.clients().header_timed_out();
-                    self.answer(stream, FailureKind::HttpRequestTimeout, None)
-                        .await;
+                    Box::pin(self.answer(stream, FailureKind::HttpRequestTimeout, None)).await;
                     return;
                 }
             };
@@ -313,7 +312,7 @@ where
             };
             if let (Some(kind), Some(prefix)) = (refused, &prefix) {
                 // What follows a refused header is never read: the connection closes.
-                self.answer(stream, kind, Some(prefix)).await;
+                Box::pin(self.answer(stream, kind, Some(prefix))).await;
                 return;
             }
             let mut session = ServerSession::new_http1(stream);
@@ -352,6 +351,9 @@ where
     /// Answers `kind` on a connection whose request never reached Pingora, then closes it.
     /// `head` is the raw request header, when it arrived whole: its request id, `Accept`,
     /// method and target are honoured and logged as the gateway would.
+    ///
+    /// Its callers box it: its state (the page, the linger buffer) is several kilobytes, and
+    /// inline it would make the task of every connection, idle ones included, that large.
     async fn answer(&self, mut stream: Stream, kind: FailureKind, head: Option<&[u8]>) {
         let started = Instant::now();
         let snapshot = self.shared.current();
