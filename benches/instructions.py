@@ -111,7 +111,7 @@ def measure(procs, workdir, kind, origin, requests, save, extra):
     name = f"{tag}-callgrind"
     if kind == "faultline":
         conf = load.faultline_conf(workdir, name, port, [origin], False)
-        args = [os.path.join(load.ROOT, "target/release/faultline"), "-c", conf]
+        args = [load.FAULTLINE_BIN, "-c", conf]
         env = dict(os.environ, RUST_LOG="error")
     else:
         args, env = load.bare_command(kind, port, [origin])
