@@ -113,8 +113,7 @@ def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     name = f"{tag}-callgrind"
     if kind == "faultline" or binary:
         conf = load.faultline_conf(workdir, name, port, [origin], False)
-        binary = binary or os.path.join(load.ROOT, "target/release/faultline")
-        args = [binary, "-c", conf]
+        args = [binary or load.FAULTLINE_BIN, "-c", conf]
         env = dict(os.environ, RUST_LOG="error")
     else:
         args, env = load.bare_command(kind, port, [origin])

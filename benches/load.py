@@ -25,6 +25,17 @@ four forwarding headers faultline sets.
 Scenario 2 (failures): three backends behind each proxy, one refusing connections and one
 accepting but never answering; reports client-visible errors (non-2xx and socket errors),
 requests slower than one second (wrk timeouts) and throughput.
+
+Scenario 3 (connections): memory per idle client connection. Each proxy is started afresh with
+a plain and a TLS listener (HTTP/2 by ALPN), takes a warm-up load, and then N idle connections
+(benches/idle_clients.py: each makes one request, reads the answer and stays open): first N
+HTTP/1.1 keep-alive connections, then, on a fresh start of the same proxy, N HTTP/2 connections
+over TLS. The RSS the proxy's processes added, divided by N, is the memory per idle connection;
+the same wrk load as the healthy scenario runs before and while the connections are held, so
+that the throughput under them can be compared with the throughput without.
+
+    python3 benches/load.py --scenario connections            # N = 10000
+    python3 benches/load.py --scenario connections --idle 2000 --proxies faultline,nginx
 """
 
 import argparse
@@ -43,6 +54,13 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROXIES = ["faultline", "bare-pingora", "bare+mimalloc", "pingora+headers", "nginx", "haproxy"]
+# The proxies of the connections scenario (the headers build holds connections as bare does).
+CONNECTION_PROXIES = ["faultline", "bare-pingora", "bare+mimalloc", "nginx", "haproxy"]
+# Another build of faultline to measure (FAULTLINE_BIN=path), say one with another allocator.
+FAULTLINE_BIN = os.environ.get("FAULTLINE_BIN") or os.path.join(ROOT, "target/release/faultline")
+IDLE_CLIENTS = os.path.join(ROOT, "benches", "idle_clients.py")
+# Ephemeral ports one source address is given at most (the kernel's range is ~28k by default).
+PORTS_PER_SOURCE = 20000
 # The bare Pingora proxy in three builds: as written (the system allocator), with the faultline
 # binary's allocator (mimalloc), and setting the four headers faultline adds.
 BARE = ("bare-pingora", "bare+mimalloc", "pingora+headers")
@@ -81,14 +99,18 @@ def build():
                    check=True, cwd=ROOT)
 
 
-def bare_command(kind, port, backends):
-    """The command line and environment of one of the bare Pingora builds (BARE)."""
+def bare_command(kind, port, backends, tls=None):
+    """The command line and environment of one of the bare Pingora builds (BARE); `tls`: the
+    TLS listener's port, certificate and key."""
     example = "bare_proxy_mimalloc" if kind == "bare+mimalloc" else "bare_proxy"
     args = [os.path.join(ROOT, "target/release/examples", example), f"127.0.0.1:{port}"]
     args += [f"127.0.0.1:{b}" for b in backends]
     env = dict(os.environ, RUST_LOG="error", THREADS="1")
     if kind == "pingora+headers":
         env["FORWARDING"] = "1"
+    if tls:
+        tls_port, cert, key = tls
+        env.update(TLS_LISTEN=f"127.0.0.1:{tls_port}", TLS_CERT=cert, TLS_KEY=key)
     return args, env
 
 
@@ -307,8 +329,7 @@ def start_proxy(procs, workdir, kind, port, backends, failure=False):
     if kind == "faultline":
         conf = faultline_conf(workdir, name, port, backends, failure)
         env = dict(os.environ, RUST_LOG="error")
-        p = procs.start(name, PROXY_CPU + [os.path.join(ROOT, "target/release/faultline"),
-                                           "-c", conf], env=env)
+        p = procs.start(name, PROXY_CPU + [FAULTLINE_BIN, "-c", conf], env=env)
     elif kind in BARE:
         args, env = bare_command(kind, port, backends)
         p = procs.start(name, PROXY_CPU + args, env=env)
@@ -441,6 +462,267 @@ def failure_scenario(procs, workdir, duration, connections):
     return results
 
 
+def rss_bytes(session):
+    """Resident memory of every process in a session (a proxy and its workers)."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(fields[3]) != session:
+                continue
+            with open(f"/proc/{entry}/statm") as f:
+                total += int(f.read().split()[1]) * page
+        except OSError:
+            continue
+    return total
+
+
+def make_certificate(workdir):
+    """A self-signed certificate for `localhost`: (cert, key, both in one file for HAProxy)."""
+    cert, key = os.path.join(workdir, "cert.pem"), os.path.join(workdir, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "7", "-subj", "/CN=localhost", "-addext",
+                    "subjectAltName=DNS:localhost"], check=True, capture_output=True)
+    both = os.path.join(workdir, "both.pem")
+    with open(both, "w") as out:
+        for path in (cert, key):
+            with open(path) as f:
+                out.write(f.read())
+    return cert, key, both
+
+
+def start_connections_proxy(procs, workdir, kind, port, tls_port, backend, certs, idle):
+    """A proxy with a plain listener on `port` and a TLS one (HTTP/2 and HTTP/1.1 by ALPN) on
+    `tls_port`, whose idle client connections stay open for five minutes."""
+    cert, key, both = certs
+    name = f"{kind}-conn"
+    limit = idle + 1000
+    if kind == "faultline":
+        conf = write(workdir, f"{name}.yaml", f"""
+server: {{ threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
+listeners:
+  - {{ address: "127.0.0.1:{port}" }}
+  - {{ address: "127.0.0.1:{tls_port}", tls: {{ cert: "{cert}", key: "{key}" }} }}
+clients: {{ keepalive_timeout: 300s }}
+upstreams:
+  app: {{ backends: [{{ address: "127.0.0.1:{backend}" }}] }}
+routes:
+  - {{ upstream: app }}
+""")
+        env = dict(os.environ, RUST_LOG="error")
+        p = procs.start(name, PROXY_CPU + [FAULTLINE_BIN, "-c", conf], env=env)
+    elif kind in BARE:
+        args, env = bare_command(kind, port, [backend], tls=(tls_port, cert, key))
+        p = procs.start(name, PROXY_CPU + args, env=env)
+    elif kind == "nginx":
+        conf = write(workdir, f"{name}.conf", f"""
+            daemon off;
+            worker_processes 1;
+            worker_rlimit_nofile {limit + 100};
+            pid {workdir}/{name}.pid;
+            error_log {workdir}/{name}-error.log;
+            events {{ worker_connections {limit}; }}
+            http {{
+                access_log off;
+                keepalive_timeout 300s;
+                keepalive_requests 1000000;
+                client_body_temp_path {workdir}/tmp;
+                proxy_temp_path {workdir}/tmp;
+                fastcgi_temp_path {workdir}/tmp;
+                uwsgi_temp_path {workdir}/tmp;
+                scgi_temp_path {workdir}/tmp;
+                upstream app {{ server 127.0.0.1:{backend}; keepalive 128; }}
+                server {{
+                    listen 127.0.0.1:{port};
+                    listen 127.0.0.1:{tls_port} ssl http2;
+                    ssl_certificate {cert};
+                    ssl_certificate_key {key};
+                    location / {{
+                        proxy_pass http://app;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                    }}
+                }}
+            }}
+        """)
+        p = procs.start(name, PROXY_CPU + [tool("nginx"), "-c", conf, "-e",
+                                           f"{workdir}/{name}-error.log"])
+    else:
+        conf = write(workdir, f"{name}.cfg", f"""
+global
+    nbthread 1
+    maxconn {haproxy_maxconn(limit)}
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 300s
+    timeout http-keep-alive 300s
+    timeout server 2s
+    http-reuse always
+
+frontend f
+    bind 127.0.0.1:{port}
+    bind 127.0.0.1:{tls_port} ssl crt {both} alpn h2,http/1.1
+    default_backend app
+
+backend app
+    server b0 127.0.0.1:{backend}
+""")
+        p = procs.start(name, PROXY_CPU + [tool("haproxy"), "-db", "-f", conf])
+    wait_port(port, name)
+    wait_port(tls_port, name)
+    return p
+
+
+def haproxy_maxconn(wanted):
+    """HAProxy refuses to start unless it may open two descriptors per connection (and a few
+    more): its maxconn within this process's descriptor limit."""
+    import resource
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return min(wanted, (hard - 100) // 2)
+
+
+class IdleClients:
+    """benches/idle_clients.py holding `n` idle connections until `close`."""
+
+    def __init__(self, port, n, proto, deadline):
+        sources = ",".join(f"127.0.0.{1 + i}" for i in range(-(-n // PORTS_PER_SOURCE)))
+        self.proc = subprocess.Popen(
+            LOAD_CPU + [sys.executable, IDLE_CLIENTS, "--port", str(port), "-n", str(n),
+                        "--proto", proto, "--sources", sources],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, start_new_session=True)
+        self.opened = self.failed = 0
+        line = read_line(self.proc.stdout, deadline)
+        m = re.match(r"open (\d+) (\d+)", line or "")
+        if not m:
+            self.close()
+            raise SystemExit(f"idle clients did not report their connections: {line!r}")
+        self.opened, self.failed = int(m.group(1)), int(m.group(2))
+
+    def close(self):
+        """Closes the connections; how many were still open (the proxy closed none)."""
+        still = None
+        try:
+            self.proc.stdin.close()
+            line = read_line(self.proc.stdout, 30)
+            m = re.match(r"still-open (\d+)", line or "")
+            still = int(m.group(1)) if m else None
+        finally:
+            try:
+                self.proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=5)
+        return still
+
+
+def read_line(stream, timeout):
+    """One line from a child's output, waiting `timeout` seconds at most."""
+    import selectors
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        if not sel.select(timeout):
+            return None
+    return stream.readline().strip()
+
+
+def settled_rss(session, wait=2.0):
+    """The session's RSS once it stopped moving (or after `wait` more seconds)."""
+    time.sleep(0.5)
+    last = rss_bytes(session)
+    deadline = time.time() + wait
+    while time.time() < deadline:
+        time.sleep(0.5)
+        now = rss_bytes(session)
+        if abs(now - last) < 64 * 1024:
+            return now
+        last = now
+    return last
+
+
+def connections_scenario(procs, workdir, proxies, n, duration, connections):
+    certs = make_certificate(workdir)
+    origin = free_port()
+    start_origin(procs, workdir, origin)
+    results = {}
+    for kind in proxies:
+        for proto in ("h1", "h2"):
+            port, tls_port = free_port(), free_port()
+            p = start_connections_proxy(procs, workdir, kind, port, tls_port, origin, certs, n)
+            wrk(port, 2, connections)  # warm-up: connections, pools, caches
+            base = wrk(port, duration, connections, session=p.pid)
+            before = settled_rss(p.pid)
+            started = time.time()
+            # Room for wrk's connections beside the idle ones.
+            idle_n = min(n, haproxy_maxconn(n + 1000) - connections - 100) \
+                if kind == "haproxy" else n
+            held = IdleClients(tls_port if proto == "h2" else port, idle_n, proto,
+                               deadline=max(60, n / 50))
+            opening = time.time() - started
+            idle = settled_rss(p.pid)
+            under = wrk(port, duration, connections, session=p.pid)
+            after = settled_rss(p.pid)
+            still = held.close()
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+            per = (idle - before) / max(held.opened, 1)
+            per_after = (after - before) / max(held.opened, 1)
+            res = {"opened": held.opened, "failed": held.failed, "still": still,
+                   "before": before, "idle": idle, "after": after, "per": per,
+                   "per_after": per_after, "rps": base["rps"], "rps_idle": under["rps"],
+                   "cpu_us": base["cpu_us"], "cpu_us_idle": under["cpu_us"],
+                   "errors": under["non2xx"] + under["socket_errors"], "opening": opening}
+            log(f"connections {kind} {proto}: {held.opened} open ({held.failed} failed, "
+                f"{still} still open at the end) in {opening:.1f}s; RSS {before / 2**20:.1f} -> "
+                f"{idle / 2**20:.1f} MiB ({per / 1024:.2f} KiB/connection), "
+                f"{after / 2**20:.1f} MiB after load; {base['rps']:.0f} -> "
+                f"{under['rps']:.0f} req/s")
+            results[(kind, proto)] = res
+    return results
+
+
+def connections_report(results, proxies, args):
+    load = os.getloadavg()
+    lines = [
+        f"Machine: {machine()}; load average at the end {load[0]:.2f} / {load[1]:.2f} / "
+        f"{load[2]:.2f}.",
+        f"Command: `{' '.join(['python3', 'benches/load.py'] + sys.argv[1:])}`.",
+        "",
+        f"Connections: {args.idle} idle client connections per proxy (each made one request, "
+        f"then stayed silent), HTTP/1.1 keep-alive on a plain listener, or HTTP/2 over TLS on "
+        f"a fresh start of the proxy; one worker per proxy. RSS of the proxy's processes "
+        f"(after a warm-up load) before the connections, with them held, and after "
+        f"{args.duration}s of wrk -t1 -c{args.connections} on the plain listener while they "
+        f"were held; requests/s of that load without and with the idle connections"
+        + ("; proxies pinned to core 0, idle clients, origin and wrk to core 1." if PIN else "."),
+        "",
+        "| proxy | idle | open | RSS before MiB | RSS held MiB | KiB per connection | "
+        "KiB per connection after load | requests/s without / with | CPU µs/request "
+        "without / with |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind in proxies:
+        for proto, label in (("h1", "HTTP/1.1"), ("h2", "HTTP/2 TLS")):
+            r = results.get((kind, proto))
+            if not r:
+                continue
+            lost = "" if r["still"] in (None, r["opened"]) else f" ({r['still']} at the end)"
+            failed = f", {r['failed']} failed" if r["failed"] else ""
+            cpu = (f"{r['cpu_us']:.1f} / {r['cpu_us_idle']:.1f}"
+                   if r["cpu_us"] and r["cpu_us_idle"] else "–")
+            lines.append(
+                f"| {kind} | {label} | {r['opened']}{failed}{lost} | "
+                f"{r['before'] / 2**20:.1f} | {r['idle'] / 2**20:.1f} | {r['per'] / 1024:.2f} | "
+                f"{r['per_after'] / 1024:.2f} | {r['rps']:,.0f} / {r['rps_idle']:,.0f} | {cpu} |")
+    return "\n".join(lines)
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else float("nan")
@@ -530,14 +812,22 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short rounds (smoke test)")
     parser.add_argument("--skip-build", action="store_true")
-    parser.add_argument("--scenario", choices=["all", "healthy", "failures"], default="all")
+    parser.add_argument("--scenario", choices=["all", "healthy", "failures", "connections"],
+                        default="all", help="all: healthy and failures (connections apart)")
     parser.add_argument("--rounds", type=int, help="healthy rounds (default 5; --quick 2)")
     parser.add_argument("--duration", type=int, help="seconds per healthy round (default 10)")
     parser.add_argument("--ab", metavar="A,B",
                         help="only an A/B of two proxies (e.g. faultline,bare-pingora), each "
                              "started afresh for each turn; --rounds pairs (default 12) of "
                              "--duration seconds (default 5)")
+    parser.add_argument("--idle", type=int, default=10000,
+                        help="idle connections per proxy in the connections scenario")
+    parser.add_argument("--proxies", help="connections scenario: which proxies, comma-separated "
+                        f"(default {','.join(CONNECTION_PROXIES)})")
     args = parser.parse_args()
+    proxies = args.proxies.split(",") if args.proxies else CONNECTION_PROXIES
+    if any(kind not in CONNECTION_PROXIES for kind in proxies):
+        parser.error(f"--proxies takes some of {', '.join(CONNECTION_PROXIES)}")
     pair = args.ab.split(",") if args.ab else None
     if pair and (len(pair) != 2 or any(kind not in PROXIES for kind in pair)):
         parser.error(f"--ab takes two of {', '.join(PROXIES)}")
@@ -554,8 +844,11 @@ def main():
     workdir = tempfile.mkdtemp(prefix="faultline-load-")
     os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
     procs = Procs(workdir)
-    healthy, failures, ab = None, None, None
+    healthy, failures, ab, conns = None, None, None, None
     try:
+        if not pair and args.scenario == "connections":
+            conns = connections_scenario(procs, workdir, proxies, args.idle, args.duration,
+                                         args.connections)
         if pair:
             ab = ab_scenario(procs, workdir, pair, args.rounds, args.duration,
                              args.connections)
@@ -572,6 +865,9 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
     if pair:
         print(ab_report(ab, pair, args))
+        return
+    if conns is not None:
+        print(connections_report(conns, proxies, args))
         return
     print(report(healthy, failures, args))
 

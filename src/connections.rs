@@ -26,7 +26,9 @@ pub(crate) mod handshake;
 pub(crate) mod tls;
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -36,7 +38,7 @@ use pingora::listeners::tls::Acceptor;
 use pingora::protocols::http::ServerSession;
 use pingora::protocols::{ALPN, SocketDigest, Stream};
 use pingora::server::ShutdownWatch;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt, ReadBuf};
 
 use crate::completion::Completion;
 use crate::config::ClientLimits;
@@ -52,6 +54,10 @@ use crate::upstream::attempt::Attempts;
 /// header section, so that a client cannot send the first 64 KiB fast and trickle the rest. (A
 /// whole header over 64 KiB is refused with 431 by the request checks.)
 const MAX_HEAD_READ: usize = 1 << 20;
+
+/// The first read of a request (or of an h2c listener's first bytes), and the capacity of the
+/// buffer the header is read into: the size of Pingora's own first header buffer.
+const FIRST_READ: usize = 4096;
 
 /// Bytes of a refused request's target that its access-log line keeps.
 const LOGGED_TARGET: usize = 1024;
@@ -196,7 +202,9 @@ where
         if let Some(acceptor) = tls {
             let peer = Peer::of(&stream);
             let failed = |e: &_| handshake::failed(counters, Handshake::Tls, &peer, e);
-            stream = match tls::accept(stream, &acceptor, deadline, failed).await {
+            // Boxed, as the HTTP/2 service below: the task of every connection is as large as
+            // its largest state, and an idle HTTP/1 connection would pay for the others'.
+            stream = match Box::pin(tls::accept(stream, &acceptor, deadline, failed)).await {
                 tls::Accepted::Ready(tls) => tls,
                 tls::Accepted::Gone | tls::Accepted::Failed => return None,
             };
@@ -211,7 +219,10 @@ where
             }
             let peer = Peer::of(&stream);
             let failed = |e: &_| handshake::failed(counters, Handshake::H2, &peer, e);
-            h2::serve(&self.app, stream, None, limits, deadline, shutdown, failed).await;
+            Box::pin(h2::serve(
+                &self.app, stream, None, limits, deadline, shutdown, failed,
+            ))
+            .await;
             return None;
         }
         let mut first = None;
@@ -225,9 +236,9 @@ where
                 let peer = Peer::of(&stream);
                 let failed = |e: &_| handshake::failed(counters, Handshake::H2, &peer, e);
                 let replay = Some(start.freeze());
-                h2::serve(
+                Box::pin(h2::serve(
                     &self.app, stream, replay, limits, deadline, shutdown, failed,
-                )
+                ))
                 .await;
                 return None;
             }
@@ -275,14 +286,13 @@ where
                 Head::Carried
             } else if first {
                 let wait = first_deadline.saturating_duration_since(Instant::now());
-                let start = read_already.take().unwrap_or_default();
+                let start = read_already.take();
                 // A new connection's first request is read and answered even when the
                 // server is shutting down: the client connected before the listener closed.
                 read_head(&mut stream, start, wait, Some(first_deadline), limits, None).await
             } else {
                 let wait = limits.keepalive_timeout;
-                let start = BytesMut::new();
-                read_head(&mut stream, start, wait, None, limits, Some(&mut watch)).await
+                read_head(&mut stream, None, wait, None, limits, Some(&mut watch)).await
             };
             let prefix = match head {
                 Head::Read(prefix) => Some(prefix),
@@ -290,8 +300,7 @@ where
                 Head::Gone => return,
                 Head::TimedOut => {
                     self.shared.clients().header_timed_out();
-                    self.answer(stream, FailureKind::HttpRequestTimeout, None)
-                        .await;
+                    Box::pin(self.answer(stream, FailureKind::HttpRequestTimeout, None)).await;
                     return;
                 }
             };
@@ -303,7 +312,7 @@ where
             };
             if let (Some(kind), Some(prefix)) = (refused, &prefix) {
                 // What follows a refused header is never read: the connection closes.
-                self.answer(stream, kind, Some(prefix)).await;
+                Box::pin(self.answer(stream, kind, Some(prefix))).await;
                 return;
             }
             let mut session = ServerSession::new_http1(stream);
@@ -342,6 +351,9 @@ where
     /// Answers `kind` on a connection whose request never reached Pingora, then closes it.
     /// `head` is the raw request header, when it arrived whole: its request id, `Accept`,
     /// method and target are honoured and logged as the gateway would.
+    ///
+    /// Its callers box it: its state (the page, the linger buffer) is several kilobytes, and
+    /// inline it would make the task of every connection, idle ones included, that large.
     async fn answer(&self, mut stream: Stream, kind: FailureKind, head: Option<&[u8]>) {
         let started = Instant::now();
         let snapshot = self.shared.current();
@@ -407,22 +419,23 @@ where
 /// Reads the start of a request until its header is complete. The first bytes may take `wait`;
 /// the whole header must be in by `deadline`, or, without one, within the header timeout from
 /// its first byte. (The clock is read only when a header takes more than one read.) `shutdown`
-/// ends the wait for the first bytes (see [`wait_for_first_bytes`]).
+/// ends the wait for the first bytes (see [`wait_for_first_bytes`]). `start`: what was read
+/// already (an h2c listener's look at the first bytes).
 async fn read_head(
     stream: &mut Stream,
-    mut buf: BytesMut,
+    start: Option<BytesMut>,
     wait: Duration,
     deadline: Option<Instant>,
     limits: ClientLimits,
     shutdown: Option<&mut ShutdownWatch>,
 ) -> Head {
-    // `buf` holds what was read already (an h2c listener's look at the first bytes).
-    if buf.is_empty() {
-        buf.reserve(4096);
-        if !wait_for_first_bytes(stream, &mut buf, wait, shutdown).await {
-            return Head::Gone;
-        }
-    }
+    let mut buf = match start {
+        Some(buf) if !buf.is_empty() => buf,
+        _ => match wait_for_first_bytes(stream, wait, shutdown).await {
+            Some(buf) => buf,
+            None => return Head::Gone,
+        },
+    };
     let mut scanned = 0;
     if head_complete(&buf, &mut scanned) {
         return Head::Read(buf);
@@ -445,12 +458,9 @@ async fn read_head(
 /// preface or cannot be: the bytes read (to be replayed to whichever protocol serves the
 /// connection), or `None` when the client left or missed `deadline`.
 async fn read_preface(stream: &mut Stream, deadline: Instant) -> Option<BytesMut> {
-    let mut buf = BytesMut::with_capacity(4096);
     let wait = deadline.saturating_duration_since(Instant::now());
     // A new connection: served even if the server started shutting down since it was accepted.
-    if !wait_for_first_bytes(stream, &mut buf, wait, None).await {
-        return None;
-    }
+    let mut buf = wait_for_first_bytes(stream, wait, None).await?;
     let n = h2::PREFACE.len();
     while buf.len() < n && h2::PREFACE.starts_with(&buf) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -464,7 +474,8 @@ async fn read_preface(stream: &mut Stream, deadline: Instant) -> Option<BytesMut
     Some(buf)
 }
 
-/// Waits up to `wait` for the first bytes of a request. Whether bytes came.
+/// Waits up to `wait` for the first bytes of a request: the bytes, or `None` when none came.
+/// The buffer is allocated once they are there ([`read_first`]).
 ///
 /// With `shutdown` (a connection idle between requests), the wait ends early when the server
 /// shuts down, as Pingora's own does: the client has had its answers and may reconnect. Without
@@ -473,24 +484,23 @@ async fn read_preface(stream: &mut Stream, deadline: Instant) -> Option<BytesMut
 /// connection closed without an answer.
 async fn wait_for_first_bytes(
     stream: &mut Stream,
-    buf: &mut BytesMut,
     wait: Duration,
     shutdown: Option<&mut ShutdownWatch>,
-) -> bool {
+) -> Option<BytesMut> {
     if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
-        return false;
+        return None;
     }
     let first_bytes = async {
         let Some(shutdown) = shutdown else {
-            return matches!(stream.read_buf(buf).await, Ok(n) if n > 0);
+            return read_first(stream).await;
         };
         loop {
             tokio::select! {
                 biased;
-                read = stream.read_buf(buf) => return matches!(read, Ok(n) if n > 0),
+                read = read_first(stream) => return read,
                 changed = shutdown.changed() => {
                     if changed.is_err() || *shutdown.borrow() {
-                        return false;
+                        return None;
                     }
                 }
             }
@@ -502,7 +512,30 @@ async fn wait_for_first_bytes(
     // are not there at once.
     pingora::prelude::timeout(wait, first_bytes)
         .await
-        .unwrap_or(false)
+        .ok()
+        .flatten()
+}
+
+/// Reads the first bytes the client sends, up to [`FIRST_READ`]: the bytes, or `None` at the
+/// end of the stream or on an error.
+///
+/// Each poll reads into a buffer on the stack and copies what came into a new buffer, so that
+/// a connection waiting for its next request (most of an edge's connections, most of the time)
+/// holds no read buffer at all; the copy is of the few bytes of a request header.
+fn read_first(stream: &mut Stream) -> impl Future<Output = Option<BytesMut>> + '_ {
+    std::future::poll_fn(move |cx| {
+        let mut chunk = [std::mem::MaybeUninit::<u8>::uninit(); FIRST_READ];
+        let mut buf = ReadBuf::uninit(&mut chunk);
+        match Pin::new(&mut *stream).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) if !buf.filled().is_empty() => {
+                let mut bytes = BytesMut::with_capacity(FIRST_READ);
+                bytes.extend_from_slice(buf.filled());
+                Poll::Ready(Some(bytes))
+            }
+            Poll::Ready(_) => Poll::Ready(None),
+        }
+    })
 }
 
 /// Whether `buf` holds a whole request header: an empty line after the request line. Leading

@@ -12,6 +12,7 @@ use pingora::server::configuration::Opt;
 /// mimalloc rather than the system allocator: a proxied request allocates and frees dozens of
 /// small blocks (Pingora's headers, buffers, boxed futures, timers), and glibc's malloc spends
 /// a fifth of a request's instructions on them, mimalloc under a tenth (BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -52,7 +52,9 @@ impl ProxyHttp for Bare {
 }
 
 /// Runs the proxy: `LISTEN BACKEND…` from the command line, `THREADS` and `FORWARDING` from the
-/// environment.
+/// environment. With `TLS_LISTEN`, `TLS_CERT` and `TLS_KEY` it also listens there with TLS,
+/// offering HTTP/2 by ALPN (Pingora's defaults otherwise), as the load benchmark's connections
+/// scenario needs.
 pub(crate) fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let listen = args.next().ok_or("usage: bare_proxy LISTEN BACKEND…")?;
@@ -75,6 +77,14 @@ pub(crate) fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     };
     let mut service = http_proxy_service(&server.configuration, bare);
     service.add_tcp(&listen);
+    if let Some(tls_listen) = std::env::var_os("TLS_LISTEN") {
+        let cert = std::env::var("TLS_CERT")?;
+        let key = std::env::var("TLS_KEY")?;
+        let mut tls = pingora::listeners::tls::TlsSettings::intermediate(&cert, &key)?;
+        tls.enable_h2();
+        let address = tls_listen.to_str().ok_or("TLS_LISTEN is not UTF-8")?;
+        service.add_tls_with_settings(address, None, tls);
+    }
     server.add_service(service);
     server.run_forever()
 }

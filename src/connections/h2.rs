@@ -105,14 +105,17 @@ pub(crate) async fn serve<A>(
         blocks: blocks.clone(),
     });
     let left = deadline.saturating_duration_since(Instant::now());
-    // Pinned here so that the connection it holds outlives the report of a failure.
-    let mut handshake = std::pin::pin!(server::handshake(watched, app.h2_options()));
+    // Pinned here so that the connection it holds outlives the report of a failure; boxed, and
+    // dropped once done, so that its state (as large as the codec it builds) is not carried
+    // through the connection's life.
+    let mut handshake = Box::pin(server::handshake(watched, app.h2_options()));
     let mut conn = match timeout(left, handshake.as_mut()).await {
         Ok(Ok(conn)) => conn,
         _ if !blocks.read_any.load(Ordering::Relaxed) => return,
         Ok(Err(e)) => return failed(&HandshakeError::Failed(e)),
         Err(_) => return failed(&HandshakeError::TimedOut),
     };
+    drop(handshake);
 
     let streams = Arc::new(OpenStreams::new());
     let mut watch = shutdown.clone();
