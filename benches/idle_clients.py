@@ -48,6 +48,17 @@ async def read_frame(reader):
     return head[3], head[4], int.from_bytes(head[5:9], "big") & 0x7FFFFFFF, payload
 
 
+def acknowledge(writer, kind, flags, payload):
+    """Answers a SETTINGS or PING frame as the protocol asks; whether the frame was one."""
+    if kind == SETTINGS and not flags & ACK:
+        writer.write(frame(SETTINGS, ACK, 0))
+    elif kind == PING and not flags & ACK:
+        writer.write(frame(PING, ACK, 0, payload))
+    else:
+        return False
+    return True
+
+
 class Holder:
     def __init__(self, args):
         self.args = args
@@ -91,19 +102,14 @@ class Holder:
         self.tasks.add(task)
 
     async def h2_until_answered(self, reader, writer):
-        status_seen = False
         while True:
             kind, flags, stream, payload = await read_frame(reader)
-            if kind == SETTINGS and not flags & ACK:
-                writer.write(frame(SETTINGS, ACK, 0))
-            elif kind == PING and not flags & ACK:
-                writer.write(frame(PING, ACK, 0, payload))
-            elif kind == GOAWAY:
+            if acknowledge(writer, kind, flags, payload):
+                continue
+            if kind == GOAWAY:
                 raise RuntimeError("GOAWAY")
-            elif stream == 1 and kind in (HEADERS, DATA):
-                status_seen = status_seen or kind == HEADERS
-                if flags & END_STREAM:
-                    return
+            if stream == 1 and kind in (HEADERS, DATA) and flags & END_STREAM:
+                return
 
     async def watch_h1(self, reader, writer):
         try:
@@ -116,11 +122,7 @@ class Holder:
         try:
             while True:
                 kind, flags, _, payload = await read_frame(reader)
-                if kind == SETTINGS and not flags & ACK:
-                    writer.write(frame(SETTINGS, ACK, 0))
-                elif kind == PING and not flags & ACK:
-                    writer.write(frame(PING, ACK, 0, payload))
-                elif kind == GOAWAY:
+                if not acknowledge(writer, kind, flags, payload) and kind == GOAWAY:
                     break
         except (OSError, asyncio.IncompleteReadError):
             pass

@@ -160,10 +160,10 @@ class Procs:
                 pass
 
 
-def cpu_seconds(session):
-    """User + system CPU time of every process in a session (a proxy and its workers)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    total = 0
+def session_processes(session):
+    """The /proc entries of every process in a session (a proxy and its workers), each with the
+    fields of its `stat` after the command name (state, ppid, pgrp, session, ... utime is the
+    12th, stime the 13th). A process that ends while it is read is left out."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -172,9 +172,14 @@ def cpu_seconds(session):
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        # After the command name: state, ppid, pgrp, session, ... utime (12th), stime (13th).
         if int(fields[3]) == session:
-            total += int(fields[11]) + int(fields[12])
+            yield entry, fields
+
+
+def cpu_seconds(session):
+    """User + system CPU time of every process in a session (a proxy and its workers)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = sum(int(f[11]) + int(f[12]) for _, f in session_processes(session))
     return total / tick
 
 
@@ -466,14 +471,8 @@ def rss_bytes(session):
     """Resident memory of every process in a session (a proxy and its workers)."""
     page = os.sysconf("SC_PAGE_SIZE")
     total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for entry, _ in session_processes(session):
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(fields[3]) != session:
-                continue
             with open(f"/proc/{entry}/statm") as f:
                 total += int(f.read().split()[1]) * page
         except OSError:
