@@ -219,8 +219,11 @@ where
             }
             let peer = Peer::of(&stream);
             let failed = |e: &_| handshake::failed(counters, Handshake::H2, &peer, e);
+            let opening = h2::Opening::Tls {
+                carry_server_name: self.shared.extensions().any(),
+            };
             Box::pin(h2::serve(
-                &self.app, stream, None, limits, deadline, shutdown, failed,
+                &self.app, stream, opening, limits, deadline, shutdown, failed,
             ))
             .await;
             return None;
@@ -235,9 +238,9 @@ where
                 }
                 let peer = Peer::of(&stream);
                 let failed = |e: &_| handshake::failed(counters, Handshake::H2, &peer, e);
-                let replay = Some(start.freeze());
+                let opening = h2::Opening::Cleartext(start.freeze());
                 Box::pin(h2::serve(
-                    &self.app, stream, replay, limits, deadline, shutdown, failed,
+                    &self.app, stream, opening, limits, deadline, shutdown, failed,
                 ))
                 .await;
                 return None;

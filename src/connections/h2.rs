@@ -71,12 +71,24 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// failed or came late is given to `failed` before the connection closes; a client that closed
 /// or stayed silent before its first byte is no failure.
 ///
-/// `replay`: bytes already read from the connection (an h2c listener's look at the preface),
-/// given to the codec before anything else is read.
+/// What is known of a connection before HTTP/2 starts on it.
+pub(crate) enum Opening {
+    /// TLS, ALPN `h2`. With `carry_server_name`, each request carries the TLS server name in its
+    /// extensions for the gateway's extensions: an HTTP/2 stream has no way back to its
+    /// connection's TLS state. Without extensions installed, nothing is added to a request.
+    Tls { carry_server_name: bool },
+    /// An h2c listener: the bytes it read already to look at the preface, given to the codec
+    /// before anything else is read.
+    Cleartext(Bytes),
+}
+
+/// Serves one HTTP/2 connection whose preface is due by `deadline`. A preface that started and
+/// failed or came late is given to `failed` before the connection closes; a client that closed
+/// or stayed silent before its first byte is no failure.
 pub(crate) async fn serve<A>(
     app: &Arc<A>,
     stream: Stream,
-    replay: Option<Bytes>,
+    opening: Opening,
     limits: ClientLimits,
     deadline: Instant,
     shutdown: &ShutdownWatch,
@@ -90,15 +102,20 @@ pub(crate) async fn serve<A>(
         proxy_digest: stream.get_proxy_digest(),
         socket_digest: stream.get_socket_digest(),
     });
-    // Each request carries the TLS server name to the extensions: an HTTP/2 stream has no way
-    // back to its connection's TLS state.
-    let server_name = stream
-        .get_ssl()
-        .and_then(|t| t.server_name())
-        .map(|name| ServerName(Arc::from(name)));
+    let (replay, server_name) = match opening {
+        Opening::Cleartext(replay) => (replay, None),
+        Opening::Tls { carry_server_name } => (
+            Bytes::new(),
+            stream
+                .get_ssl()
+                .and_then(|t| t.server_name())
+                .filter(|_| carry_server_name)
+                .map(|name| ServerName(Arc::from(name))),
+        ),
+    };
     let blocks = Arc::new(HeaderBlocks::default());
     let watched: Stream = Box::new(Watched {
-        replay: replay.unwrap_or_default(),
+        replay,
         inner: stream,
         frames: FrameScan::default(),
         open: false,
