@@ -105,7 +105,7 @@ pub(crate) struct ClientConnections<A> {
 }
 
 impl<A> ClientConnections<A> {
-    /// Wraps `app`; limits, and the TLS listeners (plain TCP listeners to Pingora) with their
+    /// Wraps `app`; limits, and the TLS listeners (plain TCP to the listener) with their
     /// acceptors, are read from `shared`'s current configuration for each connection.
     pub(crate) fn new(app: A, shared: Arc<Shared>, grace: Duration) -> Self {
         ClientConnections {

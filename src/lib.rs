@@ -51,6 +51,7 @@ mod gateway;
 mod grpc;
 mod history;
 mod lifecycle;
+mod listening;
 mod metrics;
 mod request_checks;
 mod request_head;

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use pingora::apps::HttpServerOptions;
-use pingora::listeners::{L4BufferSettings, ListenerConfig};
 use pingora::proxy::HttpProxy;
 use pingora::server::configuration::Opt;
 use pingora::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
@@ -21,23 +20,9 @@ use crate::connections::ClientConnections;
 use crate::discovery::Refresher;
 use crate::gateway::Gateway;
 use crate::lifecycle::DEFAULT_DRAIN_SECONDS;
+use crate::listening::ClientListeners;
 use crate::state::Shared;
 use crate::upstream::PoolError;
-
-/// The buffers Pingora puts under each client connection: no read buffer, Pingora's small write
-/// buffer (which gathers a response's header and body into one write).
-///
-/// Pingora's default read buffer is 64 KiB for every connection for as long as it is open, and
-/// it is zeroed when allocated, so it is resident even on a connection that sent one small
-/// request and then waits: most of the memory of an idle client connection (BENCHMARKS.md,
-/// memory per connection). Without it nothing is read twice: an HTTP/1 header is read into
-/// faultline's buffer once the client sends it ([`crate::connections`]), a body into Pingora's
-/// body buffer, and TLS records into rustls' own buffer, 4 KiB at a time (more reads for a
-/// large upload over TLS, as nginx's OpenSSL reads do).
-const CLIENT_L4_BUFFERS: L4BufferSettings = L4BufferSettings {
-    read: Some(0),
-    write: None,
-};
 
 /// The binary's server: Pingora's, run with faultline's signal watch, exiting as soon as a
 /// shutdown has drained (`lifecycle`).
@@ -103,8 +88,8 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     options.allow_connect_method_proxying = true;
     proxy.server_options = Some(options);
     proxy.handle_init_modules();
-    // Every listener is a plain TCP listener to Pingora: faultline runs the TLS handshake of a
-    // TLS listener itself, under the client header deadline and with the certificates of the
+    // Every listener is accepted by faultline's own listener (`listening`), as plain TCP:
+    // faultline runs the TLS handshake of a TLS listener itself, under the client header deadline and with the certificates of the
     // current snapshot, so that a reload swaps them (connections::tls). Prior-knowledge HTTP/2
     // on a plain listener is decided at start, as its address is.
     let grace = server
@@ -115,13 +100,8 @@ pub fn serve(gateway: Gateway, config: Config, opt: Option<Opt>) -> Server {
     for listener in listeners.iter().filter(|l| l.tls.is_none() && l.h2c) {
         connections = connections.serve_h2c(listener.address);
     }
-    let mut service = Service::new("faultline".to_string(), connections);
-    for listener in &listeners {
-        service.add_listener(
-            ListenerConfig::tcp(listener.address.to_string()).l4_buffer(CLIENT_L4_BUFFERS),
-        );
-    }
-    server.add_service(service);
+    let addresses = listeners.iter().map(|l| l.address).collect();
+    server.add_service(ClientListeners::new("faultline", connections, addresses));
     if let Some(admin) = admin {
         server.add_service(admin);
     }

@@ -1,8 +1,9 @@
 //! The TLS handshake of a client connection, done here rather than in Pingora's listener.
 //!
 //! Pingora's listener gives every TLS handshake a fixed 60 s and logs each failure as an error
-//! (`services/listening.rs`), before the application sees the connection. faultline's TLS
-//! listeners are therefore plain TCP listeners to Pingora, and [`accept`] runs the handshake
+//! (`services/listening.rs`), before the application sees the connection. faultline's
+//! listeners ([`crate::listening`]) therefore accept TLS connections as plain TCP, and
+//! [`accept`] runs the handshake
 //! with the listener's rustls acceptor under the connection's header deadline
 //! (`clients.header_timeout`, from the connection's start).
 
@@ -14,6 +15,7 @@ use pingora::protocols::l4::stream::Stream as TcpStream;
 use pingora::protocols::{Peek, Stream};
 
 use super::handshake::HandshakeError;
+use crate::listening::ClientStream;
 
 /// How a TLS handshake ended.
 pub(crate) enum Accepted {
@@ -34,8 +36,8 @@ pub(crate) async fn accept(
     deadline: Instant,
     failed: impl FnOnce(&HandshakeError),
 ) -> Accepted {
-    // Pingora's plain listeners hand over their TCP stream boxed; the acceptor needs it unboxed.
-    let mut tcp = match stream.into_any().downcast::<TcpStream>() {
+    // The listener hands the TCP stream over boxed; the acceptor needs it unboxed.
+    let mut tcp = match stream.into_any().downcast::<ClientStream<TcpStream>>() {
         Ok(tcp) => *tcp,
         Err(_) => {
             failed(&HandshakeError::Failed(pingora::Error::explain(

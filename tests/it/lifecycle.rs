@@ -444,3 +444,36 @@ fn an_h2c_connection_accepted_before_sigterm_gets_its_first_stream_answered() {
     );
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn a_listener_address_already_taken_exits_at_once_naming_it() {
+    // Held for the test: the binary's listener cannot bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr");
+    let admin = crate::harness::free_addr();
+    let dir = std::env::temp_dir().join(format!("faultline-taken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp");
+    let body = "upstreams:\n  app: { backends: [{ address: \"127.0.0.1:9\" }] }\nroutes:\n  - { upstream: app }\n";
+    std::fs::write(dir.join("faultline.yaml"), proxy_yaml(addr, admin, body)).expect("write");
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_faultline"))
+        .arg("-c")
+        .arg(dir.join("faultline.yaml"))
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run faultline");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(out.status.code(), Some(1), "{:?}", out.status);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains(&format!("cannot listen on {addr}: Address already in use")),
+        "{log}"
+    );
+    // The address was never taken from its holder.
+    drop(taken);
+}
