@@ -877,10 +877,15 @@ def grpc_body(workdir):
 def grpc_check(port, body):
     """One gRPC call through the proxy on `port` with nghttp (HTTP/2 over TLS), since h2load
     counts HTTP statuses only: the call's grpc-status (from the trailers, or from a
-    Trailers-Only answer's header; None without one) and whether the message came back."""
-    out = subprocess.run([tool("nghttp"), "-v", "-d", body, "-H", "content-type: application/grpc",
-                          "-H", "te: trailers", f"https://127.0.0.1:{port}{GRPC_PATH}"],
-                         capture_output=True, timeout=10).stdout
+    Trailers-Only answer's header; None without one, or without an answer in 10 s) and whether
+    the message came back."""
+    try:
+        out = subprocess.run([tool("nghttp"), "-v", "-d", body, "-H",
+                              "content-type: application/grpc", "-H", "te: trailers",
+                              f"https://127.0.0.1:{port}{GRPC_PATH}"],
+                             capture_output=True, timeout=10).stdout
+    except subprocess.TimeoutExpired:
+        return None, False
     m = re.search(rb"recv \(stream_id=\d+\) grpc-status: (\d+)", out)
     return (int(m.group(1)) if m else None), GRPC_MESSAGE in out
 
@@ -889,19 +894,22 @@ def tls_resumption(port, workdir):
     """What the proxy on `port` does about TLS session resumption, asked as a client would
     (openssl s_client, TLS 1.3): how many session tickets one full handshake brings, and
     whether a second connection offering that session is resumed. (h2load, the client of the
-    scenarios, never offers a session: every connection it opens is a full handshake.)"""
+    scenarios, never offers a session: every connection it opens is a full handshake.) A
+    connection that does not end within 10 s counts as no tickets, or as not resumed."""
     saved = os.path.join(workdir, f"session-{port}.pem")
     client = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
               "localhost", "-tls1_3", "-alpn", "http/1.1", "-ign_eof"]
     request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
-    first = subprocess.run(client + ["-sess_out", saved], input=request, capture_output=True,
-                           timeout=10).stdout
-    tickets = first.count(b"Post-Handshake New Session Ticket arrived")
+    def connect(*session):
+        try:
+            return subprocess.run(client + list(session), input=request, capture_output=True,
+                                  timeout=10).stdout
+        except subprocess.TimeoutExpired:
+            return b""
+    tickets = connect("-sess_out", saved).count(b"Post-Handshake New Session Ticket arrived")
     if not os.path.exists(saved):
         return tickets, False
-    second = subprocess.run(client + ["-sess_in", saved], input=request, capture_output=True,
-                            timeout=10).stdout
-    return tickets, b"Reused, TLSv1.3" in second
+    return tickets, b"Reused, TLSv1.3" in connect("-sess_in", saved)
 
 
 def children_cpu():
