@@ -923,15 +923,16 @@ def h2load(port, options, duration=None, session=None, log_file=None, path="/"):
     """One h2load run against the TLS listener on `port` with h2load's `options` (clients,
     streams, --h1, a body…), bounded by `-D duration` when given, else by the request count in
     `options`. With `session`, the proxy's CPU time meanwhile; with `log_file`, p50 and p99
-    from h2load's per-request log. The CPU time h2load itself used is reported too."""
+    from h2load's per-request log. The CPU time h2load itself used is reported too. The URL
+    names `localhost`, so that the handshakes carry a server name (SNI) as a browser's do."""
     cpu_before = cpu_seconds(session) if session else 0.0
     client_before = children_cpu()
-    args = LOAD_CPU + [tool("h2load"), "-t1", *options]
+    args = LOAD_CPU + [tool("h2load"), "-t1", f"--connect-to=127.0.0.1:{port}", *options]
     if duration:
         args += ["-D", str(duration)]
     if log_file:
         args += ["--log-file", log_file]
-    out = subprocess.run(args + [f"https://127.0.0.1:{port}{path}"], capture_output=True,
+    out = subprocess.run(args + [f"https://localhost:{port}{path}"], capture_output=True,
                          text=True, timeout=(duration or 0) + 60).stdout
     result = {"rps": 0.0, "ok": 0, "failed": 0, "elapsed": 0.0, "p50": None, "p99": None,
               "cpu": cpu_seconds(session) - cpu_before if session else None,
