@@ -2,8 +2,9 @@
 """The load benchmark: faultline, bare Pingora, nginx and HAProxy side by side, in one run.
 
 Everything runs on this machine and talks over loopback only. Every load is bounded in time
-(wrk -d) and every wait has a deadline. Missing tools (wrk, nginx, haproxy) are installed from
-the distribution's packages.
+(wrk -d, h2load -D, or h2load runs of a fixed count for a fixed time) and every wait has a
+deadline. Missing tools (wrk, nginx, haproxy, h2load and nghttp) are installed from the
+distribution's packages.
 
     python3 benches/load.py                 # the full run (about 8 minutes)
     python3 benches/load.py --quick         # shorter rounds, for a smoke test
@@ -36,6 +37,22 @@ that the throughput under them can be compared with the throughput without.
 
     python3 benches/load.py --scenario connections            # N = 10000
     python3 benches/load.py --scenario connections --idle 2000 --proxies faultline,nginx
+
+Scenarios 4 to 7 (the TLS edge; `--scenario edge` runs the four, or name one): each proxy
+(faultline, bare Pingora with glibc and with mimalloc, nginx, HAProxy) with one TLS listener,
+the same ECDSA P-256 certificate, TLS session resumption off where the proxy can turn it off,
+driven by h2load in interleaved rounds; medians over rounds, the proxy's CPU time per request
+(or handshake) and h2load's own, and faultline's ratios to the others.
+
+    h2tls       HTTP/2 over TLS, h2load -c16 -m10, to the nginx origin over HTTP/1.1
+    h1tls       HTTP/1.1 over TLS with keep-alive, h2load --h1 -c64, to the same origin
+    handshakes  full TLS handshakes: h2load runs of 100 connections, each one handshake and
+                one request, then closed; handshakes per second and CPU per handshake
+    grpc        gRPC unary calls over HTTP/2 over TLS, h2load -c16 -m10, to a tonic origin over
+                h2c (examples/grpc_origin.rs); one call per proxy checked for grpc-status 0
+
+    python3 benches/load.py --scenario edge --skip-build      # about 20 minutes
+    python3 benches/load.py --scenario handshakes --quick --proxies faultline,nginx
 """
 
 import argparse
@@ -67,6 +84,15 @@ BARE = ("bare-pingora", "bare+mimalloc", "pingora+headers")
 PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 PROXY_CPU = ["taskset", "-c", "0"] if PIN else []
 LOAD_CPU = ["taskset", "-c", "1"] if PIN else []
+# The scenarios of the TLS edge, over CONNECTION_PROXIES (`--scenario edge` runs the four).
+EDGE_SCENARIOS = ["h2tls", "h1tls", "handshakes", "grpc"]
+# Connections one h2load run of the handshakes scenario opens at once.
+HANDSHAKE_BATCH = 100
+# The gRPC scenario's call: `bench.Echo/Unary` of examples/grpc_origin.rs, with one protobuf
+# message (field 1, a string).
+GRPC_PATH = "/bench.Echo/Unary"
+GRPC_TEXT = b"hello from the benchmark"
+GRPC_MESSAGE = b"\x0a" + bytes([len(GRPC_TEXT)]) + GRPC_TEXT
 
 
 def log(msg):
@@ -74,17 +100,21 @@ def log(msg):
 
 
 def ensure_tools():
-    needed = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy"}
-    missing = [pkg for tool, pkg in needed.items() if not shutil.which(tool)
-               and not os.path.exists(f"/usr/sbin/{tool}")]
+    """Installs the distribution's packages of the tools missing (apt-get; the package lists
+    are refreshed once if the install fails)."""
+    needed = {"wrk": "wrk", "nginx": "nginx-light", "haproxy": "haproxy",
+              "h2load": "nghttp2-client", "nghttp": "nghttp2-client"}
+    missing = sorted({pkg for tool, pkg in needed.items() if not shutil.which(tool)
+                      and not os.path.exists(f"/usr/sbin/{tool}")})
     if not missing:
         return
     sudo = [] if os.geteuid() == 0 else ["sudo"]
     log(f"installing {' '.join(missing)}")
-    subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(sudo + ["apt-get", "install", "-y", "-qq"] + missing, check=True, env=env,
-                   stdout=subprocess.DEVNULL)
+    install = sudo + ["apt-get", "install", "-y", "-qq"] + missing
+    if subprocess.run(install, env=env, stdout=subprocess.DEVNULL).returncode != 0:
+        subprocess.run(sudo + ["apt-get", "update", "-qq"], check=True)
+        subprocess.run(install, check=True, env=env, stdout=subprocess.DEVNULL)
 
 
 def tool(name):
@@ -92,11 +122,11 @@ def tool(name):
 
 
 def build():
-    log("building faultline and the bare Pingora proxy (release)")
+    log("building faultline, the bare Pingora proxy and the gRPC origin (release)")
     subprocess.run(["bash", os.path.join(ROOT, "scripts", "setup")], check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "faultline",
-                    "--example", "bare_proxy", "--example", "bare_proxy_mimalloc"],
-                   check=True, cwd=ROOT)
+                    "--example", "bare_proxy", "--example", "bare_proxy_mimalloc",
+                    "--example", "grpc_origin"], check=True, cwd=ROOT)
 
 
 def bare_command(kind, port, backends, tls=None):
@@ -722,6 +752,400 @@ def connections_report(results, proxies, args):
     return "\n".join(lines)
 
 
+def start_edge_proxy(procs, workdir, kind, tls_port, backend, certs, grpc):
+    """A proxy with one TLS listener on `tls_port` (HTTP/2 and HTTP/1.1 by ALPN, the same
+    ECDSA P-256 certificate for all) in front of `backend`: the nginx origin over HTTP/1.1 with
+    keep-alive, or, with `grpc`, the gRPC origin over h2c. Each proxy sets the four headers
+    faultline sets, as in the healthy scenario. nginx and HAProxy resume no TLS session (no
+    session cache, no stateless tickets; HAProxy takes the client's cipher order, as the others
+    do); faultline and bare Pingora have no such setting: rustls' defaults, a 256-entry session
+    cache that its TLS 1.3 tickets refer to (see `tls_resumption`)."""
+    cert, key, both = certs
+    name = f"{kind}-{'grpc' if grpc else 'tls'}"
+    if kind == "faultline":
+        protocol = "\n    protocol: h2c" if grpc else ""
+        conf = write(workdir, f"{name}.yaml", f"""
+server: {{ threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
+listeners:
+  - {{ address: "127.0.0.1:{tls_port}", tls: {{ cert: "{cert}", key: "{key}" }} }}
+upstreams:
+  app:
+    backends: [{{ address: "127.0.0.1:{backend}" }}]
+    timeouts: {{ connect: 1s, response_header: 2s }}{protocol}
+routes:
+  - {{ upstream: app, retry: {{ attempts: 3 }} }}
+""")
+        env = dict(os.environ, RUST_LOG="error")
+        p = procs.start(name, PROXY_CPU + [FAULTLINE_BIN, "-c", conf], env=env)
+    elif kind in BARE:
+        args, env = bare_command(kind, free_port(), [backend], tls=(tls_port, cert, key))
+        if grpc:
+            env["H2C"] = "1"
+        p = procs.start(name, PROXY_CPU + args, env=env)
+    elif kind == "nginx":
+        # grpc_pass speaks HTTP/2 to the origin (one stream per upstream connection).
+        module = "grpc" if grpc else "proxy"
+        upstream = "grpc_pass grpc://app;" if grpc else (
+            'proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";')
+        conf = write(workdir, f"{name}.conf", f"""
+            daemon off;
+            worker_processes 1;
+            pid {workdir}/{name}.pid;
+            error_log {workdir}/{name}-error.log;
+            events {{ worker_connections 4096; }}
+            http {{
+                access_log off;
+                keepalive_requests 1000000;
+                client_body_temp_path {workdir}/tmp;
+                proxy_temp_path {workdir}/tmp;
+                fastcgi_temp_path {workdir}/tmp;
+                uwsgi_temp_path {workdir}/tmp;
+                scgi_temp_path {workdir}/tmp;
+                upstream app {{ server 127.0.0.1:{backend}; keepalive 128; }}
+                server {{
+                    listen 127.0.0.1:{tls_port} ssl http2;
+                    ssl_certificate {cert};
+                    ssl_certificate_key {key};
+                    ssl_protocols TLSv1.2 TLSv1.3;
+                    ssl_session_cache off;
+                    ssl_session_tickets off;
+                    location / {{
+                        {upstream}
+                        {module}_connect_timeout 1s;
+                        {module}_read_timeout 2s;
+                        {module}_next_upstream error timeout;
+                        {module}_next_upstream_tries 3;
+                        {module}_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
+                        {module}_set_header X-Forwarded-Proto $scheme;
+                        {module}_set_header Via "1.1 nginx";
+                        {module}_set_header X-Request-Id $request_id;
+                    }}
+                }}
+            }}
+        """)
+        p = procs.start(name, PROXY_CPU + [tool("nginx"), "-c", conf, "-e",
+                                           f"{workdir}/{name}-error.log"])
+    else:
+        conf = write(workdir, f"{name}.cfg", f"""
+global
+    nbthread 1
+    maxconn 4096
+    tune.ssl.cachesize 0
+
+defaults
+    mode http
+    timeout connect 1s
+    timeout client 30s
+    timeout server 2s
+    retries 3
+    option redispatch
+    http-reuse always
+
+frontend f
+    bind 127.0.0.1:{tls_port} ssl crt {both} alpn h2,http/1.1 no-tls-tickets prefer-client-ciphers
+    option forwardfor
+    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
+    unique-id-header X-Request-Id
+    http-request set-header X-Forwarded-Proto https
+    http-request set-header Via "1.1 haproxy"
+    default_backend app
+
+backend app
+    server b0 127.0.0.1:{backend}{" proto h2" if grpc else ""}
+""")
+        p = procs.start(name, PROXY_CPU + [tool("haproxy"), "-db", "-f", conf])
+    wait_port(tls_port, name)
+    return p
+
+
+def start_grpc_origin(procs, port):
+    """examples/grpc_origin.rs (tonic, h2c) on `port`, on the load generator's core."""
+    binary = os.path.join(ROOT, "target/release/examples/grpc_origin")
+    procs.start("grpc-origin", LOAD_CPU + [binary, f"127.0.0.1:{port}"])
+    wait_port(port, "gRPC origin")
+
+
+def grpc_body(workdir):
+    """The file of one gRPC request body: GRPC_MESSAGE behind the 5-byte prefix (not
+    compressed, then the length, big-endian)."""
+    path = os.path.join(workdir, "grpc-request.bin")
+    with open(path, "wb") as f:
+        f.write(b"\x00" + len(GRPC_MESSAGE).to_bytes(4, "big") + GRPC_MESSAGE)
+    return path
+
+
+def grpc_check(port, body):
+    """One gRPC call through the proxy on `port` with nghttp (HTTP/2 over TLS), since h2load
+    counts HTTP statuses only: the call's grpc-status (from the trailers, or from a
+    Trailers-Only answer's header; None without one, or without an answer in 10 s) and whether
+    the message came back."""
+    try:
+        out = subprocess.run([tool("nghttp"), "-v", "-d", body, "-H",
+                              "content-type: application/grpc", "-H", "te: trailers",
+                              f"https://127.0.0.1:{port}{GRPC_PATH}"],
+                             capture_output=True, timeout=10).stdout
+    except subprocess.TimeoutExpired:
+        return None, False
+    m = re.search(rb"recv \(stream_id=\d+\) grpc-status: (\d+)", out)
+    return (int(m.group(1)) if m else None), GRPC_MESSAGE in out
+
+
+def tls_resumption(port, workdir):
+    """What the proxy on `port` does about TLS session resumption, asked as a client would
+    (openssl s_client, TLS 1.3): how many session tickets one full handshake brings, and
+    whether a second connection offering that session is resumed. (h2load, the client of the
+    scenarios, never offers a session: every connection it opens is a full handshake.) A
+    connection that does not end within 10 s counts as no tickets, or as not resumed."""
+    saved = os.path.join(workdir, f"session-{port}.pem")
+    client = ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
+              "localhost", "-tls1_3", "-alpn", "http/1.1", "-ign_eof"]
+    request = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    def connect(*session):
+        try:
+            return subprocess.run(client + list(session), input=request, capture_output=True,
+                                  timeout=10).stdout
+        except subprocess.TimeoutExpired:
+            return b""
+    tickets = connect("-sess_out", saved).count(b"Post-Handshake New Session Ticket arrived")
+    if not os.path.exists(saved):
+        return tickets, False
+    return tickets, b"Reused, TLSv1.3" in connect("-sess_in", saved)
+
+
+def children_cpu():
+    """User + system CPU time of this script's finished children (h2load among them)."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def h2load(port, options, duration=None, session=None, log_file=None, path="/"):
+    """One h2load run against the TLS listener on `port` with h2load's `options` (clients,
+    streams, --h1, a body…), bounded by `-D duration` when given, else by the request count in
+    `options`. With `session`, the proxy's CPU time meanwhile; with `log_file`, p50 and p99
+    from h2load's per-request log. The CPU time h2load itself used is reported too. The URL
+    names `localhost`, so that the handshakes carry a server name (SNI) as a browser's do."""
+    cpu_before = cpu_seconds(session) if session else 0.0
+    client_before = children_cpu()
+    args = LOAD_CPU + [tool("h2load"), "-t1", f"--connect-to=127.0.0.1:{port}", *options]
+    if duration:
+        args += ["-D", str(duration)]
+    if log_file:
+        args += ["--log-file", log_file]
+    out = subprocess.run(args + [f"https://localhost:{port}{path}"], capture_output=True,
+                         text=True, timeout=(duration or 0) + 60).stdout
+    result = {"rps": 0.0, "ok": 0, "failed": 0, "elapsed": 0.0, "p50": None, "p99": None,
+              "cpu": cpu_seconds(session) - cpu_before if session else None,
+              "client_cpu": children_cpu() - client_before, "tls": None}
+    m = re.search(r"finished in ([\d.]+)(us|ms|s), ([\d.]+) req/s", out)
+    if m:
+        result["elapsed"] = to_ms(m.group(1), m.group(2)) / 1000
+        result["rps"] = float(m.group(3))
+    m = re.search(r"requests: \d+ total, \d+ started, \d+ done, \d+ succeeded, (\d+) failed", out)
+    if m:
+        result["failed"] = int(m.group(1))
+    m = re.search(r"status codes: (\d+) 2xx", out)
+    if m:
+        result["ok"] = int(m.group(1))
+    tls = [re.search(rf"^{field}: (.+)$", out, re.M) for field in
+           ("TLS Protocol", "Cipher", "Server Temp Key")]
+    if all(tls):
+        result["tls"] = ", ".join(t.group(1).strip() for t in tls)
+    if log_file and os.path.exists(log_file):
+        with open(log_file) as f:
+            times = sorted(int(cols[2]) for cols in (line.split("\t") for line in f)
+                           if len(cols) == 3 and cols[1].startswith("2"))
+        os.remove(log_file)
+        if times:
+            result["p50"] = times[len(times) // 2] / 1000
+            result["p99"] = times[min(len(times) - 1, len(times) * 99 // 100)] / 1000
+    return result
+
+
+def edge_round(scenario, port, duration, session, workdir, body):
+    """One round of an edge scenario against the proxy on `port`, `duration` seconds: the
+    round's rate (requests or handshakes per second), latency, failures, and the proxy's and
+    h2load's CPU time per request (or handshake)."""
+    log_file = os.path.join(workdir, "h2load.log")
+    if scenario == "h2tls":
+        res = h2load(port, ["-c16", "-m10"], duration, session, log_file)
+    elif scenario == "h1tls":
+        res = h2load(port, ["--h1", "-c64"], duration, session, log_file)
+    elif scenario == "grpc":
+        res = h2load(port, ["-c16", "-m10", "-d", body, "-H", "content-type: application/grpc",
+                            "-H", "te: trailers"], duration, session, log_file, path=GRPC_PATH)
+    else:
+        res = handshakes(port, duration, session)
+    done = max(res["ok"], 1)
+    res["cpu_us"] = res["cpu"] * 1e6 / done if res["cpu"] is not None else None
+    res["client_cpu_us"] = res["client_cpu"] * 1e6 / done
+    return res
+
+
+def handshakes(port, duration, session):
+    """Full TLS handshakes for `duration` seconds: h2load runs one after the other, each
+    opening HANDSHAKE_BATCH HTTP/1.1 connections at once, each connection one handshake and one
+    request, then closed (bounded: as many runs as fit in the time, at most 100 per second).
+    The rate is the handshakes over the time h2load's runs took; the proxy's CPU time is taken
+    over the whole round, the closing of the last connections included."""
+    total = {"rps": 0.0, "ok": 0, "failed": 0, "elapsed": 0.0, "p50": None, "p99": None,
+             "cpu": None, "client_cpu": 0.0, "tls": None}
+    cpu_before = cpu_seconds(session) if session else 0.0
+    deadline = time.time() + duration
+    for _ in range(duration * 100):
+        if time.time() >= deadline:
+            break
+        res = h2load(port, ["--h1", f"-c{HANDSHAKE_BATCH}", f"-n{HANDSHAKE_BATCH}"])
+        for key in ("ok", "failed", "elapsed", "client_cpu"):
+            total[key] += res[key]
+        total["tls"] = total["tls"] or res["tls"]
+    if session:
+        time.sleep(0.2)  # the proxy's side of the last connections' close
+        total["cpu"] = cpu_seconds(session) - cpu_before
+    total["rps"] = total["ok"] / total["elapsed"] if total["elapsed"] else 0.0
+    return total
+
+
+def edge_scenario(procs, workdir, scenarios, proxies, rounds, duration):
+    """The TLS edge scenarios (EDGE_SCENARIOS), each in `rounds` interleaved rounds over
+    `proxies` started together, all with the same certificate. h2tls, h1tls and handshakes go
+    through proxies in front of the nginx origin, grpc through proxies started afresh in front
+    of the gRPC origin. Per proxy also: its TLS resumption behaviour, and one gRPC call's
+    grpc-status."""
+    certs = make_certificate(workdir)
+    body = grpc_body(workdir)
+    results = {s: {kind: [] for kind in proxies} for s in scenarios}
+    info = {kind: {} for kind in proxies}
+    for grpc in (False, True):
+        batch = [s for s in scenarios if (s == "grpc") == grpc]
+        if not batch:
+            continue
+        backend = free_port()
+        if grpc:
+            start_grpc_origin(procs, backend)
+        else:
+            start_origin(procs, workdir, backend)
+        ports, started = {}, {}
+        for kind in proxies:
+            ports[kind] = free_port()
+            started[kind] = start_edge_proxy(procs, workdir, kind, ports[kind], backend, certs,
+                                             grpc)
+        for kind in proxies:
+            if "resumption" not in info[kind]:
+                info[kind]["resumption"] = tls_resumption(ports[kind], workdir)
+                log(f"tls {kind}: {info[kind]['resumption'][0]} session tickets, resumed "
+                    f"{info[kind]['resumption'][1]}")
+            if grpc:
+                info[kind]["grpc"] = [grpc_check(ports[kind], body)]
+        for scenario in batch:
+            for kind in proxies:  # warm-up: connections, pools, caches
+                edge_round(scenario, ports[kind], 1, None, workdir, body)
+            for r in range(rounds):
+                for kind in proxies[r % len(proxies):] + proxies[:r % len(proxies)]:
+                    res = edge_round(scenario, ports[kind], duration, started[kind].pid,
+                                     workdir, body)
+                    log(f"{scenario} round {r + 1} {kind}: {res['rps']:.0f}/s, p50 {res['p50']} "
+                        f"ms, p99 {res['p99']} ms, proxy CPU {res['cpu_us'] or 0:.1f} us, "
+                        f"h2load CPU {res['client_cpu_us']:.1f} us, {res['failed']} failed")
+                    results[scenario][kind].append(res)
+        for kind in proxies:
+            if grpc:  # and once more after the load
+                info[kind]["grpc"].append(grpc_check(ports[kind], body))
+                log(f"grpc {kind}: (grpc-status, message back) before and after the load: "
+                    f"{info[kind]['grpc']}")
+        for p in started.values():
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait(timeout=10)
+    return results, info
+
+
+def edge_report(results, info, proxies, args):
+    """A table per edge scenario, with faultline's ratios to the other proxies."""
+    load = os.getloadavg()
+    lines = [
+        f"Machine: {machine()}; h2load {h2load_version()}; load average at the end "
+        f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}.",
+        f"Command: `{' '.join(['python3', 'benches/load.py'] + sys.argv[1:])}`.",
+        "",
+        f"{args.rounds} interleaved rounds of {args.duration}s per scenario, one worker per "
+        "proxy, TLS on the client side (one ECDSA P-256 certificate; the version, cipher and "
+        "key exchange h2load reported are in the TLS column), medians over rounds"
+        + ("; proxies pinned to core 0, origin and h2load to core 1." if PIN else "."),
+        "TLS session resumption: nginx `ssl_session_cache off; ssl_session_tickets off;`, "
+        "HAProxy `no-tls-tickets` and `tune.ssl.cachesize 0`; faultline and bare Pingora keep "
+        "rustls' defaults, which no setting of theirs changes (a 256-entry session cache, which "
+        "the TLS 1.3 tickets refer to). As openssl s_client saw it (tickets after one "
+        "handshake, whether a second connection offering one was resumed): "
+        + "; ".join(f"{kind} {info[kind]['resumption'][0]}, "
+                    f"{'resumed' if info[kind]['resumption'][1] else 'not resumed'}"
+                    for kind in proxies if "resumption" in info[kind])
+        + ". h2load never offers a session: every handshake measured is a full one.",
+    ]
+    titles = {
+        "h2tls": ("HTTP/2 over TLS, h2load -c16 -m10 to the nginx origin", "requests/s",
+                  "request"),
+        "h1tls": ("HTTP/1.1 over TLS with keep-alive, h2load --h1 -c64 to the nginx origin",
+                  "requests/s", "request"),
+        "handshakes": (f"full TLS handshakes, h2load --h1 -c{HANDSHAKE_BATCH} "
+                       f"-n{HANDSHAKE_BATCH} run after run, each connection one handshake and "
+                       "one request; h2load's side of a handshake costs about what the proxy's "
+                       "does, so the rate is bounded by the one client core for every proxy "
+                       "alike: the proxy's CPU per handshake is the figure that compares them",
+                       "handshakes/s", "handshake"),
+        "grpc": (f"gRPC unary calls ({GRPC_PATH}, {len(GRPC_MESSAGE)}-byte message) over "
+                 "HTTP/2 over TLS, h2load -c16 -m10, to a tonic origin over h2c "
+                 "(examples/grpc_origin.rs); one call per proxy with nghttp before the load "
+                 "and one after, for its grpc-status (h2load counts HTTP statuses only)",
+                 "calls/s", "call"),
+    }
+    for scenario in (s for s in EDGE_SCENARIOS if s in results):
+        title, rate, unit = titles[scenario]
+        extra = " grpc-status before / after |" if scenario == "grpc" else ""
+        lines += [
+            "",
+            f"**{scenario}**: {title}.",
+            "",
+            f"| proxy | {rate} | p50 ms | p99 ms | proxy CPU µs/{unit} | h2load CPU µs/{unit} "
+            f"| failed | TLS |{extra}",
+            "|---|---:|---:|---:|---:|---:|---:|---|" + ("---|" if extra else ""),
+        ]
+        summary = {}
+        for kind in proxies:
+            runs = results[scenario][kind]
+            summary[kind] = [median([r[key] for r in runs]) for key in ("rps", "p99", "cpu_us")]
+            p50 = median([r["p50"] for r in runs])
+            cell = ""
+            if scenario == "grpc":
+                cell = " " + " / ".join(f"{status}{'' if echoed else ' (message not echoed)'}"
+                                        for status, echoed in info[kind]["grpc"]) + " |"
+            lines.append(
+                f"| {kind} | {summary[kind][0]:,.0f} | {figure(p50, '.2f')} | "
+                f"{figure(summary[kind][1], '.2f')} | {figure(summary[kind][2], '.1f')} | "
+                f"{median([r['client_cpu_us'] for r in runs]):.1f} | "
+                f"{sum(r['failed'] for r in runs)} | "
+                f"{next((r['tls'] for r in runs if r['tls']), '–')} |{cell}")
+        if "faultline" not in proxies:
+            continue
+        lines += ["", f"| ratio | {rate} | p99 | proxy CPU per {unit} |", "|---|---:|---:|---:|"]
+        for other in (kind for kind in proxies if kind != "faultline"):
+            ratios = [f / o if o else float("nan")
+                      for f, o in zip(summary["faultline"], summary[other])]
+            lines.append(f"| faultline / {other} | "
+                         + " | ".join(figure(r, ".3f") for r in ratios) + " |")
+    return "\n".join(lines)
+
+
+def figure(value, spec):
+    """`value` formatted by `spec`, or a dash where there is none (NaN)."""
+    return "–" if value != value else format(value, spec)
+
+
+def h2load_version():
+    """h2load's version, as it gives it (`nghttp2/1.52.0`)."""
+    out = subprocess.run([tool("h2load"), "--version"], capture_output=True, text=True).stdout
+    return out.split()[-1] if out.split() else "unknown"
+
+
 def median(values):
     values = [v for v in values if v is not None]
     return statistics.median(values) if values else float("nan")
@@ -811,8 +1235,11 @@ def main():
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="short rounds (smoke test)")
     parser.add_argument("--skip-build", action="store_true")
-    parser.add_argument("--scenario", choices=["all", "healthy", "failures", "connections"],
-                        default="all", help="all: healthy and failures (connections apart)")
+    parser.add_argument("--scenario", default="all",
+                        choices=["all", "healthy", "failures", "connections", "edge"]
+                        + EDGE_SCENARIOS,
+                        help="all: healthy and failures (connections apart); edge: "
+                             f"{', '.join(EDGE_SCENARIOS)}")
     parser.add_argument("--rounds", type=int, help="healthy rounds (default 5; --quick 2)")
     parser.add_argument("--duration", type=int, help="seconds per healthy round (default 10)")
     parser.add_argument("--ab", metavar="A,B",
@@ -821,8 +1248,8 @@ def main():
                              "--duration seconds (default 5)")
     parser.add_argument("--idle", type=int, default=10000,
                         help="idle connections per proxy in the connections scenario")
-    parser.add_argument("--proxies", help="connections scenario: which proxies, comma-separated "
-                        f"(default {','.join(CONNECTION_PROXIES)})")
+    parser.add_argument("--proxies", help="connections and edge scenarios: which proxies, "
+                        f"comma-separated (default {','.join(CONNECTION_PROXIES)})")
     args = parser.parse_args()
     proxies = args.proxies.split(",") if args.proxies else CONNECTION_PROXIES
     if any(kind not in CONNECTION_PROXIES for kind in proxies):
@@ -843,8 +1270,12 @@ def main():
     workdir = tempfile.mkdtemp(prefix="faultline-load-")
     os.makedirs(os.path.join(workdir, "tmp"), exist_ok=True)
     procs = Procs(workdir)
-    healthy, failures, ab, conns = None, None, None, None
+    edge = EDGE_SCENARIOS if args.scenario == "edge" else \
+        [args.scenario] if args.scenario in EDGE_SCENARIOS else []
+    healthy, failures, ab, conns, edged = None, None, None, None, None
     try:
+        if not pair and edge:
+            edged = edge_scenario(procs, workdir, edge, proxies, args.rounds, args.duration)
         if not pair and args.scenario == "connections":
             conns = connections_scenario(procs, workdir, proxies, args.idle, args.duration,
                                          args.connections)
@@ -867,6 +1298,9 @@ def main():
         return
     if conns is not None:
         print(connections_report(conns, proxies, args))
+        return
+    if edged is not None:
+        print(edge_report(*edged, proxies, args))
         return
     print(report(healthy, failures, args))
 

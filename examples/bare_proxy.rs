@@ -11,6 +11,9 @@
 //! With `FORWARDING=1` it also sets the four headers faultline adds to every request
 //! (`X-Forwarded-For`, `X-Forwarded-Proto`, `Via`, `X-Request-Id`) the plain Pingora way, so the
 //! benchmark can tell the cost of those headers from the cost of everything else.
+//!
+//! With `H2C=1` it speaks HTTP/2 with prior knowledge to its backends (as faultline's
+//! `protocol: h2c` upstreams), for the benchmark's gRPC scenario.
 
 #[path = "support/bare.rs"]
 mod bare;

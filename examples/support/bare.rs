@@ -5,6 +5,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use pingora::lb::LoadBalancer;
 use pingora::lb::selection::RoundRobin;
+use pingora::listeners::ALPN;
 use pingora::prelude::*;
 use pingora::proxy::{ProxyHttp, Session, http_proxy_service};
 use pingora::server::configuration::ServerConf;
@@ -12,6 +13,8 @@ use pingora::server::configuration::ServerConf;
 struct Bare {
     lb: Arc<LoadBalancer<RoundRobin>>,
     forwarding: bool,
+    /// Speak HTTP/2 with prior knowledge (h2c) to the backends.
+    h2c: bool,
 }
 
 #[async_trait]
@@ -25,7 +28,13 @@ impl ProxyHttp for Bare {
             .lb
             .select(b"", 256)
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no backend"))?;
-        Ok(Box::new(HttpPeer::new(backend.addr, false, String::new())))
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        if self.h2c {
+            // As faultline's `protocol: h2c` upstreams: HTTP/2 only, 100 streams a connection.
+            peer.options.alpn = ALPN::H2;
+            peer.options.max_h2_streams = 100;
+        }
+        Ok(Box::new(peer))
     }
 
     async fn upstream_request_filter(
@@ -52,7 +61,8 @@ impl ProxyHttp for Bare {
 }
 
 /// Runs the proxy: `LISTEN BACKEND…` from the command line, `THREADS` and `FORWARDING` from the
-/// environment. With `TLS_LISTEN`, `TLS_CERT` and `TLS_KEY` it also listens there with TLS,
+/// environment; with `H2C=1` it speaks HTTP/2 with prior knowledge to the backends (the load
+/// benchmark's gRPC origin). With `TLS_LISTEN`, `TLS_CERT` and `TLS_KEY` it also listens there with TLS,
 /// offering HTTP/2 by ALPN (Pingora's defaults otherwise), as the load benchmark's connections
 /// scenario needs.
 pub(crate) fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
@@ -74,6 +84,7 @@ pub(crate) fn main() -> std::result::Result<(), Box<dyn std::error::Error>> {
     let bare = Bare {
         lb: Arc::new(lb),
         forwarding,
+        h2c: std::env::var_os("H2C").is_some(),
     };
     let mut service = http_proxy_service(&server.configuration, bare);
     service.add_tcp(&listen);
