@@ -49,8 +49,8 @@ GROUPS = [
     ("Pingora L4 stream, buffers", r"pingora-core-[^/]+/src/protocols/", None),
     ("Pingora connectors and pool", r"pingora-core-[^/]+/src/connectors/|pingora-pool-", None),
     ("Pingora proxy logic, server, load balancing", r"pingora-", None),
-    ("faultline's own code", r"^/work/[^ ]*/src/", None),
-    ("bytes, smallvec, other crates", r"/\.cargo/registry/src/", None),
+    ("faultline's own code", r"^(?:/work/[^ ]*/)?src/[^:]*\.rs:", None),
+    ("bytes, smallvec, other crates", r"/\.cargo/registry/src/|^/rust/deps/", None),
     ("Rust std/core (inlined state machines, fmt, Arc)", r"^/rustc/", None),
     ("nginx: HTTP parsing", r":ngx_http_parse|:ngx_parse", NGINX),
     ("nginx: proxy module, upstream", r":ngx_http_(?:proxy|upstream)", NGINX),
@@ -60,7 +60,7 @@ GROUPS = [
     ("HAProxy: HTTP (h1, htx, http_ana)", r":(?:h1|htx|http|h1_\w+|hlua)", HAPROXY),
     ("HAProxy: other (streams, tasks, fd, unexported)", r"", HAPROXY),
     ("OpenSSL", r"", r"libcrypto|libssl"),
-    ("libc, other", r"", r"libc\.so|ld-linux|libpthread|libpcre|libz"),
+    ("libc, other", r"", r"libc\.so|libm\.so|ld-linux|libpthread|libpcre|libz"),
 ]
 COMPILED = [(name, re.compile(pattern), re.compile(obj) if obj else None)
             for name, pattern, obj in GROUPS]
