@@ -4,6 +4,7 @@
 
     python3 benches/instructions.py --skip-build --kinds all --requests 5000 --save /tmp/cg
     python3 benches/cost_groups.py --requests 5000 /tmp/cg/minimal/*.callgrind
+    python3 benches/cost_groups.py --requests 5000 --calls 'clock_gettime@@' /tmp/cg/minimal/*.callgrind
 
 Reads `callgrind_annotate`'s self cost per source file and function (code inlined from another
 crate counts for that crate: callgrind splits a function's cost by the source file of each
@@ -148,13 +149,46 @@ def large_copies(path):
     return total
 
 
+def calls(path, pattern):
+    """Calls to the functions whose "file:function [object]" matches `pattern`: the `(Nx)`
+    counts of their callers in `callgrind_annotate --tree=caller`."""
+    out = subprocess.run(["callgrind_annotate", "--threshold=100", "--auto=no", "--tree=caller",
+                          path], capture_output=True, text=True, check=True, timeout=600).stdout
+    wanted = re.compile(pattern)
+    total = 0
+    block = []
+    for line in out.splitlines():
+        if " < " in line:
+            block.append(line)
+            continue
+        if "*  " in line and wanted.search(line.split("*  ", 1)[1]):
+            for caller in block:
+                m = re.search(r"\(([\d,]+)x\)", caller)
+                if m:
+                    total += int(m.group(1).replace(",", ""))
+        block = []
+    return total
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("files", nargs="+", help="callgrind files (name.callgrind)")
     parser.add_argument("--requests", type=int, required=True,
                         help="the request count the files were made with")
+    parser.add_argument("--calls", metavar="REGEX", action="append", default=[],
+                        help="instead of the groups: calls per request to the functions whose "
+                             "'file:function [object]' matches, e.g. 'clock_gettime@@' or "
+                             "':malloc |mi_malloc_aligned |__pool_alloc |ngx_p[nc]?alloc '")
     args = parser.parse_args()
+    if args.calls:
+        print("| calls per request | " + " | ".join(
+            os.path.basename(p).replace(".callgrind", "") for p in args.files) + " |")
+        print("|---|" + "---:|" * len(args.files))
+        for pattern in args.calls:
+            print(f"| `{pattern}` | " + " | ".join(
+                f"{calls(p, pattern) / args.requests:,.1f}" for p in args.files) + " |")
+        return
     names, tables, totals, large = [], [], [], []
     for path in args.files:
         total, rows = self_costs(path)
