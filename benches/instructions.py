@@ -1,19 +1,30 @@
 #!/usr/bin/env python3
-"""Instructions per proxied request, faultline against bare Pingora, counted by callgrind.
+"""Instructions and system calls per proxied request: faultline, bare Pingora, nginx, HAProxy.
 
 Throughput on a small shared machine moves by more between runs than the gap between two
 proxies; an instruction count does not: the same binary, inputs and environment give the same
 count whatever else the machine is doing. Each proxy runs under `valgrind --tool=callgrind`, is
 warmed up, has its counters zeroed, serves exactly N keep-alive GET requests from a small client
 (the same for both) to one nginx origin, and the instructions it executed in that window are
-divided by N. Four proxies: bare Pingora as written (the system allocator), the same with mimalloc
-(the `faultline` binary's allocator: the difference to faultline is then faultline's own work),
-bare Pingora setting the four headers faultline adds to every request (`FORWARDING=1`), and
-faultline.
+divided by N. Four Pingora proxies: bare Pingora as written (the system allocator), the same with
+mimalloc (the `faultline` binary's allocator: the difference to faultline is then faultline's own
+work), bare Pingora setting the four headers faultline adds to every request (`FORWARDING=1`),
+and faultline; and, with `--kinds`, nginx and HAProxy as the load benchmark configures them (the
+same four headers; nginx with `master_process off`, HAProxy with `-db`, one thread each, so that
+one process does all the work under valgrind).
+
+With `--syscalls` the same proxies run without valgrind and `strace -f -c` is attached to every
+thread after the warm-up, for the N requests only: system calls per request by name, and how
+many of them failed (a `recvfrom` or `read` answering EAGAIN). strace slows every system call,
+which can change how many events one `epoll_wait` returns; the counts are those of this client.
 
     python3 benches/instructions.py              # 20000 requests each
     python3 benches/instructions.py --requests 5000 --skip-build
+    python3 benches/instructions.py --skip-build --kinds nginx,haproxy,bare-pingora
+    python3 benches/instructions.py --skip-build --syscalls --requests 5000 --kinds all
+    python3 benches/instructions.py --skip-build --kinds faultline --server 'work_stealing: false'
     python3 benches/instructions.py --save /tmp/cg   # then: callgrind_annotate --inclusive=yes
+                                                     # or: benches/cost_groups.py
     python3 benches/instructions.py --skip-build --only A=/tmp/faultline-a,B=/tmp/faultline-b
         # two faultline builds against each other, run alternately (paired comparison)
 
@@ -24,6 +35,7 @@ import argparse
 import os
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -37,6 +49,11 @@ import load  # noqa: E402  (the load benchmark's origin, proxy configs and proce
 CONNECTIONS = 4
 
 KINDS = ["bare-pingora", "bare+mimalloc", "pingora+headers", "faultline"]
+# More of Pingora's `ServerConf` for faultline's `server:` section (`--server`), e.g.
+# "work_stealing: false": the levers Pingora's configuration offers, measured one at a time.
+SERVER_EXTRA = ""
+# `--kinds all`: the Pingora proxies and the two the load benchmark compares them with.
+ALL_KINDS = KINDS + ["nginx", "haproxy"]
 
 # A browser-like request, for the second measurement: the minimal `GET` with only `Host` is the
 # worst case for a proxy that adds headers (the header maps Pingora sizes to the request grow).
@@ -104,6 +121,34 @@ def drive(port, total, extra=b""):
     return sum(ok)
 
 
+def command(workdir, kind, name, port, origin, binary=None):
+    """The command line and environment of one proxy serving `port` from the origin, as the
+    load benchmark configures it; nginx and HAProxy in one process (no master, one thread)."""
+    if kind == "faultline" or binary:
+        conf = load.faultline_conf(workdir, name, port, [origin], False)
+        if SERVER_EXTRA:
+            with open(conf) as f:
+                text = f.read()
+            with open(conf, "w") as f:
+                f.write(text.replace("graceful_shutdown_timeout_seconds: 1 }",
+                                     f"graceful_shutdown_timeout_seconds: 1, {SERVER_EXTRA} }}",
+                                     1))
+        return [binary or load.FAULTLINE_BIN, "-c", conf], dict(os.environ, RUST_LOG="error")
+    if kind == "nginx":
+        conf = load.nginx_conf(workdir, name, port, [origin], False)
+        with open(conf) as f:
+            text = f.read()
+        with open(conf, "w") as f:
+            # nginx closes a client connection after 1000 requests by default; the others do not.
+            text = text.replace("access_log off;", "access_log off;\nkeepalive_requests 1000000;", 1)
+            f.write(text.replace("daemon off;", "daemon off;\nmaster_process off;", 1))
+        return [load.tool("nginx"), "-c", conf, "-e", f"{workdir}/{name}-error.log"], None
+    if kind == "haproxy":
+        conf = load.haproxy_conf(workdir, name, port, [origin], False)
+        return [load.tool("haproxy"), "-db", "-f", conf], None
+    return load.bare_command(kind, port, [origin])
+
+
 def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     port = load.free_port()
     tag = f"{kind}-{len(extra)}".replace("/", "_")
@@ -111,12 +156,7 @@ def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
                 "--dump-instr=no", "--collect-atstart=yes"]
     name = f"{tag}-callgrind"
-    if kind == "faultline" or binary:
-        conf = load.faultline_conf(workdir, name, port, [origin], False)
-        args = [binary or load.FAULTLINE_BIN, "-c", conf]
-        env = dict(os.environ, RUST_LOG="error")
-    else:
-        args, env = load.bare_command(kind, port, [origin])
+    args, env = command(workdir, kind, name, port, origin, binary)
     p = procs.start(name, valgrind + args, env=env)
     load.wait_port(port, name, timeout=120)
     warm = drive(port, 500)
@@ -149,6 +189,144 @@ def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     return int(m.group(1)) / requests
 
 
+# System calls counted under wrk by `perf stat` (tracepoints: no ptrace, so no slowdown).
+TRACED = ["recvfrom", "sendto", "read", "write", "readv", "writev", "recvmsg", "sendmsg",
+          "epoll_wait", "epoll_pwait", "epoll_ctl", "futex", "sched_yield", "getpeername",
+          "getsockname", "getsockopt", "setsockopt", "getpid", "clock_gettime",
+          "clock_nanosleep", "accept4", "close", "mmap", "munmap", "madvise", "mprotect"]
+
+
+def syscalls_under_load(procs, workdir, kind, origin, seconds):
+    """System calls per request of one proxy under `wrk -t1 -c64` for `seconds` (pinned as in
+    the load benchmark), counted by `perf stat` on the syscall tracepoints of its process, with
+    the failed ones (EAGAIN) counted at exit; also, from an earlier run of the same length
+    without perf, its user and system CPU time per request (from /proc). Returns ({name: (calls, failed)}, user us, system us) per request."""
+    port = load.free_port()
+    name = f"{kind}-perf".replace("/", "_")
+    args, env = command(workdir, kind, name, port, origin)
+    p = procs.start(name, load.PROXY_CPU + args, env=env)
+    load.wait_port(port, name, timeout=30)
+    load.wrk(port, 2, 64)  # warm-up: connections, pools
+    # CPU time first, without perf (an enabled tracepoint slows every system call).
+    tick = os.sysconf("SC_CLK_TCK")
+    before = [sum(int(f[11 + i]) for _, f in load.session_processes(p.pid)) for i in (0, 1)]
+    res = load.wrk(port, seconds, 64)
+    after = [sum(int(f[11 + i]) for _, f in load.session_processes(p.pid)) for i in (0, 1)]
+    if not res["requests"]:
+        raise SystemExit(f"{kind}: wrk made no requests")
+    user, system = ((a - b) / tick * 1e6 / res["requests"] for a, b in zip(after, before))
+    events = (["raw_syscalls:sys_enter", "context-switches"]
+              + [f"syscalls:sys_enter_{n}" for n in TRACED])
+    exits = ["syscalls:sys_exit_recvfrom", "syscalls:sys_exit_read"]
+    out = os.path.join(workdir, f"{name}.perf")
+    perf = ["perf", "stat", "-x", ",", "-o", out, "-p", str(p.pid)]
+    for event in events:
+        perf += ["-e", event]
+    for event in exits:
+        perf += ["-e", event, "--filter", "ret == -11"]
+    tracer = subprocess.Popen(perf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    res = load.wrk(port, seconds, 64)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=60)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    n = res["requests"]
+    if not n:
+        raise SystemExit(f"{kind}: wrk made no requests")
+    # wrk's count covers `seconds`; perf's window is a little longer (it starts 1 s before wrk
+    # and stops after it), during which the proxy is idle.
+    counts = {}
+    failed = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.strip().split(",")
+            if len(parts) < 3 or not parts[0].replace(".", "").isdigit():
+                continue
+            value, event = float(parts[0]), parts[2]
+            if event.startswith("syscalls:sys_exit_"):
+                failed[event.rsplit("_", 1)[-1]] = value / n
+            elif event == "raw_syscalls:sys_enter":
+                counts["(all)"] = value / n
+            elif event == "context-switches":
+                counts["(context switches)"] = value / n
+            elif value:
+                counts[event.replace("syscalls:sys_enter_", "")] = value / n
+    result = {k: (v, failed.get(k, 0.0)) for k, v in counts.items()}
+    return result, user, system
+
+
+def syscalls(procs, workdir, kind, origin, requests, extra):
+    """System calls per request of one proxy over `requests` requests after a warm-up, by name:
+    {name: (calls, failed calls)} per request, from `strace -f -c` attached to every thread."""
+    port = load.free_port()
+    tag = f"{kind}-{len(extra)}".replace("/", "_")
+    name = f"{tag}-strace"
+    args, env = command(workdir, kind, name, port, origin)
+    p = procs.start(name, args, env=env)
+    load.wait_port(port, name, timeout=30)
+    warm = drive(port, 500)
+    if warm != 500:
+        raise SystemExit(f"{kind}: warm-up got {warm}/500 answers")
+    out = os.path.join(workdir, f"{tag}.strace")
+    tids = sorted(os.listdir(f"/proc/{p.pid}/task"))
+    attach = [arg for tid in tids for arg in ("-p", tid)]
+    tracer = subprocess.Popen(["strace", "-f", "-c", "-qq", "-o", out] + attach,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        traced = 0
+        for tid in tids:
+            try:
+                with open(f"/proc/{p.pid}/task/{tid}/status") as f:
+                    traced += bool(re.search(r"^TracerPid:\s*[1-9]", f.read(), re.M))
+            except OSError:
+                traced += 1  # a thread that ended needs no tracer
+        if traced == len(tids):
+            break
+        time.sleep(0.05)
+    else:
+        tracer.kill()
+        raise SystemExit(f"{kind}: strace did not attach")
+    got = drive(port, requests, extra)
+    tracer.send_signal(signal.SIGINT)
+    tracer.wait(timeout=60)
+    if got != requests:
+        raise SystemExit(f"{kind}: {got}/{requests} answers")
+    counts = {}
+    with open(out) as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) not in (5, 6) or not parts[3].isdigit() or parts[-1] == "total":
+                continue
+            errors = int(parts[4]) if len(parts) == 6 else 0
+            counts[parts[-1]] = (int(parts[3]) / requests, errors / requests)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=10)
+    return counts
+
+
+def syscalls_report(kinds, requests, shape_label, results):
+    """A markdown table: system calls per request by name (failed ones in brackets)."""
+    names = sorted({n for kind in kinds for n in results[kind]},
+                   key=lambda n: -max(results[k].get(n, (0, 0))[0] for k in kinds))
+    counted = f", {requests} requests" if requests else ""
+    lines = [f"System calls per request, {shape_label}{counted} "
+             "(in brackets: those that failed, mostly EAGAIN):", "",
+             "| system call | " + " | ".join(kinds) + " |",
+             "|---|" + "---:|" * len(kinds)]
+    for n in names:
+        cells = []
+        for kind in kinds:
+            calls, failed = results[kind].get(n, (0.0, 0.0))
+            cells.append(f"{calls:.3f}" + (f" ({failed:.3f})" if failed else ""))
+        lines.append(f"| `{n}` | " + " | ".join(cells) + " |")
+    totals = [sum(c for n, (c, _) in results[kind].items() if not n.startswith("("))
+              for kind in kinds]
+    lines.append("| listed | " + " | ".join(f"{t:.3f}" for t in totals) + " |")
+    return "\n".join(lines)
+
+
 def start_origin():
     """A work folder, its process list, and the nginx origin started in it (its port)."""
     workdir = tempfile.mkdtemp(prefix="faultline-instr-")
@@ -163,11 +341,26 @@ def start_origin():
     return workdir, procs, origin
 
 
+SHAPES = (("minimal", b"", "`GET /` with `Host` only"),
+          ("browser", BROWSER_HEADERS, "`GET /` with 11 browser headers"))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--requests", type=int, default=20000)
     parser.add_argument("--skip-build", action="store_true")
+    parser.add_argument("--kinds", default=",".join(KINDS),
+                        help="which proxies, comma-separated, of " + ", ".join(ALL_KINDS)
+                             + " (or `all`)")
+    parser.add_argument("--syscalls", action="store_true",
+                        help="count system calls with strace instead of instructions")
+    parser.add_argument("--under-load", type=int, metavar="SECONDS",
+                        help="with --syscalls: count them with perf under wrk -c64 for SECONDS "
+                             "instead of strace under the small client")
+    parser.add_argument("--server", metavar="YAML", default="",
+                        help="more keys for faultline's `server:` section (Pingora's ServerConf), "
+                             "e.g. 'work_stealing: false'")
     parser.add_argument("--save", metavar="DIR",
                         help="keep the callgrind files here (for callgrind_annotate)")
     parser.add_argument("--only", metavar="NAME=BINARY,...",
@@ -175,17 +368,51 @@ def main():
                              "--pairs times each")
     parser.add_argument("--pairs", type=int, default=3)
     args = parser.parse_args()
+    global SERVER_EXTRA
+    SERVER_EXTRA = args.server
     if args.only:
         return compare(args)
+    kinds = ALL_KINDS if args.kinds == "all" else args.kinds.split(",")
+    unknown = [k for k in kinds if k not in ALL_KINDS]
+    if unknown:
+        raise SystemExit(f"unknown proxies: {', '.join(unknown)}")
     load.ensure_tools()
-    ensure_valgrind()
+    if args.syscalls:
+        if not shutil.which("strace"):
+            raise SystemExit("strace is needed for --syscalls")
+    else:
+        ensure_valgrind()
     if not args.skip_build:
         load.build()
     workdir, procs, origin = start_origin()
     results = {}
+    if args.syscalls and args.under_load:
+        try:
+            for kind in kinds:
+                results[kind] = syscalls_under_load(procs, workdir, kind, origin,
+                                                    args.under_load)
+                load.log(f"{kind}: {results[kind][0].get('(all)', (0, 0))[0]:.2f} system calls, "
+                         f"{results[kind][1]:.1f} us user, {results[kind][2]:.1f} us system "
+                         "per request")
+        finally:
+            procs.stop_all()
+            shutil.rmtree(workdir, ignore_errors=True)
+        print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`")
+        print()
+        print(syscalls_report(kinds, None, f"under `wrk -t1 -c64 -d{args.under_load}s`",
+                              {kind: results[kind][0] for kind in kinds}))
+        print("| CPU µs per request, user / system (from /proc, load-dependent) | "
+              + " | ".join(f"{results[k][1]:.1f} / {results[k][2]:.1f}" for k in kinds) + " |")
+        return
     try:
-        for shape, extra in (("minimal", b""), ("browser", BROWSER_HEADERS)):
-            for kind in KINDS:
+        for shape, extra, _ in SHAPES:
+            for kind in kinds:
+                if args.syscalls:
+                    results[(kind, shape)] = syscalls(procs, workdir, kind, origin,
+                                                      args.requests, extra)
+                    total = sum(c for c, _ in results[(kind, shape)].values())
+                    load.log(f"{kind}, {shape} request: {total:.2f} system calls per request")
+                    continue
                 save = os.path.join(args.save, shape) if args.save else None
                 results[(kind, shape)] = measure(procs, workdir, kind, origin, args.requests,
                                                  save, extra)
@@ -196,15 +423,33 @@ def main():
         shutil.rmtree(workdir, ignore_errors=True)
     print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`".rstrip())
     print()
-    print("| request | bare Pingora | bare Pingora, mimalloc | Pingora + the same 4 headers | "
-          "faultline | faultline / bare | faultline / bare, mimalloc | "
-          "faultline / Pingora + headers |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|")
-    for shape, label in (("minimal", "`GET /` with `Host` only"),
-                         ("browser", "`GET /` with 11 browser headers")):
-        bare, mi, headers, ours = (results[(kind, shape)] for kind in KINDS)
-        print(f"| {label} | {bare:,.0f} | {mi:,.0f} | {headers:,.0f} | {ours:,.0f} | "
-              f"{ours / bare:.3f} | {ours / mi:.3f} | {ours / headers:.3f} |")
+    if args.syscalls:
+        for shape, _, label in SHAPES:
+            print(syscalls_report(kinds, args.requests, label,
+                                  {kind: results[(kind, shape)] for kind in kinds}))
+            print()
+        return
+    reference = "nginx" if "nginx" in kinds else None
+    print("| request | " + " | ".join(kinds) + " |"
+          + (" " + " | ".join(f"{k} / nginx" for k in kinds if k != "nginx") + " |"
+             if reference else ""))
+    print("|---|" + "---:|" * (len(kinds) + (len(kinds) - 1 if reference else 0)))
+    for shape, _, label in SHAPES:
+        row = [results[(kind, shape)] for kind in kinds]
+        line = f"| {label} | " + " | ".join(f"{n:,.0f}" for n in row) + " |"
+        if reference:
+            base = results[(reference, shape)]
+            line += " " + " | ".join(f"{results[(k, shape)] / base:.2f}"
+                                     for k in kinds if k != reference) + " |"
+        print(line)
+    if all(kind in kinds for kind in KINDS):
+        print()
+        print("| request | faultline / bare | faultline / bare, mimalloc | "
+              "faultline / Pingora + headers |")
+        print("|---|---:|---:|---:|")
+        for shape, _, label in SHAPES:
+            bare, mi, headers, ours = (results[(kind, shape)] for kind in KINDS)
+            print(f"| {label} | {ours / bare:.3f} | {ours / mi:.3f} | {ours / headers:.3f} |")
 
 
 def compare(args):

@@ -37,6 +37,18 @@ fn the_minimal_config_is_valid() {
 }
 
 #[test]
+fn timeouts_are_tokio_timers_unless_the_file_says_otherwise() {
+    let c = Config::from_yaml(VALID).expect("valid");
+    assert_eq!(c.server.fast_timeout_to_tokio_threshold_seconds, Some(0));
+    let given = format!("server: {{ fast_timeout_to_tokio_threshold_seconds: 60 }}\n{VALID}");
+    let c = Config::from_yaml(&given).expect("valid");
+    assert_eq!(c.server.fast_timeout_to_tokio_threshold_seconds, Some(60));
+    let null = format!("server: {{ fast_timeout_to_tokio_threshold_seconds: null }}\n{VALID}");
+    let c = Config::from_yaml(&null).expect("valid");
+    assert_eq!(c.server.fast_timeout_to_tokio_threshold_seconds, None);
+}
+
+#[test]
 fn unknown_keys_name_their_path() {
     let yaml = VALID.replace(
         "  - { upstream: app }",
