@@ -30,7 +30,8 @@ NGINX, HAPROXY = r"/nginx$", r"/haproxy$"
 GROUPS = [
     ("memcpy/memmove", r"memmove-vec|memcpy|__memmove", None),
     ("memset", r"memset", None),
-    ("allocator", r"mimalloc|malloc\.c|/malloc/|arena\.c|:(?:malloc|free|realloc|calloc|cfree|"
+    ("allocator", r"mimalloc|jemalloc|:_?rjem_\w+|:je_\w+|"
+                  r"malloc\.c|/malloc/|arena\.c|:(?:malloc|free|realloc|calloc|cfree|"
                   r"_int_malloc|_int_free|_int_realloc|tcache_\w+|malloc_consolidate|"
                   r"unlink_chunk|__libc_\w*(?:malloc|free|calloc|realloc))$|"
                   r":ngx_(?:palloc\w*|pnalloc|pcalloc|pfree|alloc|calloc|memalign|"

@@ -7,7 +7,7 @@ count whatever else the machine is doing. Each proxy runs under `valgrind --tool
 warmed up, has its counters zeroed, serves exactly N keep-alive GET requests from a small client
 (the same for both) to one nginx origin, and the instructions it executed in that window are
 divided by N. Four Pingora proxies: bare Pingora as written (the system allocator), the same with
-mimalloc (the `faultline` binary's allocator: the difference to faultline is then faultline's own
+jemalloc (the `faultline` binary's allocator: the difference to faultline is then faultline's own
 work), bare Pingora setting the four headers faultline adds to every request (`FORWARDING=1`),
 and faultline; and, with `--kinds`, nginx and HAProxy as the load benchmark configures them (the
 same four headers; nginx with `master_process off`, HAProxy with `-db`, one thread each, so that
@@ -48,7 +48,7 @@ import load  # noqa: E402  (the load benchmark's origin, proxy configs and proce
 
 CONNECTIONS = 4
 
-KINDS = ["bare-pingora", "bare+mimalloc", "pingora+headers", "faultline"]
+KINDS = ["bare-pingora", "bare+jemalloc", "pingora+headers", "faultline"]
 # More of Pingora's `ServerConf` for faultline's `server:` section (`--server`), e.g.
 # "work_stealing: false": the levers Pingora's configuration offers, measured one at a time.
 SERVER_EXTRA = ""
@@ -444,12 +444,12 @@ def main():
         print(line)
     if all(kind in kinds for kind in KINDS):
         print()
-        print("| request | faultline / bare | faultline / bare, mimalloc | "
+        print("| request | faultline / bare | faultline / bare, jemalloc | "
               "faultline / Pingora + headers |")
         print("|---|---:|---:|---:|")
         for shape, _, label in SHAPES:
-            bare, mi, headers, ours = (results[(kind, shape)] for kind in KINDS)
-            print(f"| {label} | {ours / bare:.3f} | {ours / mi:.3f} | {ours / headers:.3f} |")
+            bare, same_alloc, headers, ours = (results[(kind, shape)] for kind in KINDS)
+            print(f"| {label} | {ours / bare:.3f} | {ours / same_alloc:.3f} | {ours / headers:.3f} |")
 
 
 def compare(args):

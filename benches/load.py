@@ -19,7 +19,7 @@ the proxy's processes), the figure least disturbed by anything else running on t
 Scenario 1 (healthy): one origin, each proxy with one worker thread and upstream keep-alive,
 driven by the same wrk settings in interleaved rounds; reports requests per second, p50 and p99
 latency per proxy (median over rounds) and faultline's ratios to the others. Bare Pingora runs in
-three builds: as a user would write it (the system allocator), with mimalloc (the allocator the
+three builds: as a user would write it (the system allocator), with jemalloc (the allocator the
 `faultline` binary links, so that the ratio is faultline's own work alone), and setting the same
 four forwarding headers faultline sets.
 
@@ -39,7 +39,7 @@ that the throughput under them can be compared with the throughput without.
     python3 benches/load.py --scenario connections --idle 2000 --proxies faultline,nginx
 
 Scenarios 4 to 7 (the TLS edge; `--scenario edge` runs the four, or name one): each proxy
-(faultline, bare Pingora with glibc and with mimalloc, nginx, HAProxy) with one TLS listener,
+(faultline, bare Pingora with glibc and with jemalloc, nginx, HAProxy) with one TLS listener,
 the same ECDSA P-256 certificate, TLS session resumption off where the proxy can turn it off,
 driven by h2load in interleaved rounds; medians over rounds, the proxy's CPU time per request
 (or handshake) and h2load's own, and faultline's ratios to the others.
@@ -70,17 +70,17 @@ import textwrap
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PROXIES = ["faultline", "bare-pingora", "bare+mimalloc", "pingora+headers", "nginx", "haproxy"]
+PROXIES = ["faultline", "bare-pingora", "bare+jemalloc", "pingora+headers", "nginx", "haproxy"]
 # The proxies of the connections scenario (the headers build holds connections as bare does).
-CONNECTION_PROXIES = ["faultline", "bare-pingora", "bare+mimalloc", "nginx", "haproxy"]
+CONNECTION_PROXIES = ["faultline", "bare-pingora", "bare+jemalloc", "nginx", "haproxy"]
 # Another build of faultline to measure (FAULTLINE_BIN=path), say one with another allocator.
 FAULTLINE_BIN = os.environ.get("FAULTLINE_BIN") or os.path.join(ROOT, "target/release/faultline")
 IDLE_CLIENTS = os.path.join(ROOT, "benches", "idle_clients.py")
 # Ephemeral ports one source address is given at most (the kernel's range is ~28k by default).
 PORTS_PER_SOURCE = 20000
 # The bare Pingora proxy in three builds: as written (the system allocator), with the faultline
-# binary's allocator (mimalloc), and setting the four headers faultline adds.
-BARE = ("bare-pingora", "bare+mimalloc", "pingora+headers")
+# binary's allocator (jemalloc), and setting the four headers faultline adds.
+BARE = ("bare-pingora", "bare+jemalloc", "pingora+headers")
 PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 PROXY_CPU = ["taskset", "-c", "0"] if PIN else []
 LOAD_CPU = ["taskset", "-c", "1"] if PIN else []
@@ -125,14 +125,14 @@ def build():
     log("building faultline, the bare Pingora proxy and the gRPC origin (release)")
     subprocess.run(["bash", os.path.join(ROOT, "scripts", "setup")], check=True)
     subprocess.run(["cargo", "build", "--release", "--quiet", "--bin", "faultline",
-                    "--example", "bare_proxy", "--example", "bare_proxy_mimalloc",
+                    "--example", "bare_proxy", "--example", "bare_proxy_jemalloc",
                     "--example", "grpc_origin"], check=True, cwd=ROOT)
 
 
 def bare_command(kind, port, backends, tls=None):
     """The command line and environment of one of the bare Pingora builds (BARE); `tls`: the
     TLS listener's port, certificate and key."""
-    example = "bare_proxy_mimalloc" if kind == "bare+mimalloc" else "bare_proxy"
+    example = "bare_proxy_jemalloc" if kind == "bare+jemalloc" else "bare_proxy"
     args = [os.path.join(ROOT, "target/release/examples", example), f"127.0.0.1:{port}"]
     args += [f"127.0.0.1:{b}" for b in backends]
     env = dict(os.environ, RUST_LOG="error", THREADS="1")

@@ -5,7 +5,7 @@
 //! cargo run --release --example bare_proxy -- 127.0.0.1:8081 127.0.0.1:9001 [more backends…]
 //! ```
 //!
-//! `bare_proxy_mimalloc` is the same proxy with faultline's allocator (mimalloc), so that the
+//! `bare_proxy_jemalloc` is the same proxy with faultline's allocator (jemalloc), so that the
 //! benchmark can tell faultline's own cost from the allocator's.
 //!
 //! With `FORWARDING=1` it also sets the four headers faultline adds to every request

@@ -9,10 +9,16 @@ use clap::Parser;
 use faultline::Config;
 use pingora::server::configuration::Opt;
 
-/// mimalloc rather than the system allocator: a proxied request allocates and frees dozens of
-/// small blocks (Pingora's headers, buffers, boxed futures, timers), and glibc's malloc spends
-/// a fifth of a request's instructions on them, mimalloc under a tenth (BENCHMARKS.md).
-#[cfg(feature = "mimalloc")]
+/// jemalloc rather than the system allocator: a proxied request allocates and frees dozens of
+/// small blocks (Pingora's headers, buffers, boxed futures, timers), on which glibc's malloc
+/// spends 13% more instructions per request; and rather than mimalloc, which is as cheap per
+/// request but holds half as much again per idle HTTP/2 connection (BENCHMARKS.md, allocators).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+/// mimalloc, to compare (`--no-default-features --features mimalloc`).
+#[cfg(all(feature = "mimalloc", not(feature = "jemalloc")))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -1,4 +1,4 @@
-//! The bare Pingora proxy itself, shared by `bare_proxy` and `bare_proxy_mimalloc`.
+//! The bare Pingora proxy itself, shared by `bare_proxy` and `bare_proxy_jemalloc`.
 
 use std::sync::Arc;
 
