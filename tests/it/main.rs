@@ -6,6 +6,8 @@
 #![allow(unreachable_pub)]
 
 mod client;
+#[path = "../../examples/support/grpc_raw.rs"]
+mod grpc_raw;
 mod harness;
 mod origin;
 
