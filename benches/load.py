@@ -220,6 +220,48 @@ def write(workdir, name, text):
     return path
 
 
+def nginx_head(workdir, name, connections, rlimit=None):
+    """The top of an nginx configuration: one worker in the foreground, its files in `workdir`."""
+    limit = f"worker_rlimit_nofile {rlimit};\n" if rlimit else ""
+    return (f"daemon off;\nworker_processes 1;\n{limit}pid {workdir}/{name}.pid;\n"
+            f"error_log {workdir}/{name}-error.log;\n"
+            f"events {{ worker_connections {connections}; }}\n")
+
+
+def nginx_temp_paths(workdir):
+    """Where nginx may buffer bodies: the work directory, not a system path."""
+    return "".join(f"{kind}_temp_path {workdir}/tmp;\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+
+
+def nginx_forwarding(module):
+    """The headers faultline adds to every request, so that all proxies do the same work."""
+    return (f"{module}_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n"
+            f"{module}_set_header X-Forwarded-Proto $scheme;\n"
+            f"{module}_set_header Via \"1.1 nginx\";\n"
+            f"{module}_set_header X-Request-Id $request_id;\n")
+
+
+def haproxy_head(maxconn, tls_cache=True, client="30s", failover=True):
+    """The global and defaults sections of a HAProxy configuration: one thread, HTTP mode;
+    `failover`: three retries, the last ones on another server."""
+    cache = "" if tls_cache else "    tune.ssl.cachesize 0\n"
+    keepalive = "" if client == "30s" else f"    timeout http-keep-alive {client}\n"
+    retries = "    retries 3\n    option redispatch\n" if failover else ""
+    return (f"global\n    nbthread 1\n    maxconn {maxconn}\n{cache}\n"
+            f"defaults\n    mode http\n    timeout connect 1s\n    timeout client {client}\n"
+            f"{keepalive}    timeout server 2s\n{retries}    http-reuse always\n")
+
+
+def haproxy_forwarding(scheme):
+    """The headers faultline adds to every request, so that all proxies do the same work."""
+    return ("    option forwardfor\n"
+            "    unique-id-format %{+X}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid\n"
+            "    unique-id-header X-Request-Id\n"
+            f"    http-request set-header X-Forwarded-Proto {scheme}\n"
+            "    http-request set-header Via \"1.1 haproxy\"\n")
+
+
 def start_origin(procs, workdir, port):
     conf = write(workdir, "origin.conf", f"""
         daemon off;
@@ -287,70 +329,38 @@ def nginx_conf(workdir, name, port, backends, failure):
     servers = "\n".join(
         f"server 127.0.0.1:{b}{' max_fails=1 fail_timeout=10s' if failure else ''};"
         for b in backends)
-    return write(workdir, f"{name}.conf", f"""
-        daemon off;
-        worker_processes 1;
-        pid {workdir}/{name}.pid;
-        error_log {workdir}/{name}-error.log;
-        events {{ worker_connections 4096; }}
-        http {{
-            access_log off;
-            client_body_temp_path {workdir}/tmp;
-            proxy_temp_path {workdir}/tmp;
-            fastcgi_temp_path {workdir}/tmp;
-            uwsgi_temp_path {workdir}/tmp;
-            scgi_temp_path {workdir}/tmp;
-            upstream app {{
-                {servers}
-                keepalive 128;
-            }}
-            server {{
-                listen 127.0.0.1:{port};
-                location / {{
-                    proxy_pass http://app;
-                    proxy_http_version 1.1;
-                    proxy_set_header Connection "";
-                    proxy_connect_timeout 1s;
-                    proxy_read_timeout 2s;
-                    proxy_next_upstream error timeout;
-                    # The headers faultline adds to every request, so all do the same work.
-                    proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-                    proxy_set_header X-Forwarded-Proto $scheme;
-                    proxy_set_header Via "1.1 nginx";
-                    proxy_set_header X-Request-Id $request_id;
-                    proxy_next_upstream_tries 3;
-                }}
-            }}
-        }}
-    """)
+    return write(workdir, f"{name}.conf", nginx_head(workdir, name, 4096) + f"""
+http {{
+access_log off;
+{nginx_temp_paths(workdir)}
+upstream app {{
+{servers}
+keepalive 128;
+}}
+server {{
+listen 127.0.0.1:{port};
+location / {{
+proxy_pass http://app;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+proxy_connect_timeout 1s;
+proxy_read_timeout 2s;
+proxy_next_upstream error timeout;
+{nginx_forwarding("proxy")}
+proxy_next_upstream_tries 3;
+}}
+}}
+}}
+""")
 
 
 def haproxy_conf(workdir, name, port, backends, failure):
     check = " check observe layer4 error-limit 1 on-error mark-down inter 10s" if failure else ""
     servers = "\n".join(f"    server b{i} 127.0.0.1:{b}{check}" for i, b in enumerate(backends))
-    return write(workdir, f"{name}.cfg", f"""
-global
-    nbthread 1
-    maxconn 4096
-
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 2s
-    retries 3
-    option redispatch
-    http-reuse always
-
+    return write(workdir, f"{name}.cfg", haproxy_head(4096) + f"""
 frontend f
     bind 127.0.0.1:{port}
-    # The headers faultline adds to every request, so all do the same work.
-    option forwardfor
-    unique-id-format %{{+X}}o\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    unique-id-header X-Request-Id
-    http-request set-header X-Forwarded-Proto http
-    http-request set-header Via "1.1 haproxy"
-    default_backend app
+{haproxy_forwarding("http")}    default_backend app
 
 backend app
     balance roundrobin
@@ -549,52 +559,31 @@ routes:
         args, env = bare_command(kind, port, [backend], tls=(tls_port, cert, key))
         p = procs.start(name, PROXY_CPU + args, env=env)
     elif kind == "nginx":
-        conf = write(workdir, f"{name}.conf", f"""
-            daemon off;
-            worker_processes 1;
-            worker_rlimit_nofile {limit + 100};
-            pid {workdir}/{name}.pid;
-            error_log {workdir}/{name}-error.log;
-            events {{ worker_connections {limit}; }}
-            http {{
-                access_log off;
-                keepalive_timeout 300s;
-                keepalive_requests 1000000;
-                client_body_temp_path {workdir}/tmp;
-                proxy_temp_path {workdir}/tmp;
-                fastcgi_temp_path {workdir}/tmp;
-                uwsgi_temp_path {workdir}/tmp;
-                scgi_temp_path {workdir}/tmp;
-                upstream app {{ server 127.0.0.1:{backend}; keepalive 128; }}
-                server {{
-                    listen 127.0.0.1:{port};
-                    listen 127.0.0.1:{tls_port} ssl http2;
-                    ssl_certificate {cert};
-                    ssl_certificate_key {key};
-                    location / {{
-                        proxy_pass http://app;
-                        proxy_http_version 1.1;
-                        proxy_set_header Connection "";
-                    }}
-                }}
-            }}
-        """)
+        conf = write(workdir, f"{name}.conf", nginx_head(workdir, name, limit, limit + 100) + f"""
+http {{
+access_log off;
+keepalive_timeout 300s;
+keepalive_requests 1000000;
+{nginx_temp_paths(workdir)}
+upstream app {{ server 127.0.0.1:{backend}; keepalive 128; }}
+server {{
+listen 127.0.0.1:{port};
+listen 127.0.0.1:{tls_port} ssl http2;
+ssl_certificate {cert};
+ssl_certificate_key {key};
+location / {{
+proxy_pass http://app;
+proxy_http_version 1.1;
+proxy_set_header Connection "";
+}}
+}}
+}}
+""")
         p = procs.start(name, PROXY_CPU + [tool("nginx"), "-c", conf, "-e",
                                            f"{workdir}/{name}-error.log"])
     else:
-        conf = write(workdir, f"{name}.cfg", f"""
-global
-    nbthread 1
-    maxconn {haproxy_maxconn(limit)}
-
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 300s
-    timeout http-keep-alive 300s
-    timeout server 2s
-    http-reuse always
-
+        head = haproxy_head(haproxy_maxconn(limit), client="300s", failover=False)
+        conf = write(workdir, f"{name}.cfg", head + f"""
 frontend f
     bind 127.0.0.1:{port}
     bind 127.0.0.1:{tls_port} ssl crt {both} alpn h2,http/1.1
@@ -787,68 +776,37 @@ routes:
         module = "grpc" if grpc else "proxy"
         upstream = "grpc_pass grpc://app;" if grpc else (
             'proxy_pass http://app; proxy_http_version 1.1; proxy_set_header Connection "";')
-        conf = write(workdir, f"{name}.conf", f"""
-            daemon off;
-            worker_processes 1;
-            pid {workdir}/{name}.pid;
-            error_log {workdir}/{name}-error.log;
-            events {{ worker_connections 4096; }}
-            http {{
-                access_log off;
-                keepalive_requests 1000000;
-                client_body_temp_path {workdir}/tmp;
-                proxy_temp_path {workdir}/tmp;
-                fastcgi_temp_path {workdir}/tmp;
-                uwsgi_temp_path {workdir}/tmp;
-                scgi_temp_path {workdir}/tmp;
-                upstream app {{ server 127.0.0.1:{backend}; keepalive 128; }}
-                server {{
-                    listen 127.0.0.1:{tls_port} ssl http2;
-                    ssl_certificate {cert};
-                    ssl_certificate_key {key};
-                    ssl_protocols TLSv1.2 TLSv1.3;
-                    ssl_session_cache off;
-                    ssl_session_tickets off;
-                    location / {{
-                        {upstream}
-                        {module}_connect_timeout 1s;
-                        {module}_read_timeout 2s;
-                        {module}_next_upstream error timeout;
-                        {module}_next_upstream_tries 3;
-                        {module}_set_header X-Forwarded-For $proxy_add_x_forwarded_for;
-                        {module}_set_header X-Forwarded-Proto $scheme;
-                        {module}_set_header Via "1.1 nginx";
-                        {module}_set_header X-Request-Id $request_id;
-                    }}
-                }}
-            }}
-        """)
+        conf = write(workdir, f"{name}.conf", nginx_head(workdir, name, 4096) + f"""
+http {{
+access_log off;
+keepalive_requests 1000000;
+{nginx_temp_paths(workdir)}
+upstream app {{ server 127.0.0.1:{backend}; keepalive 128; }}
+server {{
+listen 127.0.0.1:{tls_port} ssl http2;
+ssl_certificate {cert};
+ssl_certificate_key {key};
+ssl_protocols TLSv1.2 TLSv1.3;
+ssl_session_cache off;
+ssl_session_tickets off;
+location / {{
+{upstream}
+{module}_connect_timeout 1s;
+{module}_read_timeout 2s;
+{module}_next_upstream error timeout;
+{module}_next_upstream_tries 3;
+{nginx_forwarding(module)}
+}}
+}}
+}}
+""")
         p = procs.start(name, PROXY_CPU + [tool("nginx"), "-c", conf, "-e",
                                            f"{workdir}/{name}-error.log"])
     else:
-        conf = write(workdir, f"{name}.cfg", f"""
-global
-    nbthread 1
-    maxconn 4096
-    tune.ssl.cachesize 0
-
-defaults
-    mode http
-    timeout connect 1s
-    timeout client 30s
-    timeout server 2s
-    retries 3
-    option redispatch
-    http-reuse always
-
+        conf = write(workdir, f"{name}.cfg", haproxy_head(4096, tls_cache=False) + f"""
 frontend f
     bind 127.0.0.1:{tls_port} ssl crt {both} alpn h2,http/1.1 no-tls-tickets prefer-client-ciphers
-    option forwardfor
-    unique-id-format %{{+X}}o\\ %ci:%cp_%fi:%fp_%Ts_%rt:%pid
-    unique-id-header X-Request-Id
-    http-request set-header X-Forwarded-Proto https
-    http-request set-header Via "1.1 haproxy"
-    default_backend app
+{haproxy_forwarding("https")}    default_backend app
 
 backend app
     server b0 127.0.0.1:{backend}{" proto h2" if grpc else ""}
