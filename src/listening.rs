@@ -6,7 +6,7 @@
 //! so every connection's task is about 8.8 KB for as long as the connection is open, on a plain
 //! listener too: more than half of what an idle HTTP/1 keep-alive connection cost
 //! (BENCHMARKS.md, memory per idle connection). faultline runs the TLS handshake itself
-//! ([`crate::connections`]), so it accepts here, and a connection's task holds no more than the
+//! (the `connections` module), so it accepts here, and a connection's task holds no more than the
 //! (boxed) future of [`ServerApp::process_new`].
 //!
 //! What Pingora's listener did and this keeps: the listening socket has `SO_REUSEADDR` and a
@@ -44,7 +44,7 @@ const BACKLOG: u32 = 65535;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// The service that accepts client connections on every configured listener and hands each to
-/// the application `A` ([`crate::connections::ClientConnections`]).
+/// the application `A` (faultline's: `connections::ClientConnections`).
 pub(crate) struct ClientListeners<A> {
     name: String,
     /// Each listener's address as configured: the key of its descriptor in an upgrade.
