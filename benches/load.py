@@ -745,10 +745,11 @@ def start_edge_proxy(procs, workdir, kind, tls_port, backend, certs, grpc):
     """A proxy with one TLS listener on `tls_port` (HTTP/2 and HTTP/1.1 by ALPN, the same
     ECDSA P-256 certificate for all) in front of `backend`: the nginx origin over HTTP/1.1 with
     keep-alive, or, with `grpc`, the gRPC origin over h2c. Each proxy sets the four headers
-    faultline sets, as in the healthy scenario. nginx and HAProxy resume no TLS session (no
-    session cache, no stateless tickets; HAProxy takes the client's cipher order, as the others
-    do); faultline and bare Pingora have no such setting: rustls' defaults, a 256-entry session
-    cache that its TLS 1.3 tickets refer to (see `tls_resumption`)."""
+    faultline sets, as in the healthy scenario. nginx, HAProxy and faultline resume no TLS
+    session (no session cache, no stateless tickets; faultline `session_resumption: false`;
+    HAProxy takes the client's cipher order, as the others do); bare Pingora has no such
+    setting: rustls' defaults, a 256-entry session cache that its TLS 1.3 tickets refer to (see
+    `tls_resumption`)."""
     cert, key, both = certs
     name = f"{kind}-{'grpc' if grpc else 'tls'}"
     if kind == "faultline":
@@ -756,7 +757,8 @@ def start_edge_proxy(procs, workdir, kind, tls_port, backend, certs, grpc):
         conf = write(workdir, f"{name}.yaml", f"""
 server: {{ threads: 1, grace_period_seconds: 0, graceful_shutdown_timeout_seconds: 1 }}
 listeners:
-  - {{ address: "127.0.0.1:{tls_port}", tls: {{ cert: "{cert}", key: "{key}" }} }}
+  - address: "127.0.0.1:{tls_port}"
+    tls: {{ cert: "{cert}", key: "{key}", session_resumption: false }}
 upstreams:
   app:
     backends: [{{ address: "127.0.0.1:{backend}" }}]
@@ -1030,9 +1032,10 @@ def edge_report(results, info, proxies, args):
         "key exchange h2load reported are in the TLS column), medians over rounds"
         + ("; proxies pinned to core 0, origin and h2load to core 1." if PIN else "."),
         "TLS session resumption: nginx `ssl_session_cache off; ssl_session_tickets off;`, "
-        "HAProxy `no-tls-tickets` and `tune.ssl.cachesize 0`; faultline and bare Pingora keep "
-        "rustls' defaults, which no setting of theirs changes (a 256-entry session cache, which "
-        "the TLS 1.3 tickets refer to). As openssl s_client saw it (tickets after one "
+        "HAProxy `no-tls-tickets` and `tune.ssl.cachesize 0`, faultline "
+        "`session_resumption: false`; bare Pingora keeps rustls' defaults, which no setting of "
+        "Pingora's changes (a 256-entry session cache, which the TLS 1.3 tickets refer to). "
+        "As openssl s_client saw it (tickets after one "
         "handshake, whether a second connection offering one was resumed): "
         + "; ".join(f"{kind} {info[kind]['resumption'][0]}, "
                     f"{'resumed' if info[kind]['resumption'][1] else 'not resumed'}"

@@ -188,6 +188,7 @@ fn tls_status(listener: &TlsListener, now: i64) -> serde_json::Value {
         },
         "cipher_suites": settings.cipher_suites,
         "client_auth": settings.client_auth.as_ref().map(|a| if a.required { "required" } else { "optional" }),
+        "session_resumption": settings.session_resumption,
         "certificates": certificates,
     })
 }

@@ -119,6 +119,10 @@ pub(super) struct ListenerTlsFile {
     /// Whether a client certificate is required or optional; with `client_ca`, default required.
     #[serde(default)]
     pub client_auth: Option<ClientAuthFile>,
+    /// Let clients resume a session (a short handshake); default true. false: every handshake
+    /// is a full one, no session is kept and no ticket sent.
+    #[serde(default = "yes")]
+    pub session_resumption: bool,
 }
 
 /// A certificate chain and its key.

@@ -175,6 +175,9 @@ pub struct ListenerTls {
     pub cipher_suites: Vec<String>,
     /// Client certificates (mTLS), when asked for.
     pub client_auth: Option<ClientAuth>,
+    /// Whether clients may resume a session: rustls' in-memory session cache (256 sessions a
+    /// listener) and the two TLS 1.3 tickets naming its entries sent after a full handshake.
+    pub session_resumption: bool,
     /// The rustls configuration of the listener's handshakes, built from the above.
     pub(crate) server_config: Arc<ServerConfig>,
 }

@@ -14,6 +14,7 @@ use pingora::tls::{
     SignatureScheme, TlsConnector, UnixTime, WebPkiClientVerifier,
 };
 use rcgen::{Certificate, CertificateParams, DnType, KeyPair};
+use rustls::HandshakeKind;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::client;
@@ -674,6 +675,62 @@ fn min_version_1_3_refuses_a_tls_1_2_only_client() {
         status["tls"][0]["cipher_suites"],
         serde_json::json!(["TLS13_CHACHA20_POLY1305_SHA256"])
     );
+}
+
+/// Two connections in turn from one client (one rustls session store), each with one GET: how
+/// each handshake went, and the answers.
+fn twice(config: &ClientConfig, addr: SocketAddr) -> Vec<(Option<HandshakeKind>, (u16, String))> {
+    runtime().block_on(async {
+        let mut seen = Vec::new();
+        for _ in 0..2 {
+            let mut tls = connect(config, addr, Some("a.test"))
+                .await
+                .expect("handshake");
+            let kind = tls.get_ref().1.handshake_kind();
+            // The answer is read through TLS, so the tickets sent after the handshake are in.
+            let answer = get(&mut tls, "a.test", "/").await.expect("an answer");
+            seen.push((kind, answer));
+        }
+        seen
+    })
+}
+
+#[test]
+fn sessions_resume_by_default_and_never_with_session_resumption_false() {
+    let pki = Pki::new("resume");
+    let origin = Origin::start(Behavior::named("o"));
+    let a = pki.leaf(&["a.test"], Y2031);
+    let files = [pki.write("a", &a)];
+    let listed = certificates(&files.iter().collect::<Vec<_>>());
+    let ok = (200, "origin o".to_string());
+    for tls12_only in [false, true] {
+        let client = client_config(Trust::Ca(&pki), tls12_only, None);
+        let default = start(&listed, &origin);
+        assert_eq!(
+            twice(&client, default.addr),
+            [
+                (Some(HandshakeKind::Full), ok.clone()),
+                (Some(HandshakeKind::Resumed), ok.clone())
+            ],
+            "TLS 1.2 only: {tls12_only}"
+        );
+        assert_eq!(status_now(&default)["tls"][0]["session_resumption"], true);
+
+        let client = client_config(Trust::Ca(&pki), tls12_only, None);
+        let off = start(
+            &format!("{listed}      session_resumption: false\n"),
+            &origin,
+        );
+        assert_eq!(
+            twice(&client, off.addr),
+            [
+                (Some(HandshakeKind::Full), ok.clone()),
+                (Some(HandshakeKind::Full), ok.clone())
+            ],
+            "TLS 1.2 only: {tls12_only}"
+        );
+        assert_eq!(status_now(&off)["tls"][0]["session_resumption"], false);
+    }
 }
 
 #[test]

@@ -10,6 +10,7 @@ use pingora::tls::version::{TLS12, TLS13};
 use pingora::tls::{CryptoProvider, RootCertStore, ServerConfig, WebPkiClientVerifier};
 use pingora::utils::tls::CertKey;
 use rustls::SupportedCipherSuite;
+use rustls::server::NoServerSessionStorage;
 
 use super::Errors;
 use crate::certificates::{self, Certificate, CertificateError, Resolver, UnknownSni};
@@ -80,12 +81,19 @@ pub(super) fn listener(
     if file.http2 {
         server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     }
+    if !file.session_resumption {
+        // rustls keeps sessions in memory and sends TLS 1.3 tickets naming them by default;
+        // neither, and a client offering a session gets a full handshake.
+        server_config.session_storage = Arc::new(NoServerSessionStorage {});
+        server_config.send_tls13_tickets = 0;
+    }
     Some(Arc::new(ListenerTls {
         certificates,
         unknown_sni,
         min_version,
         cipher_suites,
         client_auth: client_auth.map(|(c, _)| c),
+        session_resumption: file.session_resumption,
         server_config: Arc::new(server_config),
     }))
 }
