@@ -37,6 +37,9 @@ GROUPS = [
                   r":ngx_(?:palloc\w*|pnalloc|pcalloc|pfree|alloc|calloc|memalign|"
                   r"create_pool|destroy_pool|reset_pool)$|:(?:__)?pool_\w+$|"
                   r"__rust_(?:alloc|dealloc|realloc)|alloc::alloc::|raw_vec", None),
+    ("rustls (TLS handshake and records)", r"/rustls-[0-9]|/tokio-rustls-", None),
+    ("ring (cryptography)", r"/ring-[0-9]|:ring_core_\w+$", None),
+    ("h2 (HTTP/2 frames, HPACK, streams)", r"/h2-[0-9]", None),
     ("hashing", r"/hash/sip\.rs|siphash|ahash|foldhash|fxhash|hash_elem_using|:ngx_hash", None),
     ("timers", r"pingora-timeout|tokio-[^/]+/src/(?:time|runtime/time)/|clock_gettime|__vdso|"
                r":ngx_(?:event_(?:add|del)_timer|rbtree\w*|time_update|event_expire_timers|"
@@ -94,6 +97,9 @@ def self_costs(path):
 
 # Code of Rust's standard library inlined into a function counts for the function's crate.
 BY_FUNCTION = [
+    ("rustls (TLS handshake and records)", r"^<?(?:rustls|tokio_rustls)::"),
+    ("ring (cryptography)", r"^<?ring::"),
+    ("h2 (HTTP/2 frames, HPACK, streams)", r"^<?h2::"),
     ("hashing", r"core::hash::|hash_one|hash_elem_using|hash_key|reuse_hash"),
     ("timers", r"pingora_timeout|tokio::runtime::time|tokio::time"),
     ("tokio I/O driver", r"tokio::(?:io|net|runtime::io)"),

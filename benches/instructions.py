@@ -25,6 +25,8 @@ which can change how many events one `epoll_wait` returns; the counts are those 
     python3 benches/instructions.py --skip-build --kinds faultline --server 'work_stealing: false'
     python3 benches/instructions.py --save /tmp/cg   # then: callgrind_annotate --inclusive=yes
                                                      # or: benches/cost_groups.py
+    python3 benches/instructions.py --skip-build --tls --save /tmp/cg-tls
+        # over TLS: HTTP/2 and HTTP/1.1 requests, full handshakes (Pingora builds, faultline)
     python3 benches/instructions.py --skip-build --only A=/tmp/faultline-a,B=/tmp/faultline-b
         # two faultline builds against each other, run alternately (paired comparison)
 
@@ -165,10 +167,16 @@ def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True,
                    stdout=subprocess.DEVNULL)
     got = drive(port, requests, extra)
+    return per_unit(p, workdir, tag, kind, save, got, requests)
+
+
+def per_unit(p, workdir, tag, kind, save, got, wanted):
+    """Dumps the callgrind counters of `p` (zeroed before the `wanted` units of work, of which
+    `got` were answered) and returns its instructions per unit."""
     subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True,
                    stdout=subprocess.DEVNULL)
-    if got != requests:
-        raise SystemExit(f"{kind}: {got}/{requests} answers")
+    if got != wanted:
+        raise SystemExit(f"{kind}: {got}/{wanted} answers")
     # The dump taken after zeroing is the newest file: out.1 (or out.N).
     deadline = time.time() + 60
     dumps = []
@@ -186,7 +194,51 @@ def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     m = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
     if not m:
         raise SystemExit(f"{kind}: no totals in the dump")
-    return int(m.group(1)) / requests
+    return int(m.group(1)) / wanted
+
+
+# `--tls`: the TLS edge as the load benchmark's edge scenarios configure it (one TLS listener,
+# HTTP/2 and HTTP/1.1 by ALPN, an ECDSA P-256 certificate), driven by h2load with a fixed count:
+# (shape, h2load options for n requests, label). The one handshake of the request shapes is in
+# their count (a few thousand instructions per request over 20,000 requests).
+TLS_SHAPES = (
+    ("h2tls", lambda n: ["-c1", "-m10", "-n", str(n)],
+     "an HTTP/2 request over TLS (`h2load -c1 -m10`)"),
+    ("h1tls", lambda n: ["--h1", "-c1", "-n", str(n)],
+     "an HTTP/1.1 request over TLS, kept alive (`h2load --h1 -c1`)"),
+    ("handshakes", None,
+     "a full TLS handshake, one HTTP/1.1 request, close (`h2load --h1 -c10 -n10`, repeated)"),
+)
+# Connections one h2load run of the handshakes shape opens (each: a handshake, one request).
+HANDSHAKE_RUN = 10
+
+
+def tls_work(port, shape, options, n):
+    """`n` requests of `shape` (or `n` handshakes, each with its request); the count answered."""
+    if options:
+        return load.h2load(port, options(n))["ok"]
+    return sum(load.h2load(port, ["--h1", f"-c{HANDSHAKE_RUN}", f"-n{HANDSHAKE_RUN}"])["ok"]
+               for _ in range(n // HANDSHAKE_RUN))
+
+
+def measure_tls(procs, workdir, kind, origin, certs, shape, options, n, save):
+    """Instructions per request (per handshake) of `kind` behind a TLS listener under callgrind."""
+    port = load.free_port()
+    tag = f"{kind}-{shape}".replace("/", "_")
+    out = os.path.join(workdir, f"{tag}.callgrind")
+    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                "--dump-instr=no", "--collect-atstart=yes"]
+    p = load.start_edge_proxy(procs, workdir, kind, port, origin, certs, False, prefix=valgrind,
+                              wait=120.0)
+    warm = HANDSHAKE_RUN * 2 if options is None else 500
+    got = tls_work(port, shape, options, warm)
+    if got != warm:
+        raise SystemExit(f"{kind}: warm-up got {got}/{warm} answers")
+    subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True,
+                   stdout=subprocess.DEVNULL)
+    got = tls_work(port, shape, options, n)
+    result = per_unit(p, workdir, tag, kind, save, got, n)
+    return result
 
 
 # System calls counted under wrk by `perf stat` (tracepoints: no ptrace, so no slowdown).
@@ -367,11 +419,18 @@ def main():
                         help="measure only these faultline binaries, alternately, "
                              "--pairs times each")
     parser.add_argument("--pairs", type=int, default=3)
+    parser.add_argument("--tls", action="store_true",
+                        help="the TLS edge instead: HTTP/2 and HTTP/1.1 requests over TLS and "
+                             "full handshakes, for the Pingora builds and faultline")
+    parser.add_argument("--handshakes", type=int, default=200,
+                        help="with --tls: handshakes measured (a multiple of 10)")
     args = parser.parse_args()
     global SERVER_EXTRA
     SERVER_EXTRA = args.server
     if args.only:
         return compare(args)
+    if args.tls:
+        return tls_main(args)
     kinds = ALL_KINDS if args.kinds == "all" else args.kinds.split(",")
     unknown = [k for k in kinds if k not in ALL_KINDS]
     if unknown:
@@ -450,6 +509,43 @@ def main():
         for shape, _, label in SHAPES:
             bare, same_alloc, headers, ours = (results[(kind, shape)] for kind in KINDS)
             print(f"| {label} | {ours / bare:.3f} | {ours / same_alloc:.3f} | {ours / headers:.3f} |")
+
+
+def tls_main(args):
+    """`--tls`: instructions per request over TLS (HTTP/2, HTTP/1.1) and per full handshake."""
+    kinds = KINDS if args.kinds == ",".join(KINDS) else args.kinds.split(",")
+    if any(kind not in KINDS for kind in kinds):
+        raise SystemExit(f"--tls takes some of {', '.join(KINDS)}")
+    load.ensure_tools()
+    ensure_valgrind()
+    if not args.skip_build:
+        load.build()
+    workdir, procs, origin = start_origin()
+    certs = load.make_certificate(workdir)
+    results = {}
+    try:
+        for shape, options, _ in TLS_SHAPES:
+            n = args.handshakes if options is None else args.requests
+            for kind in kinds:
+                save = os.path.join(args.save, shape) if args.save else None
+                results[(kind, shape)] = measure_tls(procs, workdir, kind, origin, certs, shape,
+                                                     options, n, save)
+                load.log(f"{kind}, {shape}: {results[(kind, shape)]:,.0f} instructions per "
+                         f"{'handshake' if options is None else 'request'}")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`")
+    print()
+    reference = "bare+jemalloc" if "bare+jemalloc" in kinds and "faultline" in kinds else None
+    print("| instructions per | " + " | ".join(kinds) + " |"
+          + (" faultline / bare+jemalloc |" if reference else ""))
+    print("|---|" + "---:|" * (len(kinds) + (1 if reference else 0)))
+    for shape, _, label in TLS_SHAPES:
+        line = f"| {label} | " + " | ".join(f"{results[(k, shape)]:,.0f}" for k in kinds) + " |"
+        if reference:
+            line += f" {results[('faultline', shape)] / results[(reference, shape)]:.3f} |"
+        print(line)
 
 
 def compare(args):

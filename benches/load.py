@@ -150,15 +150,26 @@ def free_port():
         return s.getsockname()[1]
 
 
+# The output file of each process started, by name: what a proxy said when it did not start.
+LOGS = {}
+
+
 def wait_port(port, what, timeout=15.0):
     deadline = time.time() + timeout
+    error = None
     while time.time() < deadline:
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
-        except OSError:
+        except OSError as e:
+            error = e
             time.sleep(0.05)
-    raise SystemExit(f"{what} did not start listening on {port}")
+    said = ""
+    if what in LOGS:
+        with open(LOGS[what], errors="replace") as f:
+            said = f.read()[-2000:]
+    raise SystemExit(f"{what} did not start listening on {port} (last error: {error}); "
+                     f"its output:\n{said}")
 
 
 class Procs:
@@ -169,7 +180,8 @@ class Procs:
         self.procs = []
 
     def start(self, name, args, env=None):
-        out = open(os.path.join(self.workdir, f"{name}.log"), "w")
+        LOGS[name] = os.path.join(self.workdir, f"{name}.log")
+        out = open(LOGS[name], "w")
         p = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=env,
                              stdin=subprocess.DEVNULL, start_new_session=True)
         self.procs.append(p)
@@ -741,7 +753,8 @@ def connections_report(results, proxies, args):
     return "\n".join(lines)
 
 
-def start_edge_proxy(procs, workdir, kind, tls_port, backend, certs, grpc):
+def start_edge_proxy(procs, workdir, kind, tls_port, backend, certs, grpc, prefix=None,
+                     wait=15.0):
     """A proxy with one TLS listener on `tls_port` (HTTP/2 and HTTP/1.1 by ALPN, the same
     ECDSA P-256 certificate for all) in front of `backend`: the nginx origin over HTTP/1.1 with
     keep-alive, or, with `grpc`, the gRPC origin over h2c. Each proxy sets the four headers
@@ -749,8 +762,10 @@ def start_edge_proxy(procs, workdir, kind, tls_port, backend, certs, grpc):
     session (no session cache, no stateless tickets; faultline `session_resumption: false`;
     HAProxy takes the client's cipher order, as the others do); bare Pingora has no such
     setting: rustls' defaults, a 256-entry session cache that its TLS 1.3 tickets refer to (see
-    `tls_resumption`)."""
+    `tls_resumption`). `prefix`: what the proxy's command runs under (default: pinned to the
+    proxy core); `wait`: how long it may take to listen."""
     cert, key, both = certs
+    cpu = PROXY_CPU if prefix is None else prefix
     name = f"{kind}-{'grpc' if grpc else 'tls'}"
     if kind == "faultline":
         protocol = "\n    protocol: h2c" if grpc else ""
@@ -767,12 +782,12 @@ routes:
   - {{ upstream: app, retry: {{ attempts: 3 }} }}
 """)
         env = dict(os.environ, RUST_LOG="error")
-        p = procs.start(name, PROXY_CPU + [FAULTLINE_BIN, "-c", conf], env=env)
+        p = procs.start(name, cpu + [FAULTLINE_BIN, "-c", conf], env=env)
     elif kind in BARE:
         args, env = bare_command(kind, free_port(), [backend], tls=(tls_port, cert, key))
         if grpc:
             env["H2C"] = "1"
-        p = procs.start(name, PROXY_CPU + args, env=env)
+        p = procs.start(name, cpu + args, env=env)
     elif kind == "nginx":
         # grpc_pass speaks HTTP/2 to the origin (one stream per upstream connection).
         module = "grpc" if grpc else "proxy"
@@ -802,8 +817,8 @@ location / {{
 }}
 }}
 """)
-        p = procs.start(name, PROXY_CPU + [tool("nginx"), "-c", conf, "-e",
-                                           f"{workdir}/{name}-error.log"])
+        p = procs.start(name, cpu + [tool("nginx"), "-c", conf, "-e",
+                                     f"{workdir}/{name}-error.log"])
     else:
         conf = write(workdir, f"{name}.cfg", haproxy_head(4096, tls_cache=False) + f"""
 frontend f
@@ -813,8 +828,8 @@ frontend f
 backend app
     server b0 127.0.0.1:{backend}{" proto h2" if grpc else ""}
 """)
-        p = procs.start(name, PROXY_CPU + [tool("haproxy"), "-db", "-f", conf])
-    wait_port(tls_port, name)
+        p = procs.start(name, cpu + [tool("haproxy"), "-db", "-f", conf])
+    wait_port(tls_port, name, timeout=wait)
     return p
 
 
