@@ -703,33 +703,29 @@ fn sessions_resume_by_default_and_never_with_session_resumption_false() {
     let files = [pki.write("a", &a)];
     let listed = certificates(&files.iter().collect::<Vec<_>>());
     let ok = (200, "origin o".to_string());
+    // The listener's setting, how the second connection's handshake goes, what /status says.
+    let cases = [
+        ("", HandshakeKind::Resumed, true),
+        (
+            "      session_resumption: false\n",
+            HandshakeKind::Full,
+            false,
+        ),
+    ];
     for tls12_only in [false, true] {
-        let client = client_config(Trust::Ca(&pki), tls12_only, None);
-        let default = start(&listed, &origin);
-        assert_eq!(
-            twice(&client, default.addr),
-            [
-                (Some(HandshakeKind::Full), ok.clone()),
-                (Some(HandshakeKind::Resumed), ok.clone())
-            ],
-            "TLS 1.2 only: {tls12_only}"
-        );
-        assert_eq!(status_now(&default)["tls"][0]["session_resumption"], true);
-
-        let client = client_config(Trust::Ca(&pki), tls12_only, None);
-        let off = start(
-            &format!("{listed}      session_resumption: false\n"),
-            &origin,
-        );
-        assert_eq!(
-            twice(&client, off.addr),
-            [
-                (Some(HandshakeKind::Full), ok.clone()),
-                (Some(HandshakeKind::Full), ok.clone())
-            ],
-            "TLS 1.2 only: {tls12_only}"
-        );
-        assert_eq!(status_now(&off)["tls"][0]["session_resumption"], false);
+        for (setting, second, shown) in cases {
+            let client = client_config(Trust::Ca(&pki), tls12_only, None);
+            let proxy = start(&format!("{listed}{setting}"), &origin);
+            assert_eq!(
+                twice(&client, proxy.addr),
+                [
+                    (Some(HandshakeKind::Full), ok.clone()),
+                    (Some(second), ok.clone())
+                ],
+                "TLS 1.2 only: {tls12_only}, setting {setting:?}"
+            );
+            assert_eq!(status_now(&proxy)["tls"][0]["session_resumption"], shown);
+        }
     }
 }
 
