@@ -151,12 +151,18 @@ def command(workdir, kind, name, port, origin, binary=None):
     return load.bare_command(kind, port, [origin])
 
 
+def callgrind(workdir, tag):
+    """The command prefix that runs a proxy under callgrind, its counts in `workdir` under
+    `tag` (where `per_unit` finds the dump)."""
+    out = os.path.join(workdir, f"{tag}.callgrind")
+    return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
+            "--collect-atstart=yes"]
+
+
 def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     port = load.free_port()
     tag = f"{kind}-{len(extra)}".replace("/", "_")
-    out = os.path.join(workdir, f"{tag}.callgrind")
-    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                "--dump-instr=no", "--collect-atstart=yes"]
+    valgrind = callgrind(workdir, tag)
     name = f"{tag}-callgrind"
     args, env = command(workdir, kind, name, port, origin, binary)
     p = procs.start(name, valgrind + args, env=env)
@@ -213,8 +219,9 @@ TLS_SHAPES = (
 HANDSHAKE_RUN = 10
 
 
-def tls_work(port, shape, options, n):
-    """`n` requests of `shape` (or `n` handshakes, each with its request); the count answered."""
+def tls_work(port, options, n):
+    """`n` requests made with h2load `options(n)` (or, without options, `n` handshakes, each
+    with its request); the count answered."""
     if options:
         return load.h2load(port, options(n))["ok"]
     return sum(load.h2load(port, ["--h1", f"-c{HANDSHAKE_RUN}", f"-n{HANDSHAKE_RUN}"])["ok"]
@@ -225,20 +232,16 @@ def measure_tls(procs, workdir, kind, origin, certs, shape, options, n, save):
     """Instructions per request (per handshake) of `kind` behind a TLS listener under callgrind."""
     port = load.free_port()
     tag = f"{kind}-{shape}".replace("/", "_")
-    out = os.path.join(workdir, f"{tag}.callgrind")
-    valgrind = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
-                "--dump-instr=no", "--collect-atstart=yes"]
-    p = load.start_edge_proxy(procs, workdir, kind, port, origin, certs, False, prefix=valgrind,
-                              wait=120.0)
+    p = load.start_edge_proxy(procs, workdir, kind, port, origin, certs, False,
+                              prefix=callgrind(workdir, tag), wait=120.0)
     warm = HANDSHAKE_RUN * 2 if options is None else 500
-    got = tls_work(port, shape, options, warm)
+    got = tls_work(port, options, warm)
     if got != warm:
         raise SystemExit(f"{kind}: warm-up got {got}/{warm} answers")
     subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True,
                    stdout=subprocess.DEVNULL)
-    got = tls_work(port, shape, options, n)
-    result = per_unit(p, workdir, tag, kind, save, got, n)
-    return result
+    got = tls_work(port, options, n)
+    return per_unit(p, workdir, tag, kind, save, got, n)
 
 
 # System calls counted under wrk by `perf stat` (tracepoints: no ptrace, so no slowdown).
