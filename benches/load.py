@@ -254,11 +254,12 @@ def nginx_forwarding(module):
             f"{module}_set_header X-Request-Id $request_id;\n")
 
 
-def haproxy_head(maxconn, tls_cache=True, client="30s", failover=True):
+def haproxy_head(maxconn, tls_cache=True, client="30s", keepalive=None, failover=True):
     """The global and defaults sections of a HAProxy configuration: one thread, HTTP mode;
-    `failover`: three retries, the last ones on another server."""
+    `client`: its client timeout; `keepalive`: an idle keep-alive timeout of its own (HAProxy's
+    default: `client`); `failover`: three retries, the last ones on another server."""
     cache = "" if tls_cache else "    tune.ssl.cachesize 0\n"
-    keepalive = "" if client == "30s" else f"    timeout http-keep-alive {client}\n"
+    keepalive = f"    timeout http-keep-alive {keepalive}\n" if keepalive else ""
     retries = "    retries 3\n    option redispatch\n" if failover else ""
     return (f"global\n    nbthread 1\n    maxconn {maxconn}\n{cache}\n"
             f"defaults\n    mode http\n    timeout connect 1s\n    timeout client {client}\n"
@@ -594,7 +595,8 @@ proxy_set_header Connection "";
         p = procs.start(name, PROXY_CPU + [tool("nginx"), "-c", conf, "-e",
                                            f"{workdir}/{name}-error.log"])
     else:
-        head = haproxy_head(haproxy_maxconn(limit), client="300s", failover=False)
+        head = haproxy_head(haproxy_maxconn(limit), client="300s", keepalive="300s",
+                            failover=False)
         conf = write(workdir, f"{name}.cfg", head + f"""
 frontend f
     bind 127.0.0.1:{port}
