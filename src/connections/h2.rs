@@ -143,10 +143,16 @@ pub(crate) async fn serve<A>(
     let mut stop_after_first = false;
     let mut served = false;
     let mut rejected = 0;
+    // Made once for the connection, not once per stream: each registers a waiter when first
+    // polled and keeps it. The shutdown signal fires once; its branch is off from then on.
+    let shutdown_signal = async { watch.changed().await };
+    let overdue = blocks.overdue(limits.header_timeout);
+    let idle = streams.idle_for(limits.keepalive_timeout);
+    tokio::pin!(shutdown_signal, overdue, idle);
     loop {
         let next = tokio::select! {
             biased;
-            _ = watch.changed(), if !draining && !stop_after_first => {
+            _ = &mut shutdown_signal, if !draining && !stop_after_first => {
                 if served {
                     // GOAWAY, then the streams in flight finish, as Pingora's own loop does.
                     draining = true;
@@ -158,17 +164,17 @@ pub(crate) async fn serve<A>(
             }
             // Lazy: the timer is made only when this branch is polled.
             () = async {
-                pingora::prelude::sleep(deadline.saturating_duration_since(Instant::now())).await
+                tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await
             }, if stop_after_first && !draining => {
                 draining = true;
                 conn.graceful_shutdown();
                 continue;
             }
-            () = blocks.overdue(limits.header_timeout) => {
+            () = &mut overdue => {
                 log::debug!("HTTP/2 header block not complete within clients.header_timeout");
                 return close(&mut conn, &digest, Reason::PROTOCOL_ERROR).await;
             }
-            () = streams.idle_for(limits.keepalive_timeout) => {
+            () = &mut idle => {
                 return close(&mut conn, &digest, Reason::NO_ERROR).await;
             }
             next = HttpSession::from_h2_conn(&mut conn, digest.clone()) => next,
@@ -267,7 +273,7 @@ impl OpenStreams {
                 return;
             }
             // Then look again: a stream may have come and gone meanwhile.
-            pingora::prelude::sleep(left).await;
+            tokio::time::sleep(left).await;
         }
     }
 }
@@ -304,7 +310,7 @@ impl HeaderBlocks {
                 (_, Some(since)) => {
                     let left = (since + limit).saturating_duration_since(Instant::now());
                     if !left.is_zero() {
-                        pingora::prelude::sleep(left).await;
+                        tokio::time::sleep(left).await;
                     }
                     if *lock(&self.open) == open {
                         return;
