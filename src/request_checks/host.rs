@@ -124,25 +124,37 @@ pub(crate) fn valid(value: &[u8]) -> bool {
 
 /// unreserved / sub-delims (RFC 3986 §2.2, §2.3).
 fn reg_name_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric()
-        || matches!(
-            b,
-            b'-' | b'.'
-                | b'_'
-                | b'~'
-                | b'!'
-                | b'$'
-                | b'&'
-                | b'\''
-                | b'('
-                | b')'
-                | b'*'
-                | b'+'
-                | b','
-                | b';'
-                | b'='
-        )
+    REG_NAME[usize::from(b)]
 }
+
+/// [`reg_name_byte`] as a table: every request's `Host` goes through it byte by byte.
+const REG_NAME: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 256 {
+        let b = i as u8;
+        table[i] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.'
+                    | b'_'
+                    | b'~'
+                    | b'!'
+                    | b'$'
+                    | b'&'
+                    | b'\''
+                    | b'('
+                    | b')'
+                    | b'*'
+                    | b'+'
+                    | b','
+                    | b';'
+                    | b'='
+            );
+        i += 1;
+    }
+    table
+};
 
 /// IPv6address / IPvFuture, between the brackets.
 fn ip_literal(inner: &[u8]) -> bool {
