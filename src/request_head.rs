@@ -10,8 +10,11 @@
 //! | an absolute-form target whose authority is ambiguous or not `Host` | 400, pingora-core `protocols/http/authority.rs` `validate_request_authority` | 400 `http_request_error` |
 //! | HTTP/1.0 with `Transfer-Encoding` | 400, pingora-core `protocols/http/v1/server.rs` `validate_request` | 400 `http_request_error` (RFC 9112 §6.1: faulty framing) |
 //!
-//! The common request (an origin-form target, not CONNECT, HTTP/1.1) costs one look at its
-//! request line; the rarer shapes are looked at closely only when the request line has them.
+//! The common request (an origin-form target, not CONNECT, HTTP/1.1) costs a look at its
+//! request line and one parse of its header; the rarer shapes are looked at closely only when
+//! the request line has them.
+
+use std::mem::MaybeUninit;
 
 use pingora::http::RequestHeader;
 use pingora::protocols::http::authority::validate_request_authority;
@@ -97,19 +100,34 @@ pub(crate) fn check(raw: &[u8]) -> Option<FailureKind> {
     if !target.starts_with(b"/") && target != b"*" && !authority_accepted(raw, line) {
         return Some(FailureKind::HttpRequestError);
     }
-    parse_refusal(raw).or_else(|| content_length_refusal(raw))
+    parse_refusal(raw)
 }
 
 /// Headers Pingora parses at most (pingora-core `protocols/http/v1/common.rs` `MAX_HEADERS`).
 const MAX_HEADERS: usize = 256;
 
-/// Why Pingora's parser (httparse, as Pingora calls it) would refuse the header, if it would.
-/// A broken method token or version is left alone: Pingora first tries to repair the request
-/// line by escaping it, and refuses only what it cannot repair.
+/// Why Pingora would refuse the header: its parser (httparse, as Pingora calls it) or its
+/// `Content-Length` rule. A broken method token or version is left alone: Pingora first tries
+/// to repair the request line by escaping it, and refuses only what it cannot repair.
+///
+/// Every HTTP/1 request goes through this, so the header is parsed once, into slots left
+/// uninitialised (256 of them), and the `Content-Length` rule reads the parsed fields.
 fn parse_refusal(raw: &[u8]) -> Option<FailureKind> {
-    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    match httparse::Request::new(&mut headers).parse(raw) {
-        Ok(_) | Err(httparse::Error::Token | httparse::Error::Version) => None,
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut []);
+    match req.parse_with_uninit_headers(raw, &mut slots) {
+        Ok(httparse::Status::Complete(_)) => {
+            let parsed = req.headers.iter().map(|h| (h.name.as_bytes(), h.value));
+            content_length_refusal(|name| {
+                parsed
+                    .clone()
+                    .filter(move |(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+                    .map(|(_, v)| v.trim_ascii())
+            })
+        }
+        Ok(httparse::Status::Partial) | Err(httparse::Error::Token | httparse::Error::Version) => {
+            content_length_refusal(|name| fields(raw, name))
+        }
         Err(httparse::Error::TooManyHeaders) => Some(FailureKind::HttpRequestHeaderSectionSize),
         Err(_) => Some(FailureKind::HttpRequestError),
     }
@@ -117,13 +135,16 @@ fn parse_refusal(raw: &[u8]) -> Option<FailureKind> {
 
 /// Differing or unparsable `Content-Length` values (RFC 9110 §8.6), which Pingora refuses;
 /// identical repeats are one length. `Transfer-Encoding` overrides them (and the request
-/// checks refuse the pair).
-fn content_length_refusal(raw: &[u8]) -> Option<FailureKind> {
-    let mut lengths = fields(raw, "content-length").flat_map(|v| v.split(|b| *b == b','));
+/// checks refuse the pair). `fields` gives the values of the fields of a (lowercase) name.
+fn content_length_refusal<'a, I>(fields: impl Fn(&'static str) -> I) -> Option<FailureKind>
+where
+    I: Iterator<Item = &'a [u8]>,
+{
+    let mut lengths = fields("content-length").flat_map(|v| v.split(|b| *b == b','));
     let first = lengths.next()?.trim_ascii();
     let valid = !first.is_empty() && first.iter().all(u8::is_ascii_digit);
     let agree = lengths.all(|v| v.trim_ascii() == first);
-    (fields(raw, "transfer-encoding").next().is_none() && !(valid && agree))
+    (fields("transfer-encoding").next().is_none() && !(valid && agree))
         .then_some(FailureKind::HttpRequestError)
 }
 
@@ -226,6 +247,25 @@ mod tests {
             ),
             (
                 b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5,5\r\n\r\n",
+                None,
+            ),
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\ncontent-length:\t5 \r\nContent-Length: 5\r\n\r\n",
+                None,
+            ),
+            // Transfer-Encoding overrides the lengths (the request checks refuse the pair).
+            (
+                b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\nContent-Length: 6\r\n\r\n",
+                None,
+            ),
+            // A method token the parser refuses (Pingora repairs the request line): the lengths
+            // are read from the raw header instead.
+            (
+                b"G@T / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                bad,
+            ),
+            (
+                b"G@T / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\n",
                 None,
             ),
             (b"GET\r\n\r\n", None),
