@@ -3,11 +3,6 @@
 //! A client-supplied id is echoed into headers, logs and HTML pages, so it is accepted only when
 //! it is short and made of characters that are inert in all three.
 
-use std::cell::RefCell;
-
-use rand::rngs::SmallRng;
-use rand::{Rng, SeedableRng};
-
 /// The header carrying the id, both ways.
 pub(crate) const HEADER: &str = "x-request-id";
 
@@ -32,22 +27,13 @@ pub fn accept_incoming(value: &[u8]) -> Option<&str> {
 /// the digits are written directly rather than through the formatting machinery.)
 pub(crate) fn generate() -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let n = IDS.with(|rng| rng.borrow_mut().r#gen::<u128>());
+    let n: u128 = rand::random();
     let mut s = String::with_capacity(32);
     for byte in n.to_be_bytes() {
         s.push(char::from(HEX[usize::from(byte >> 4)]));
         s.push(char::from(HEX[usize::from(byte & 0xf)]));
     }
     s
-}
-
-thread_local! {
-    /// Each thread's id generator: xoshiro256++ (`SmallRng`), seeded from the thread's
-    /// cryptographic generator. An id must be unique, not secret; drawing 128 bits from ChaCha
-    /// for every request cost several times as much.
-    static IDS: RefCell<SmallRng> = RefCell::new(
-        SmallRng::from_rng(rand::thread_rng()).unwrap_or_else(|_| SmallRng::from_entropy()),
-    );
 }
 
 /// The id for a request: the incoming one when well-formed, a new one otherwise.
