@@ -509,9 +509,9 @@ async fn wait_for_first_bytes(
             }
         }
     };
-    // Pingora's timer wheel (its own thread), as Pingora's reads use: a tokio timer here would
-    // make the runtime wake its own driver (an eventfd write and an extra epoll_wait) whenever
-    // it is the earliest timer. Like all of Pingora's timeouts, it is set up only if the bytes
+    // Pingora's timeout, as Pingora's reads use: tokio's timers unless the configuration sets
+    // `fast_timeout_to_tokio_threshold_seconds` (then Pingora's wheel, on its own thread, for
+    // waits shorter than that). Like all of Pingora's timeouts, it is set up only if the bytes
     // are not there at once.
     pingora::prelude::timeout(wait, first_bytes)
         .await
