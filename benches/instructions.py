@@ -54,8 +54,10 @@ KINDS = ["bare-pingora", "bare+jemalloc", "pingora+headers", "faultline"]
 # More of Pingora's `ServerConf` for faultline's `server:` section (`--server`), e.g.
 # "work_stealing: false": the levers Pingora's configuration offers, measured one at a time.
 SERVER_EXTRA = ""
+# Bare Pingora with jemalloc setting the four headers the plain Pingora way (`--kinds`).
+HEADERS_JEMALLOC = "headers+jemalloc"
 # `--kinds all`: the Pingora proxies and the two the load benchmark compares them with.
-ALL_KINDS = KINDS + ["nginx", "haproxy"]
+ALL_KINDS = KINDS + [HEADERS_JEMALLOC, "nginx", "haproxy"]
 
 # A browser-like request, for the second measurement: the minimal `GET` with only `Host` is the
 # worst case for a proxy that adds headers (the header maps Pingora sizes to the request grow).
@@ -517,8 +519,8 @@ def main():
 def tls_main(args):
     """`--tls`: instructions per request over TLS (HTTP/2, HTTP/1.1) and per full handshake."""
     kinds = KINDS if args.kinds == ",".join(KINDS) else args.kinds.split(",")
-    if any(kind not in KINDS for kind in kinds):
-        raise SystemExit(f"--tls takes some of {', '.join(KINDS)}")
+    if any(kind not in KINDS + [HEADERS_JEMALLOC] for kind in kinds):
+        raise SystemExit(f"--tls takes some of {', '.join(KINDS + [HEADERS_JEMALLOC])}")
     load.ensure_tools()
     ensure_valgrind()
     if not args.skip_build:

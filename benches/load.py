@@ -71,6 +71,8 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROXIES = ["faultline", "bare-pingora", "bare+jemalloc", "pingora+headers", "nginx", "haproxy"]
+# What `--proxies` and `--ab` may name: those, and the headers build with jemalloc.
+ALL_PROXIES = PROXIES + ["headers+jemalloc"]
 # The proxies of the connections scenario (the headers build holds connections as bare does).
 CONNECTION_PROXIES = ["faultline", "bare-pingora", "bare+jemalloc", "nginx", "haproxy"]
 # Another build of faultline to measure (FAULTLINE_BIN=path), say one with another allocator.
@@ -78,9 +80,10 @@ FAULTLINE_BIN = os.environ.get("FAULTLINE_BIN") or os.path.join(ROOT, "target/re
 IDLE_CLIENTS = os.path.join(ROOT, "benches", "idle_clients.py")
 # Ephemeral ports one source address is given at most (the kernel's range is ~28k by default).
 PORTS_PER_SOURCE = 20000
-# The bare Pingora proxy in three builds: as written (the system allocator), with the faultline
-# binary's allocator (jemalloc), and setting the four headers faultline adds.
-BARE = ("bare-pingora", "bare+jemalloc", "pingora+headers")
+# The bare Pingora proxy in four builds: as written (the system allocator), with the faultline
+# binary's allocator (jemalloc, with its default options), and setting the four headers
+# faultline adds, the plain Pingora way (`FORWARDING=1`), with either allocator.
+BARE = ("bare-pingora", "bare+jemalloc", "pingora+headers", "headers+jemalloc")
 PIN = (os.cpu_count() or 1) >= 2 and shutil.which("taskset") is not None
 PROXY_CPU = ["taskset", "-c", "0"] if PIN else []
 LOAD_CPU = ["taskset", "-c", "1"] if PIN else []
@@ -132,11 +135,12 @@ def build():
 def bare_command(kind, port, backends, tls=None):
     """The command line and environment of one of the bare Pingora builds (BARE); `tls`: the
     TLS listener's port, certificate and key."""
-    example = "bare_proxy_jemalloc" if kind == "bare+jemalloc" else "bare_proxy"
+    jemalloc = kind in ("bare+jemalloc", "headers+jemalloc")
+    example = "bare_proxy_jemalloc" if jemalloc else "bare_proxy"
     args = [os.path.join(ROOT, "target/release/examples", example), f"127.0.0.1:{port}"]
     args += [f"127.0.0.1:{b}" for b in backends]
     env = dict(os.environ, RUST_LOG="error", THREADS="1")
-    if kind == "pingora+headers":
+    if kind in ("pingora+headers", "headers+jemalloc"):
         env["FORWARDING"] = "1"
     if tls:
         tls_port, cert, key = tls
@@ -1104,13 +1108,30 @@ def edge_report(results, info, proxies, args):
                 f"{next((r['tls'] for r in runs if r['tls']), '–')} |{cell}")
         if "faultline" not in proxies:
             continue
-        lines += ["", f"| ratio | {rate} | p99 | proxy CPU per {unit} |", "|---|---:|---:|---:|"]
+        lines += ["", f"| ratio | {rate} | p99 | proxy CPU per {unit} | {rate}, per round "
+                  f"| proxy CPU per {unit}, per round |", "|---|---:|---:|---:|---:|---:|"]
         for other in (kind for kind in proxies if kind != "faultline"):
             ratios = [f / o if o else float("nan")
                       for f, o in zip(summary["faultline"], summary[other])]
+            rounds = zip(results[scenario]["faultline"], results[scenario][other])
+            paired = [per_round(rounds, key) for key in ("rps", "cpu_us")]
             lines.append(f"| faultline / {other} | "
-                         + " | ".join(figure(r, ".3f") for r in ratios) + " |")
+                         + " | ".join(figure(r, ".3f") for r in ratios) + " | "
+                         + " | ".join(paired) + " |")
+        lines += ["", "Per round: the median, and the quartiles, of the ratios of the two "
+                  "proxies' runs in the same round (run one after the other), which the "
+                  "machine's drift between rounds moves less than the ratio of the medians."]
     return "\n".join(lines)
+
+
+def per_round(rounds, key):
+    """The ratios of `key` between the two proxies of each round: median (quartiles)."""
+    rounds = list(rounds)
+    ratios = sorted(a[key] / b[key] for a, b in rounds if a.get(key) and b.get(key))
+    if not ratios:
+        return "–"
+    return (f"{median(ratios):.3f} ({ratios[len(ratios) // 4]:.3f}–"
+            f"{ratios[(3 * len(ratios)) // 4]:.3f})")
 
 
 def figure(value, spec):
@@ -1227,14 +1248,15 @@ def main():
     parser.add_argument("--idle", type=int, default=10000,
                         help="idle connections per proxy in the connections scenario")
     parser.add_argument("--proxies", help="connections and edge scenarios: which proxies, "
-                        f"comma-separated (default {','.join(CONNECTION_PROXIES)})")
+                        f"comma-separated, of {', '.join(ALL_PROXIES)} "
+                        f"(default {','.join(CONNECTION_PROXIES)})")
     args = parser.parse_args()
     proxies = args.proxies.split(",") if args.proxies else CONNECTION_PROXIES
-    if any(kind not in CONNECTION_PROXIES for kind in proxies):
-        parser.error(f"--proxies takes some of {', '.join(CONNECTION_PROXIES)}")
+    if any(kind not in ALL_PROXIES for kind in proxies):
+        parser.error(f"--proxies takes some of {', '.join(ALL_PROXIES)}")
     pair = args.ab.split(",") if args.ab else None
-    if pair and (len(pair) != 2 or any(kind not in PROXIES for kind in pair)):
-        parser.error(f"--ab takes two of {', '.join(PROXIES)}")
+    if pair and (len(pair) != 2 or any(kind not in ALL_PROXIES for kind in pair)):
+        parser.error(f"--ab takes two of {', '.join(ALL_PROXIES)}")
     default_rounds, default_duration = (12, 5) if pair else (5, 10)
     args.rounds = args.rounds or (2 if args.quick else default_rounds)
     args.duration = args.duration or (3 if args.quick else default_duration)
