@@ -1113,7 +1113,7 @@ def edge_report(results, info, proxies, args):
         for other in (kind for kind in proxies if kind != "faultline"):
             ratios = [f / o if o else float("nan")
                       for f, o in zip(summary["faultline"], summary[other])]
-            rounds = zip(results[scenario]["faultline"], results[scenario][other])
+            rounds = list(zip(results[scenario]["faultline"], results[scenario][other]))
             paired = [per_round(rounds, key) for key in ("rps", "cpu_us")]
             lines.append(f"| faultline / {other} | "
                          + " | ".join(figure(r, ".3f") for r in ratios) + " | "
@@ -1126,7 +1126,6 @@ def edge_report(results, info, proxies, args):
 
 def per_round(rounds, key):
     """The ratios of `key` between the two proxies of each round: median (quartiles)."""
-    rounds = list(rounds)
     ratios = sorted(a[key] / b[key] for a, b in rounds if a.get(key) and b.get(key))
     if not ratios:
         return "–"
