@@ -695,6 +695,10 @@ pub(super) fn parse_byte_size(text: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("invalid size \"{text}\": expected a number of bytes such as 10MiB"))
 }
 
+/// The longest duration a setting takes: no timeout or interval needs more, and a clock reading
+/// plus a duration of hundreds of billions of years (which the parser takes) overflows.
+const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
 /// Parses `250ms`, `5s`, `1m30s`; a bare number is refused because its unit would be a guess.
 pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
     let trimmed = text.trim();
@@ -703,7 +707,14 @@ pub(super) fn parse_duration(text: &str) -> Result<Duration, String> {
             "invalid duration \"{text}\": a unit is required (\"{trimmed}s\", \"{trimmed}ms\")"
         ));
     }
-    humantime::parse_duration(trimmed).map_err(|e| format!("invalid duration \"{text}\": {e}"))
+    let duration = humantime::parse_duration(trimmed)
+        .map_err(|e| format!("invalid duration \"{text}\": {e}"))?;
+    if duration > MAX_DURATION {
+        return Err(format!(
+            "invalid duration \"{text}\": longer than the most a setting takes (365 days)"
+        ));
+    }
+    Ok(duration)
 }
 
 fn one() -> usize {

@@ -189,6 +189,18 @@ fn unparsable_durations() {
         e.starts_with("upstreams.app.timeouts.response_header: invalid duration \"15\": a unit is required (\"15s\", \"15ms\")"),
         "{e}"
     );
+    // Parsed, but past any clock: refused rather than overflowing a deadline at run time.
+    let yaml = format!("clients: {{ keepalive_timeout: 500000000000y }}\n{VALID}");
+    let e = one_error(&yaml);
+    assert!(
+        e.starts_with(
+            "clients.keepalive_timeout: invalid duration \"500000000000y\": longer than the \
+             most a setting takes (365 days)"
+        ),
+        "{e}"
+    );
+    let yaml = format!("clients: {{ keepalive_timeout: 365d }}\n{VALID}");
+    assert!(Config::from_yaml(&yaml).is_ok());
     let yaml = VALID.replace(
         "  - { upstream: app }",
         "  - { upstream: app, deadline: soon }",
