@@ -278,8 +278,10 @@ where
     ) {
         let mut settings: Option<HttpPersistentSettings> = None;
         let mut first = true;
-        // One receiver for the connection: waiting on it costs no clone per request.
+        // One receiver and one idle timer for the connection: waiting for the next request
+        // costs neither a clone nor a timer of its own.
         let mut watch = shutdown.clone();
+        let mut idle = IdleTimer::default();
         loop {
             // Requests a client pipelined behind the previous one, as far as Pingora read them,
             // travel in `settings`; Pingora parses them itself, and reading here first would
@@ -292,10 +294,11 @@ where
                 let start = read_already.take();
                 // A new connection's first request is read and answered even when the
                 // server is shutting down: the client connected before the listener closed.
-                read_head(&mut stream, start, wait, Some(first_deadline), limits, None).await
+                let wait = Wait::For(wait);
+                read_head(&mut stream, start, wait, Some(first_deadline), limits).await
             } else {
-                let wait = limits.keepalive_timeout;
-                read_head(&mut stream, None, wait, None, limits, Some(&mut watch)).await
+                let wait = Wait::Idle(limits.keepalive_timeout, &mut idle, &mut watch);
+                read_head(&mut stream, None, wait, None, limits).await
             };
             let prefix = match head {
                 Head::Read(prefix) => Some(prefix),
@@ -419,22 +422,21 @@ where
     }
 }
 
-/// Reads the start of a request until its header is complete. The first bytes may take `wait`;
-/// the whole header must be in by `deadline`, or, without one, within the header timeout from
-/// its first byte. (The clock is read only when a header takes more than one read.) `shutdown`
-/// ends the wait for the first bytes (see [`wait_for_first_bytes`]). `start`: what was read
-/// already (an h2c listener's look at the first bytes).
+/// Reads the start of a request until its header is complete. The first bytes may take `wait`
+/// (see [`wait_for_first_bytes`]); the whole header must be in by `deadline`, or, without one,
+/// within the header timeout from its first byte. (The clock is read only when a header takes
+/// more than one read.) `start`: what was read already (an h2c listener's look at the first
+/// bytes).
 async fn read_head(
     stream: &mut Stream,
     start: Option<BytesMut>,
-    wait: Duration,
+    wait: Wait<'_>,
     deadline: Option<Instant>,
     limits: ClientLimits,
-    shutdown: Option<&mut ShutdownWatch>,
 ) -> Head {
     let mut buf = match start {
         Some(buf) if !buf.is_empty() => buf,
-        _ => match wait_for_first_bytes(stream, wait, shutdown).await {
+        _ => match wait_for_first_bytes(stream, wait).await {
             Some(buf) => buf,
             None => return Head::Gone,
         },
@@ -463,7 +465,7 @@ async fn read_head(
 async fn read_preface(stream: &mut Stream, deadline: Instant) -> Option<BytesMut> {
     let wait = deadline.saturating_duration_since(Instant::now());
     // A new connection: served even if the server started shutting down since it was accepted.
-    let mut buf = wait_for_first_bytes(stream, wait, None).await?;
+    let mut buf = wait_for_first_bytes(stream, Wait::For(wait)).await?;
     let n = h2::PREFACE.len();
     while buf.len() < n && h2::PREFACE.starts_with(&buf) {
         let left = deadline.saturating_duration_since(Instant::now());
@@ -477,46 +479,84 @@ async fn read_preface(stream: &mut Stream, deadline: Instant) -> Option<BytesMut
     Some(buf)
 }
 
-/// Waits up to `wait` for the first bytes of a request: the bytes, or `None` when none came.
-/// The buffer is allocated once they are there ([`read_first`]).
-///
-/// With `shutdown` (a connection idle between requests), the wait ends early when the server
-/// shuts down, as Pingora's own does: the client has had its answers and may reconnect. Without
-/// it (a connection's first request), a shutdown does not end the wait: the client connected
-/// while the listener still accepted, may already be sending, and would otherwise see its
-/// connection closed without an answer.
-async fn wait_for_first_bytes(
-    stream: &mut Stream,
-    wait: Duration,
-    shutdown: Option<&mut ShutdownWatch>,
-) -> Option<BytesMut> {
-    if shutdown.as_ref().is_some_and(|s| *s.borrow()) {
+/// How long a wait for the first bytes of a request may take.
+enum Wait<'a> {
+    /// This long, on a timer of its own: a new connection's first request (read and answered
+    /// even when the server is shutting down: the client connected while the listener still
+    /// accepted, may already be sending, and would otherwise see its connection closed without
+    /// an answer), or an h2c listener's first bytes.
+    For(Duration),
+    /// This long, on the connection's idle timer, between two requests of a kept-alive
+    /// connection; a shutdown ends the wait early, as Pingora's own does: the client has had its
+    /// answers and may reconnect.
+    Idle(Duration, &'a mut IdleTimer, &'a mut ShutdownWatch),
+}
+
+/// Waits for the first bytes of a request, as long as `wait` allows: the bytes, or `None` when
+/// none came. The buffer is allocated once they are there ([`read_first`]).
+async fn wait_for_first_bytes(stream: &mut Stream, wait: Wait<'_>) -> Option<BytesMut> {
+    let (wait, timer, shutdown) = match wait {
+        // Pingora's timeout, as Pingora's reads use: tokio's timers unless the configuration
+        // sets `fast_timeout_to_tokio_threshold_seconds` (then Pingora's wheel, on its own
+        // thread, for waits shorter than that). Like all of Pingora's timeouts, it is set up
+        // only if the bytes are not there at once.
+        Wait::For(wait) => {
+            return pingora::prelude::timeout(wait, read_first(stream))
+                .await
+                .ok()
+                .flatten();
+        }
+        Wait::Idle(wait, timer, shutdown) => (wait, timer, shutdown),
+    };
+    if *shutdown.borrow() {
         return None;
     }
-    let first_bytes = async {
-        let Some(shutdown) = shutdown else {
-            return read_first(stream).await;
-        };
-        loop {
-            tokio::select! {
-                biased;
-                read = read_first(stream) => return read,
-                changed = shutdown.changed() => {
-                    if changed.is_err() || *shutdown.borrow() {
-                        return None;
-                    }
+    let until = Instant::now() + wait;
+    loop {
+        tokio::select! {
+            biased;
+            read = read_first(stream) => return read,
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return None;
                 }
             }
+            () = timer.until(until) => return None,
         }
-    };
-    // Pingora's timeout, as Pingora's reads use: tokio's timers unless the configuration sets
-    // `fast_timeout_to_tokio_threshold_seconds` (then Pingora's wheel, on its own thread, for
-    // waits shorter than that). Like all of Pingora's timeouts, it is set up only if the bytes
-    // are not there at once.
-    pingora::prelude::timeout(wait, first_bytes)
-        .await
-        .ok()
-        .flatten()
+    }
+}
+
+/// The timer of a kept-alive connection's waits for its next request: armed at the first wait
+/// and moved on only when it fires before the wait's end. Most waits end in a request long
+/// before the timer's time, so a connection that keeps sending requests sets one timer every
+/// keep-alive timeout instead of one per request (and allocates none: Pingora's timeout boxes
+/// a new one for each wait). tokio's timer, whatever `fast_timeout_to_tokio_threshold_seconds`
+/// says: the wait is seconds long.
+///
+/// Between waits the timer stays set at a time already passed or soon to pass; when it fires
+/// then, it wakes the connection's task once for nothing (the task finds nothing to do).
+#[derive(Default)]
+struct IdleTimer(Option<Pin<Box<tokio::time::Sleep>>>);
+
+impl IdleTimer {
+    /// Completes at `until`.
+    async fn until(&mut self, until: Instant) {
+        let until = tokio::time::Instant::from_std(until);
+        let sleep = self
+            .0
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(until)));
+        if sleep.deadline() > until {
+            sleep.as_mut().reset(until);
+        }
+        loop {
+            sleep.as_mut().await;
+            if sleep.deadline() >= until {
+                return;
+            }
+            // It fired at an earlier wait's end: on to this one's.
+            sleep.as_mut().reset(until);
+        }
+    }
 }
 
 /// Reads the first bytes the client sends, up to [`FIRST_READ`]: the bytes, or `None` at the

@@ -182,6 +182,36 @@ fn on_a_kept_alive_connection_the_next_header_has_its_own_deadline() {
 }
 
 #[test]
+fn a_kept_alive_connection_closes_at_the_keepalive_timeout_counted_from_its_last_request() {
+    let origin = Origin::start(Behavior::named("o"));
+    let keepalive = Duration::from_millis(800);
+    let proxy = Proxy::start(&format!(
+        "clients: {{ keepalive_timeout: 800ms }}\n{}",
+        one_upstream(&[origin.addr], "", "")
+    ));
+    let mut c = Client::connect(proxy.addr);
+    // Requests at a third of the timeout for over two timeouts: the connection's idle timer,
+    // set at the first wait, fires during later ones and must move on, not close.
+    let started = Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < keepalive * 2 + keepalive / 2 {
+        c.send(&client::request("GET", "/", "a", &[]));
+        assert_eq!(c.read_response("GET").status, 200, "request {sent}");
+        sent += 1;
+        std::thread::sleep(keepalive / 3);
+    }
+    // Then silence: closed one timeout after the last answer, without a word.
+    c.send(&client::request("GET", "/", "a", &[]));
+    assert_eq!(c.read_response("GET").status, 200);
+    let answered = Instant::now();
+    let mut s = c.into_stream();
+    let out = read_to_close(&mut s);
+    assert_deadline(answered.elapsed(), keepalive, "the idle connection's close");
+    assert!(out.is_empty(), "got: {}", String::from_utf8_lossy(&out));
+    assert_eq!(origin.requests(), sent + 1);
+}
+
+#[test]
 fn a_declared_body_over_the_route_limit_is_413_before_any_byte_is_forwarded() {
     let origin = Origin::start(Behavior::named("o"));
     let proxy = Proxy::start(&one_upstream(
