@@ -27,6 +27,8 @@ which can change how many events one `epoll_wait` returns; the counts are those 
                                                      # or: benches/cost_groups.py
     python3 benches/instructions.py --skip-build --tls --save /tmp/cg-tls
         # over TLS: HTTP/2 and HTTP/1.1 requests, full handshakes (Pingora builds, faultline)
+    python3 benches/instructions.py --skip-build --tls --cache-sim --requests 3000 --handshakes 10
+        # and the cache misses per request, simulated for one core of this machine
     python3 benches/instructions.py --skip-build --only A=/tmp/faultline-a,B=/tmp/faultline-b
         # two faultline builds against each other, run alternately (paired comparison)
 
@@ -58,6 +60,15 @@ SERVER_EXTRA = ""
 HEADERS_JEMALLOC = "headers+jemalloc"
 # `--kinds all`: the Pingora proxies and the two the load benchmark compares them with.
 ALL_KINDS = KINDS + [HEADERS_JEMALLOC, "nginx", "haproxy"]
+
+# `--cache-sim`: callgrind's options that also simulate the caches of one core of this machine
+# (None when off), and the events per unit of work of each measurement, by (kind, shape).
+CACHE_SIM = None
+EVENTS = {}
+# The simulated misses reported, with their labels.
+MISSES = (("I1mr", "first-level instruction cache"),
+          ("ILmr", "L2, instructions"),
+          ("DLmr+DLmw", "L2, data"))
 
 # A browser-like request, for the second measurement: the minimal `GET` with only `Host` is the
 # worst case for a proxy that adds headers (the header maps Pingora sizes to the request grow).
@@ -158,7 +169,33 @@ def callgrind(workdir, tag):
     `tag` (where `per_unit` finds the dump)."""
     out = os.path.join(workdir, f"{tag}.callgrind")
     return ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", "--dump-instr=no",
-            "--collect-atstart=yes"]
+            "--collect-atstart=yes"] + (CACHE_SIM or [])
+
+
+def cache_geometry():
+    """callgrind's cache options for one core of this machine, from sysfs: its first-level
+    instruction and data caches, and its L2 as callgrind's last level (the caches a proxy
+    pinned to one core has to itself; an L2 miss goes to the shared L3 or memory)."""
+    found = {}
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    for index in sorted(os.listdir(base)) if os.path.isdir(base) else []:
+        if not index.startswith("index"):
+            continue
+        def read(name):
+            with open(os.path.join(base, index, name)) as f:
+                return f.read().strip()
+        try:
+            level, kind = read("level"), read("type")
+            size = int(read("size").rstrip("K")) * 1024
+            ways, line = int(read("ways_of_associativity")), int(read("coherency_line_size"))
+        except (OSError, ValueError):
+            continue
+        key = {("1", "Instruction"): "I1", ("1", "Data"): "D1", ("2", "Unified"): "LL"}
+        if (level, kind) in key:
+            found[key[(level, kind)]] = f"{size},{ways},{line}"
+    if set(found) != {"I1", "D1", "LL"}:
+        raise SystemExit(f"--cache-sim: could not read this machine's caches from {base}")
+    return ["--cache-sim=yes"] + [f"--{k}={v}" for k, v in sorted(found.items())]
 
 
 def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
@@ -199,10 +236,27 @@ def per_unit(p, workdir, tag, kind, save, got, wanted):
         shutil.copy(os.path.join(workdir, dumps[-1]), os.path.join(save, f"{kind}.callgrind"))
     with open(os.path.join(workdir, dumps[-1])) as f:
         text = f.read()
-    m = re.search(r"^(?:summary|totals):\s+(\d+)", text, re.M)
-    if not m:
+    events = re.search(r"^events:\s+(.+)$", text, re.M)
+    totals = re.search(r"^(?:summary|totals):\s+(.+)$", text, re.M)
+    if not events or not totals:
         raise SystemExit(f"{kind}: no totals in the dump")
-    return int(m.group(1)) / wanted
+    per = {e: int(t) / wanted for e, t in zip(events.group(1).split(), totals.group(1).split())}
+    EVENTS[tag] = per
+    return per["Ir"]
+
+
+def misses_report(kinds, shapes, tag_of):
+    """With `--cache-sim`: the simulated cache misses per unit of work, a markdown table
+    (`tag_of(kind, shape)` names a measurement)."""
+    lines = ["", "Simulated cache misses per unit (callgrind `" + " ".join(CACHE_SIM) + "`):",
+             "", "| shape | misses | " + " | ".join(kinds) + " |",
+             "|---|---|" + "---:|" * len(kinds)]
+    for shape, label in shapes:
+        for events, what in MISSES:
+            cells = [sum(EVENTS.get(tag_of(k, shape), {}).get(e, 0.0) for e in events.split("+"))
+                     for k in kinds]
+            lines.append(f"| {label} | {what} | " + " | ".join(f"{c:,.0f}" for c in cells) + " |")
+    return "\n".join(lines)
 
 
 # `--tls`: the TLS edge as the load benchmark's edge scenarios configure it (one TLS listener,
@@ -429,9 +483,16 @@ def main():
                              "full handshakes, for the Pingora builds and faultline")
     parser.add_argument("--handshakes", type=int, default=200,
                         help="with --tls: handshakes measured (a multiple of 10)")
+    parser.add_argument("--cache-sim", action="store_true",
+                        help="callgrind also simulates this machine's L1 and L2 caches (one "
+                             "core's, read from sysfs): misses per request beside instructions")
     args = parser.parse_args()
-    global SERVER_EXTRA
+    global SERVER_EXTRA, CACHE_SIM
     SERVER_EXTRA = args.server
+    if args.cache_sim:
+        if args.syscalls or args.only:
+            raise SystemExit("--cache-sim goes with the instruction counts only")
+        CACHE_SIM = cache_geometry()
     if args.only:
         return compare(args)
     if args.tls:
@@ -506,6 +567,10 @@ def main():
             line += " " + " | ".join(f"{results[(k, shape)] / base:.2f}"
                                      for k in kinds if k != reference) + " |"
         print(line)
+    if CACHE_SIM:
+        extras = {shape: extra for shape, extra, _ in SHAPES}
+        print(misses_report(kinds, [(shape, label) for shape, _, label in SHAPES],
+                            lambda kind, shape: f"{kind}-{len(extras[shape])}".replace("/", "_")))
     if all(kind in kinds for kind in KINDS):
         print()
         print("| request | faultline / bare | faultline / bare, jemalloc | "
@@ -551,6 +616,9 @@ def tls_main(args):
         if reference:
             line += f" {results[('faultline', shape)] / results[(reference, shape)]:.3f} |"
         print(line)
+    if CACHE_SIM:
+        print(misses_report(kinds, [(shape, label) for shape, _, label in TLS_SHAPES],
+                            lambda kind, shape: f"{kind}-{shape}".replace("/", "_")))
 
 
 def compare(args):
