@@ -29,6 +29,8 @@ which can change how many events one `epoll_wait` returns; the counts are those 
         # over TLS: HTTP/2 and HTTP/1.1 requests, full handshakes (Pingora builds, faultline)
     python3 benches/instructions.py --skip-build --tls --cache-sim --requests 3000 --handshakes 10
         # and the cache misses per request, simulated for one core of this machine
+    python3 benches/instructions.py --skip-build --tls --syscalls --requests 50000
+        # CPU time (user, system) and system calls per request over TLS under h2load, with perf
     python3 benches/instructions.py --skip-build --only A=/tmp/faultline-a,B=/tmp/faultline-b
         # two faultline builds against each other, run alternately (paired comparison)
 
@@ -309,23 +311,30 @@ TRACED = ["recvfrom", "sendto", "read", "write", "readv", "writev", "recvmsg", "
 
 def syscalls_under_load(procs, workdir, kind, origin, seconds):
     """System calls per request of one proxy under `wrk -t1 -c64` for `seconds` (pinned as in
-    the load benchmark), counted by `perf stat` on the syscall tracepoints of its process, with
-    the failed ones (EAGAIN) counted at exit; also, from an earlier run of the same length
-    without perf, its user and system CPU time per request (from /proc). Returns ({name: (calls, failed)}, user us, system us) per request."""
+    the load benchmark), and its user and system CPU time per request ([`cpu_and_syscalls`])."""
     port = load.free_port()
     name = f"{kind}-perf".replace("/", "_")
     args, env = command(workdir, kind, name, port, origin)
     p = procs.start(name, load.PROXY_CPU + args, env=env)
     load.wait_port(port, name, timeout=30)
     load.wrk(port, 2, 64)  # warm-up: connections, pools
+    return cpu_and_syscalls(p, workdir, name, lambda: load.wrk(port, seconds, 64)["requests"])
+
+
+def cpu_and_syscalls(p, workdir, name, run):
+    """Of the proxy `p`, warmed up: its user and system CPU time per request over one `run()`
+    (which returns how many requests it made), from /proc; then, over a second `run()`, its
+    system calls per request, counted by `perf stat` on the syscall tracepoints of its process,
+    with the failed ones (EAGAIN) counted at exit. Stops `p`. Returns ({name: (calls, failed)},
+    user us, system us) per request."""
     # CPU time first, without perf (an enabled tracepoint slows every system call).
     tick = os.sysconf("SC_CLK_TCK")
     before = [sum(int(f[11 + i]) for _, f in load.session_processes(p.pid)) for i in (0, 1)]
-    res = load.wrk(port, seconds, 64)
+    n = run()
     after = [sum(int(f[11 + i]) for _, f in load.session_processes(p.pid)) for i in (0, 1)]
-    if not res["requests"]:
-        raise SystemExit(f"{kind}: wrk made no requests")
-    user, system = ((a - b) / tick * 1e6 / res["requests"] for a, b in zip(after, before))
+    if not n:
+        raise SystemExit(f"{name}: the load made no requests")
+    user, system = ((a - b) / tick * 1e6 / n for a, b in zip(after, before))
     events = (["raw_syscalls:sys_enter", "context-switches"]
               + [f"syscalls:sys_enter_{n}" for n in TRACED])
     exits = ["syscalls:sys_exit_recvfrom", "syscalls:sys_exit_read"]
@@ -337,15 +346,14 @@ def syscalls_under_load(procs, workdir, kind, origin, seconds):
         perf += ["-e", event, "--filter", "ret == -11"]
     tracer = subprocess.Popen(perf, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1)
-    res = load.wrk(port, seconds, 64)
+    n = run()
     tracer.send_signal(signal.SIGINT)
     tracer.wait(timeout=60)
     os.killpg(p.pid, signal.SIGKILL)
     p.wait(timeout=10)
-    n = res["requests"]
     if not n:
-        raise SystemExit(f"{kind}: wrk made no requests")
-    # wrk's count covers `seconds`; perf's window is a little longer (it starts 1 s before wrk
+        raise SystemExit(f"{name}: the load made no requests")
+    # The load's count covers its run; perf's window is a little longer (it starts 1 s before
     # and stops after it), during which the proxy is idle.
     counts = {}
     failed = {}
@@ -365,6 +373,22 @@ def syscalls_under_load(procs, workdir, kind, origin, seconds):
                 counts[event.replace("syscalls:sys_enter_", "")] = value / n
     result = {k: (v, failed.get(k, 0.0)) for k, v in counts.items()}
     return result, user, system
+
+
+# `--tls --syscalls`: the loads, as the edge scenarios' (h2load options), and how many requests.
+TLS_LOADS = (("h2tls", ["-c16", "-m10"], "HTTP/2 over TLS, `h2load -c16 -m10`"),
+             ("h1tls", ["--h1", "-c64"], "HTTP/1.1 over TLS, `h2load --h1 -c64`"))
+
+
+def tls_cpu_and_syscalls(procs, workdir, kind, origin, certs, options, requests):
+    """[`cpu_and_syscalls`] of `kind` behind the edge scenarios' TLS listener, pinned as there,
+    under h2load with `options` making `requests` requests per run (after as many to warm up)."""
+    port = load.free_port()
+    p = load.start_edge_proxy(procs, workdir, kind, port, origin, certs, False)
+    load.h2load(port, options + ["-n", str(requests)])
+    name = f"{kind}-tls-perf".replace("/", "_")
+    return cpu_and_syscalls(p, workdir, name,
+                            lambda: load.h2load(port, options + ["-n", str(requests)])["ok"])
 
 
 def syscalls(procs, workdir, kind, origin, requests, extra):
@@ -465,7 +489,9 @@ def main():
                         help="which proxies, comma-separated, of " + ", ".join(ALL_KINDS)
                              + " (or `all`)")
     parser.add_argument("--syscalls", action="store_true",
-                        help="count system calls with strace instead of instructions")
+                        help="count system calls with strace instead of instructions (with "
+                             "--tls: CPU time and system calls per request under h2load, "
+                             "with perf)")
     parser.add_argument("--under-load", type=int, metavar="SECONDS",
                         help="with --syscalls: count them with perf under wrk -c64 for SECONDS "
                              "instead of strace under the small client")
@@ -587,6 +613,8 @@ def tls_main(args):
     if any(kind not in KINDS + [HEADERS_JEMALLOC] for kind in kinds):
         raise SystemExit(f"--tls takes some of {', '.join(KINDS + [HEADERS_JEMALLOC])}")
     load.ensure_tools()
+    if args.syscalls:
+        return tls_syscalls_main(args, kinds)
     ensure_valgrind()
     if not args.skip_build:
         load.build()
@@ -619,6 +647,36 @@ def tls_main(args):
     if CACHE_SIM:
         print(misses_report(kinds, [(shape, label) for shape, _, label in TLS_SHAPES],
                             lambda kind, shape: f"{kind}-{shape}".replace("/", "_")))
+
+
+def tls_syscalls_main(args, kinds):
+    """`--tls --syscalls`: CPU time and system calls per request over TLS under load."""
+    if not shutil.which("perf"):
+        raise SystemExit("perf is needed for --tls --syscalls (Debian: linux-perf)")
+    if not args.skip_build:
+        load.build()
+    workdir, procs, origin = start_origin()
+    certs = load.make_certificate(workdir)
+    results = {}
+    try:
+        for shape, options, _ in TLS_LOADS:
+            for kind in kinds:
+                results[(kind, shape)] = tls_cpu_and_syscalls(procs, workdir, kind, origin, certs,
+                                                              options, args.requests)
+                counts, user, system = results[(kind, shape)]
+                load.log(f"{kind}, {shape}: {counts.get('(all)', (0, 0))[0]:.2f} system calls, "
+                         f"{user:.1f} us user, {system:.1f} us system per request")
+    finally:
+        procs.stop_all()
+        shutil.rmtree(workdir, ignore_errors=True)
+    print(f"Command: `python3 benches/instructions.py {' '.join(sys.argv[1:])}`")
+    for shape, _, label in TLS_LOADS:
+        print()
+        print(syscalls_report(kinds, args.requests, label,
+                              {kind: results[(kind, shape)][0] for kind in kinds}))
+        print("| CPU µs per request, user / system (from /proc, load-dependent) | "
+              + " | ".join(f"{results[(k, shape)][1]:.1f} / {results[(k, shape)][2]:.1f}"
+                           for k in kinds) + " |")
 
 
 def compare(args):

@@ -171,7 +171,10 @@ def wait_port(port, what, timeout=15.0):
     said = ""
     if what in LOGS:
         with open(LOGS[what], errors="replace") as f:
-            said = f.read()[-2000:]
+            said = f.read()
+        # A panic's message comes first and its backtrace after: keep both ends.
+        if len(said) > 3000:
+            said = said[:2000] + "\n[…]\n" + said[-1000:]
     raise SystemExit(f"{what} did not start listening on {port} (last error: {error}); "
                      f"its output:\n{said}")
 
