@@ -616,10 +616,7 @@ def tls_main(args):
     if args.syscalls:
         return tls_syscalls_main(args, kinds)
     ensure_valgrind()
-    if not args.skip_build:
-        load.build()
-    workdir, procs, origin = start_origin()
-    certs = load.make_certificate(workdir)
+    workdir, procs, origin, certs = tls_setup(args)
     results = {}
     try:
         for shape, options, _ in TLS_SHAPES:
@@ -649,14 +646,20 @@ def tls_main(args):
                             lambda kind, shape: f"{kind}-{shape}".replace("/", "_")))
 
 
+def tls_setup(args):
+    """The build (unless `--skip-build`), then a work folder, its process list, the nginx origin
+    (its port) and the TLS listeners' certificate, for the `--tls` measurements."""
+    if not args.skip_build:
+        load.build()
+    workdir, procs, origin = start_origin()
+    return workdir, procs, origin, load.make_certificate(workdir)
+
+
 def tls_syscalls_main(args, kinds):
     """`--tls --syscalls`: CPU time and system calls per request over TLS under load."""
     if not shutil.which("perf"):
         raise SystemExit("perf is needed for --tls --syscalls (Debian: linux-perf)")
-    if not args.skip_build:
-        load.build()
-    workdir, procs, origin = start_origin()
-    certs = load.make_certificate(workdir)
+    workdir, procs, origin, certs = tls_setup(args)
     results = {}
     try:
         for shape, options, _ in TLS_LOADS:
