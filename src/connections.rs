@@ -529,12 +529,13 @@ async fn wait_for_first_bytes(stream: &mut Stream, wait: Wait<'_>) -> Option<Byt
 /// The timer of a kept-alive connection's waits for its next request: armed at the first wait
 /// and moved on only when it fires before the wait's end. Most waits end in a request long
 /// before the timer's time, so a connection that keeps sending requests sets one timer every
-/// keep-alive timeout instead of one per request (and allocates none: Pingora's timeout boxes
-/// a new one for each wait). tokio's timer, whatever `fast_timeout_to_tokio_threshold_seconds`
-/// says: the wait is seconds long.
+/// keep-alive timeout instead of one per request, and allocates it once (Pingora's timeout
+/// boxes a new one for each wait). tokio's timer, whatever
+/// `fast_timeout_to_tokio_threshold_seconds` says: the wait is seconds long.
 ///
-/// Between waits the timer stays set at a time already passed or soon to pass; when it fires
-/// then, it wakes the connection's task once for nothing (the task finds nothing to do).
+/// Between waits the timer stays set at an earlier wait's end, at most one keep-alive timeout
+/// ahead; when it fires then, it wakes the connection's task once for nothing (the task finds
+/// nothing to do).
 #[derive(Default)]
 struct IdleTimer(Option<Pin<Box<tokio::time::Sleep>>>);
 
