@@ -166,6 +166,12 @@ def command(workdir, kind, name, port, origin, binary=None):
     return load.bare_command(kind, port, [origin])
 
 
+def tag_of(kind, what):
+    """The name of one measurement of `kind` (its files, its `EVENTS` entry): `what` is the TLS
+    shape, or the length of the plaintext request's extra headers."""
+    return f"{kind}-{what}".replace("/", "_")
+
+
 def callgrind(workdir, tag):
     """The command prefix that runs a proxy under callgrind, its counts in `workdir` under
     `tag` (where `per_unit` finds the dump)."""
@@ -180,6 +186,7 @@ def cache_geometry():
     pinned to one core has to itself; an L2 miss goes to the shared L3 or memory)."""
     found = {}
     base = "/sys/devices/system/cpu/cpu0/cache"
+    key = {("1", "Instruction"): "I1", ("1", "Data"): "D1", ("2", "Unified"): "LL"}
     for index in sorted(os.listdir(base)) if os.path.isdir(base) else []:
         if not index.startswith("index"):
             continue
@@ -192,7 +199,6 @@ def cache_geometry():
             ways, line = int(read("ways_of_associativity")), int(read("coherency_line_size"))
         except (OSError, ValueError):
             continue
-        key = {("1", "Instruction"): "I1", ("1", "Data"): "D1", ("2", "Unified"): "LL"}
         if (level, kind) in key:
             found[key[(level, kind)]] = f"{size},{ways},{line}"
     if set(found) != {"I1", "D1", "LL"}:
@@ -202,7 +208,7 @@ def cache_geometry():
 
 def measure(procs, workdir, kind, origin, requests, save, extra, binary=None):
     port = load.free_port()
-    tag = f"{kind}-{len(extra)}".replace("/", "_")
+    tag = tag_of(kind, len(extra))
     valgrind = callgrind(workdir, tag)
     name = f"{tag}-callgrind"
     args, env = command(workdir, kind, name, port, origin, binary)
@@ -247,9 +253,9 @@ def per_unit(p, workdir, tag, kind, save, got, wanted):
     return per["Ir"]
 
 
-def misses_report(kinds, shapes, tag_of):
-    """With `--cache-sim`: the simulated cache misses per unit of work, a markdown table
-    (`tag_of(kind, shape)` names a measurement)."""
+def misses_report(kinds, shapes):
+    """With `--cache-sim`: the simulated cache misses per unit of work, a markdown table;
+    `shapes`: (what the measurement's tag names, label)."""
     lines = ["", "Simulated cache misses per unit (callgrind `" + " ".join(CACHE_SIM) + "`):",
              "", "| shape | misses | " + " | ".join(kinds) + " |",
              "|---|---|" + "---:|" * len(kinds)]
@@ -289,7 +295,7 @@ def tls_work(port, options, n):
 def measure_tls(procs, workdir, kind, origin, certs, shape, options, n, save):
     """Instructions per request (per handshake) of `kind` behind a TLS listener under callgrind."""
     port = load.free_port()
-    tag = f"{kind}-{shape}".replace("/", "_")
+    tag = tag_of(kind, shape)
     p = load.start_edge_proxy(procs, workdir, kind, port, origin, certs, False,
                               prefix=callgrind(workdir, tag), wait=120.0)
     warm = HANDSHAKE_RUN * 2 if options is None else 500
@@ -395,7 +401,7 @@ def syscalls(procs, workdir, kind, origin, requests, extra):
     """System calls per request of one proxy over `requests` requests after a warm-up, by name:
     {name: (calls, failed calls)} per request, from `strace -f -c` attached to every thread."""
     port = load.free_port()
-    tag = f"{kind}-{len(extra)}".replace("/", "_")
+    tag = tag_of(kind, len(extra))
     name = f"{tag}-strace"
     args, env = command(workdir, kind, name, port, origin)
     p = procs.start(name, args, env=env)
@@ -594,9 +600,7 @@ def main():
                                      for k in kinds if k != reference) + " |"
         print(line)
     if CACHE_SIM:
-        extras = {shape: extra for shape, extra, _ in SHAPES}
-        print(misses_report(kinds, [(shape, label) for shape, _, label in SHAPES],
-                            lambda kind, shape: f"{kind}-{len(extras[shape])}".replace("/", "_")))
+        print(misses_report(kinds, [(len(extra), label) for _, extra, label in SHAPES]))
     if all(kind in kinds for kind in KINDS):
         print()
         print("| request | faultline / bare | faultline / bare, jemalloc | "
@@ -642,8 +646,7 @@ def tls_main(args):
             line += f" {results[('faultline', shape)] / results[(reference, shape)]:.3f} |"
         print(line)
     if CACHE_SIM:
-        print(misses_report(kinds, [(shape, label) for shape, _, label in TLS_SHAPES],
-                            lambda kind, shape: f"{kind}-{shape}".replace("/", "_")))
+        print(misses_report(kinds, [(shape, label) for shape, _, label in TLS_SHAPES]))
 
 
 def tls_setup(args):

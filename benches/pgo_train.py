@@ -28,11 +28,11 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import instructions  # noqa: E402  (the origin, as the instruction counts start it)
+import instructions  # noqa: E402  (the origin and the TLS loads, as the counts use them)
 import load  # noqa: E402  (proxy configurations, the loads, process handling)
 
-# (h2load options, requests) behind the TLS listener.
-TLS_LOADS = ((["-c16", "-m10"], 100_000), (["--h1", "-c64"], 100_000))
+# Requests per TLS load (`instructions.TLS_LOADS`: the edge scenarios' h2load options).
+TLS_REQUESTS = 100_000
 PLAIN_SECONDS = 10
 
 
@@ -53,9 +53,9 @@ def main():
     try:
         port = load.free_port()
         p = load.start_edge_proxy(procs, workdir, "faultline", port, origin, certs, False)
-        for options, requests in TLS_LOADS:
-            ok = load.h2load(port, options + ["-n", str(requests)])["ok"]
-            load.log(f"h2load {' '.join(options)}: {ok} of {requests} answered")
+        for _, options, label in instructions.TLS_LOADS:
+            ok = load.h2load(port, options + ["-n", str(TLS_REQUESTS)])["ok"]
+            load.log(f"{label}: {ok} of {TLS_REQUESTS} answered")
         stop(p)
         port = load.free_port()
         p = load.start_proxy(procs, workdir, "faultline", port, [origin])
