@@ -77,6 +77,8 @@ ALL_PROXIES = PROXIES + ["headers+jemalloc"]
 CONNECTION_PROXIES = ["faultline", "bare-pingora", "bare+jemalloc", "nginx", "haproxy"]
 # Another build of faultline to measure (FAULTLINE_BIN=path), say one with another allocator.
 FAULTLINE_BIN = os.environ.get("FAULTLINE_BIN") or os.path.join(ROOT, "target/release/faultline")
+# Another build of the bare Pingora examples (BARE_DIR=folder), say profile-guided ones.
+BARE_DIR = os.environ.get("BARE_DIR") or os.path.join(ROOT, "target/release/examples")
 IDLE_CLIENTS = os.path.join(ROOT, "benches", "idle_clients.py")
 # Ephemeral ports one source address is given at most (the kernel's range is ~28k by default).
 PORTS_PER_SOURCE = 20000
@@ -137,7 +139,7 @@ def bare_command(kind, port, backends, tls=None):
     TLS listener's port, certificate and key."""
     jemalloc = kind in ("bare+jemalloc", "headers+jemalloc")
     example = "bare_proxy_jemalloc" if jemalloc else "bare_proxy"
-    args = [os.path.join(ROOT, "target/release/examples", example), f"127.0.0.1:{port}"]
+    args = [os.path.join(BARE_DIR, example), f"127.0.0.1:{port}"]
     args += [f"127.0.0.1:{b}" for b in backends]
     env = dict(os.environ, RUST_LOG="error", THREADS="1")
     if kind in ("pingora+headers", "headers+jemalloc"):

@@ -1,24 +1,22 @@
 #!/usr/bin/env python3
-"""Trains a faultline binary built for profile-guided optimisation: runs it under the load
-benchmark's shapes so that it writes the profile its optimised build is then made from.
+"""Trains a proxy built for profile-guided optimisation: runs it under the load benchmark's
+shapes so that it writes the profile its optimised build is then made from. `scripts/pgo-build`
+runs it between the instrumented build and the optimised one.
 
-The binary is one built with `-Cprofile-generate=DIR`; it writes `DIR/*.profraw` when it exits,
-which this script makes it do (SIGTERM, faultline's graceful shutdown). The loads, against the
-benchmark's nginx origin, on loopback, each bounded in count or time:
+The binary is one built with `-Cprofile-generate=DIR`; it writes its profile (`DIR/*.profraw`,
+or where `LLVM_PROFILE_FILE` says) when it exits, which this script makes it do: SIGTERM for
+faultline (its graceful shutdown, with no grace period in the benchmark's configuration),
+SIGINT for the bare Pingora proxy (Pingora's fast shutdown). The loads, on loopback, each
+bounded in time, are the benchmark's, so that the profile is of what the benchmark measures and
+of what an edge mostly does:
 
-- behind the edge scenarios' TLS listener: `h2load -c16 -m10 -n 100000` (HTTP/2) and
-  `h2load --h1 -c64 -n 100000` (HTTP/1.1 with keep-alive);
-- behind the healthy scenario's plain listener: `wrk -t1 -c64 -d10s`.
-
-    RUSTFLAGS="-Cprofile-generate=/tmp/pgo-data" CARGO_TARGET_DIR=/tmp/tgt-pgo \\
-        cargo build --release --bin faultline
-    python3 benches/pgo_train.py /tmp/tgt-pgo/release/faultline
-    "$(rustc --print sysroot)"/lib/rustlib/x86_64-unknown-linux-gnu/bin/llvm-profdata \\
-        merge -o /tmp/pgo.profdata /tmp/pgo-data          # rustup component add llvm-tools
-    RUSTFLAGS="-Cprofile-use=/tmp/pgo.profdata" cargo build --release --bin faultline
-
-The profile is of the paths these loads take: healthy proxying. Failures, retries and error
-pages stay cold, laid out away from the hot path; how fast they are then was not measured.
+- behind the edge scenarios' TLS listener, in front of the nginx origin: HTTP/2
+  (`h2load -c16 -m10`), HTTP/1.1 with keep-alive (`h2load --h1 -c64`) and full handshakes;
+- gRPC unary calls over TLS, in front of the tonic origin over h2c;
+- plaintext HTTP/1.1, `wrk -c64`;
+- faultline only: the failures scenario's pool (a refusing and a silent backend beside the
+  origin, passive health on), so that the answers of faultline's mission (502, 504, retries,
+  ejection) are not laid out as code that never runs. The bare proxy has no such paths.
 """
 
 import argparse
@@ -28,40 +26,67 @@ import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import instructions  # noqa: E402  (the origin and the TLS loads, as the counts use them)
+import instructions  # noqa: E402  (the origin, as the counts start it)
 import load  # noqa: E402  (proxy configurations, the loads, process handling)
 
-# Requests per TLS load (`instructions.TLS_LOADS`: the edge scenarios' h2load options).
-TLS_REQUESTS = 100_000
-PLAIN_SECONDS = 10
+# Seconds per load. Each edge load makes about 100,000 requests at the rates of BENCHMARKS.md.
+EDGE_SECONDS = 4
+PLAIN_SECONDS = 8
+FAILURE_SECONDS = 6
+# What `--proxy` may name: the binary given is a build of it.
+PROXIES = ("faultline", "bare+jemalloc")
 
 
-def stop(p):
-    """Ends faultline as a service manager would, so that it writes its profile on the way out."""
-    os.killpg(p.pid, signal.SIGTERM)
+def stop(kind, p):
+    """Ends the proxy so that it writes its profile on the way out."""
+    os.killpg(p.pid, signal.SIGTERM if kind == "faultline" else signal.SIGINT)
     p.wait(timeout=60)
+    if p.returncode != 0:
+        raise SystemExit(f"{kind} exited with {p.returncode}: its profile may be missing")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("binary", help="a faultline built with -Cprofile-generate=DIR")
+    parser.add_argument("binary", help="the proxy built with -Cprofile-generate")
+    parser.add_argument("--proxy", choices=PROXIES, default="faultline",
+                        help="which proxy the binary is (default: faultline)")
     args = parser.parse_args()
+    kind = args.proxy
     load.ensure_tools()
-    load.FAULTLINE_BIN = os.path.abspath(args.binary)
+    binary = os.path.abspath(args.binary)
+    if kind == "faultline":
+        load.FAULTLINE_BIN = binary
+    else:
+        load.BARE_DIR = os.path.dirname(binary)
     workdir, procs, origin = instructions.start_origin()
     certs = load.make_certificate(workdir)
+    body = load.grpc_body(workdir)
+    grpc_origin = load.free_port()
+    load.start_grpc_origin(procs, grpc_origin)
     try:
+        for backend, scenarios in ((origin, ("h2tls", "h1tls", "handshakes")),
+                                   (grpc_origin, ("grpc",))):
+            port = load.free_port()
+            p = load.start_edge_proxy(procs, workdir, kind, port, backend, certs,
+                                      backend == grpc_origin)
+            for scenario in scenarios:
+                res = load.edge_round(scenario, port, EDGE_SECONDS, None, workdir, body)
+                load.log(f"{scenario}: {res['ok']} answered, {res['failed']} failed")
+            stop(kind, p)
         port = load.free_port()
-        p = load.start_edge_proxy(procs, workdir, "faultline", port, origin, certs, False)
-        for _, options, label in instructions.TLS_LOADS:
-            ok = load.h2load(port, options + ["-n", str(TLS_REQUESTS)])["ok"]
-            load.log(f"{label}: {ok} of {TLS_REQUESTS} answered")
-        stop(p)
-        port = load.free_port()
-        p = load.start_proxy(procs, workdir, "faultline", port, [origin])
-        made = load.wrk(port, PLAIN_SECONDS, 64)["requests"]
-        load.log(f"wrk -c64 -d{PLAIN_SECONDS}s: {made} requests")
-        stop(p)
+        p = load.start_proxy(procs, workdir, kind, port, [origin])
+        res = load.wrk(port, PLAIN_SECONDS, 64)
+        load.log(f"plaintext, wrk -c64 -d{PLAIN_SECONDS}s: {res['requests']} requests")
+        stop(kind, p)
+        if kind == "faultline":
+            refused, stalled = load.free_port(), load.free_port()
+            load.start_stall(procs, workdir, stalled)
+            port = load.free_port()
+            p = load.start_proxy(procs, workdir, kind, port, [origin, refused, stalled],
+                                 failure=True)
+            res = load.wrk(port, FAILURE_SECONDS, 64, timeout="1s")
+            load.log(f"failures, wrk -c64 -d{FAILURE_SECONDS}s: {res['requests']} requests")
+            stop(kind, p)
     finally:
         procs.stop_all()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -339,6 +339,57 @@ fn https_with_http1_and_http2_to_plain_and_tls_origins() {
     );
 }
 
+/// An HTTP/2 client gets the origin's header values as sent, repeated and indexed ones included,
+/// on every stream of a connection: faultline gives them storage of their own (so that the
+/// HPACK table does not pin the upstream's read buffer) before they go out.
+#[test]
+fn http2_clients_get_the_origin_header_values_on_every_stream() {
+    let pki = Pki::new("h2values");
+    let origin = Origin::start(Behavior::Raw(
+        b"HTTP/1.1 200 OK\r\nServer: test-origin/1.0\r\nContent-Type: text/plain\r\n\
+          Set-Cookie: a=1\r\nX-Note: first\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok"
+            .to_vec(),
+    ));
+    let proxy = tls_proxy(&pki, &edge_config(origin.addr, origin.addr));
+    let connector = connector(&pki, b"h2");
+    let addr = proxy.addr;
+    let seen = runtime().block_on(async move {
+        let tls = tls_connect(&connector, addr).await.expect("handshake");
+        let mut send = h2_client(tls).await;
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let resp = h2_request(&mut send, "/plain", &[]).await.expect("request");
+            let resp = resp.await.expect("response");
+            let mut headers: Vec<(String, String)> = resp
+                .headers()
+                .iter()
+                .filter(|(name, _)| !["date", "x-request-id"].contains(&name.as_str()))
+                .map(|(n, v)| (n.to_string(), v.to_str().expect("text").to_string()))
+                .collect();
+            let (body, end) = h2_body(&mut resp.into_body(), usize::MAX).await;
+            assert!(matches!(end, Some(Ok(()))), "{end:?}");
+            headers.push(("(body)".into(), String::from_utf8_lossy(&body).into()));
+            seen.push(headers);
+        }
+        seen
+    });
+    let expected: Vec<(String, String)> = [
+        ("server", "test-origin/1.0"),
+        ("content-type", "text/plain"),
+        ("set-cookie", "a=1"),
+        ("set-cookie", "b=2"),
+        ("x-note", "first"),
+        ("content-length", "2"),
+        ("(body)", "ok"),
+    ]
+    .iter()
+    .map(|(n, v)| (n.to_string(), v.to_string()))
+    .collect();
+    for headers in &seen {
+        assert_eq!(headers, &expected);
+    }
+}
+
 #[test]
 fn http2_clients_get_the_same_failure_answers() {
     let pki = Pki::new("h2fail");
