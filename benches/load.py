@@ -150,10 +150,22 @@ def bare_command(kind, port, backends, tls=None):
     return args, env
 
 
+# The ports `free_port` handed out in this run.
+PORTS_GIVEN = set()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port free now and not handed out before in this run: the kernel can give the
+    same free port to two probes in a row when the first one's owner has not bound it yet (two
+    listeners of one proxy, say)."""
+    for _ in range(1000):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in PORTS_GIVEN:
+            PORTS_GIVEN.add(port)
+            return port
+    raise RuntimeError("no free loopback port left that this run has not handed out")
 
 
 # The output file of each process started, by name: what a proxy said when it did not start.
