@@ -6,7 +6,8 @@ runs it between the instrumented build and the optimised one.
 The binary is one built with `-Cprofile-generate=DIR`; it writes its profile (`DIR/*.profraw`,
 or where `LLVM_PROFILE_FILE` says) when it exits, which this script makes it do: SIGTERM for
 faultline (its graceful shutdown, with no grace period in the benchmark's configuration),
-SIGINT for the bare Pingora proxy (Pingora's fast shutdown). The loads, on loopback, each
+SIGINT for the bare Pingora proxy (Pingora's fast shutdown), which `headers+jemalloc` runs
+setting faultline's four forwarding headers. The loads, on loopback, each
 bounded in time, are the benchmark's, so that the profile is of what the benchmark measures and
 of what an edge mostly does:
 
@@ -34,7 +35,7 @@ EDGE_SECONDS = 4
 PLAIN_SECONDS = 8
 FAILURE_SECONDS = 6
 # What `--proxy` may name: the binary given is a build of it.
-PROXIES = ("faultline", "bare+jemalloc")
+PROXIES = ("faultline", "bare+jemalloc", "headers+jemalloc")
 
 
 def stop(kind, p):
