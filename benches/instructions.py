@@ -26,7 +26,8 @@ which can change how many events one `epoll_wait` returns; the counts are those 
     python3 benches/instructions.py --save /tmp/cg   # then: callgrind_annotate --inclusive=yes
                                                      # or: benches/cost_groups.py
     python3 benches/instructions.py --skip-build --tls --save /tmp/cg-tls
-        # over TLS: HTTP/2 and HTTP/1.1 requests, full handshakes (Pingora builds, faultline)
+        # over TLS: HTTP/2 and HTTP/1.1 requests, full handshakes, gRPC calls (Pingora builds,
+        # faultline)
     python3 benches/instructions.py --skip-build --tls --cache-sim --requests 3000 --handshakes 10
         # and the cache misses per request, simulated for one core of this machine
     python3 benches/instructions.py --skip-build --tls --syscalls --requests 50000
@@ -270,7 +271,8 @@ def misses_report(kinds, shapes):
 # `--tls`: the TLS edge as the load benchmark's edge scenarios configure it (one TLS listener,
 # HTTP/2 and HTTP/1.1 by ALPN, an ECDSA P-256 certificate), driven by h2load with a fixed count:
 # (shape, h2load options for n requests, label). The one handshake of the request shapes is in
-# their count (a few thousand instructions per request over 20,000 requests).
+# their count (a few thousand instructions per request over 20,000 requests). The gRPC calls go
+# to the edge scenarios' tonic origin over h2c, the rest to the nginx origin.
 TLS_SHAPES = (
     ("h2tls", lambda n: ["-c1", "-m10", "-n", str(n)],
      "an HTTP/2 request over TLS (`h2load -c1 -m10`)"),
@@ -278,33 +280,42 @@ TLS_SHAPES = (
      "an HTTP/1.1 request over TLS, kept alive (`h2load --h1 -c1`)"),
     ("handshakes", None,
      "a full TLS handshake, one HTTP/1.1 request, close (`h2load --h1 -c10 -n10`, repeated)"),
+    ("grpc", lambda n: ["-c1", "-m10", "-n", str(n)],
+     "a gRPC unary call over TLS, to the tonic origin over h2c (`h2load -c1 -m10`)"),
 )
 # Connections one h2load run of the handshakes shape opens (each: a handshake, one request).
 HANDSHAKE_RUN = 10
 
 
-def tls_work(port, options, n):
+def tls_work(port, options, n, grpc_body=None):
     """`n` requests made with h2load `options(n)` (or, without options, `n` handshakes, each
-    with its request); the count answered."""
+    with its request; with `grpc_body`, gRPC calls with that message); the count answered."""
+    if grpc_body:
+        return load.h2load(port, options(n) + load.grpc_options(grpc_body),
+                           path=load.GRPC_PATH)["ok"]
     if options:
         return load.h2load(port, options(n))["ok"]
     return sum(load.h2load(port, ["--h1", f"-c{HANDSHAKE_RUN}", f"-n{HANDSHAKE_RUN}"])["ok"]
                for _ in range(n // HANDSHAKE_RUN))
 
 
-def measure_tls(procs, workdir, kind, origin, certs, shape, options, n, save):
-    """Instructions per request (per handshake) of `kind` behind a TLS listener under callgrind."""
+def measure_tls(procs, workdir, kind, origins, certs, shape, options, n, save):
+    """Instructions per request (per handshake, per call) of `kind` behind a TLS listener under
+    callgrind; `origins`: the nginx origin's port, and the gRPC origin's with its message."""
     port = load.free_port()
     tag = tag_of(kind, shape)
-    p = load.start_edge_proxy(procs, workdir, kind, port, origin, certs, False,
-                              prefix=callgrind(workdir, tag), wait=120.0)
+    origin, (grpc_origin, grpc_body) = origins
+    grpc = shape == "grpc"
+    p = load.start_edge_proxy(procs, workdir, kind, port, grpc_origin if grpc else origin, certs,
+                              grpc, prefix=callgrind(workdir, tag), wait=120.0)
+    body = grpc_body if grpc else None
     warm = HANDSHAKE_RUN * 2 if options is None else 500
-    got = tls_work(port, options, warm)
+    got = tls_work(port, options, warm, body)
     if got != warm:
         raise SystemExit(f"{kind}: warm-up got {got}/{warm} answers")
     subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True,
                    stdout=subprocess.DEVNULL)
-    got = tls_work(port, options, n)
+    got = tls_work(port, options, n, body)
     return per_unit(p, workdir, tag, kind, save, got, n)
 
 
@@ -511,8 +522,9 @@ def main():
                              "--pairs times each")
     parser.add_argument("--pairs", type=int, default=3)
     parser.add_argument("--tls", action="store_true",
-                        help="the TLS edge instead: HTTP/2 and HTTP/1.1 requests over TLS and "
-                             "full handshakes, for the Pingora builds and faultline")
+                        help="the TLS edge instead: HTTP/2 and HTTP/1.1 requests over TLS, "
+                             "full handshakes and gRPC calls, for the Pingora builds and "
+                             "faultline")
     parser.add_argument("--handshakes", type=int, default=200,
                         help="with --tls: handshakes measured (a multiple of 10)")
     parser.add_argument("--cache-sim", action="store_true",
@@ -612,7 +624,8 @@ def main():
 
 
 def tls_main(args):
-    """`--tls`: instructions per request over TLS (HTTP/2, HTTP/1.1) and per full handshake."""
+    """`--tls`: instructions per request over TLS (HTTP/2, HTTP/1.1), per full handshake and
+    per gRPC call."""
     kinds = KINDS if args.kinds == ",".join(KINDS) else args.kinds.split(",")
     if any(kind not in KINDS + [HEADERS_JEMALLOC] for kind in kinds):
         raise SystemExit(f"--tls takes some of {', '.join(KINDS + [HEADERS_JEMALLOC])}")
@@ -623,11 +636,14 @@ def tls_main(args):
     workdir, procs, origin, certs = tls_setup(args)
     results = {}
     try:
+        grpc_origin = load.free_port()
+        load.start_grpc_origin(procs, grpc_origin)
+        origins = (origin, (grpc_origin, load.grpc_body(workdir)))
         for shape, options, _ in TLS_SHAPES:
             n = args.handshakes if options is None else args.requests
             for kind in kinds:
                 save = os.path.join(args.save, shape) if args.save else None
-                results[(kind, shape)] = measure_tls(procs, workdir, kind, origin, certs, shape,
+                results[(kind, shape)] = measure_tls(procs, workdir, kind, origins, certs, shape,
                                                      options, n, save)
                 load.log(f"{kind}, {shape}: {results[(kind, shape)]:,.0f} instructions per "
                          f"{'handshake' if options is None else 'request'}")

@@ -872,6 +872,12 @@ def grpc_body(workdir):
     return path
 
 
+def grpc_options(body):
+    """h2load's options that make each request a gRPC call with the message in file `body`
+    (to `GRPC_PATH`)."""
+    return ["-d", body, "-H", "content-type: application/grpc", "-H", "te: trailers"]
+
+
 def grpc_check(port, body):
     """One gRPC call through the proxy on `port` with nghttp (HTTP/2 over TLS), since h2load
     counts HTTP statuses only: the call's grpc-status (from the trailers, or from a
@@ -970,8 +976,8 @@ def edge_round(scenario, port, duration, session, workdir, body):
     elif scenario == "h1tls":
         res = h2load(port, ["--h1", "-c64"], duration, session, log_file)
     elif scenario == "grpc":
-        res = h2load(port, ["-c16", "-m10", "-d", body, "-H", "content-type: application/grpc",
-                            "-H", "te: trailers"], duration, session, log_file, path=GRPC_PATH)
+        res = h2load(port, ["-c16", "-m10"] + grpc_options(body), duration, session, log_file,
+                     path=GRPC_PATH)
     else:
         res = handshakes(port, duration, session)
     done = max(res["ok"], 1)

@@ -539,12 +539,12 @@ impl Peek for Watched {
 /// their own.
 ///
 /// Pingora parses an upstream's response header into slices of its 4 KiB read buffer, and h2's
-/// HPACK encoder keeps the values it indexes (`date`, `server`, `content-type` …) in the
-/// connection's dynamic table for as long as the connection lives: without the copy, every idle
-/// HTTP/2 client connection pins the whole read buffer of the last response it was sent. One
-/// allocation for all the values (a few hundred bytes), shared by their slices. A value whose
-/// copy `HeaderValue` would refuse (Pingora builds them unchecked; its parser passes none) keeps
-/// its slice. For HTTP/2 clients only: the header loses its names' case.
+/// HPACK encoder keeps the values it indexes (`server`, `content-type` …) in the connection's
+/// dynamic table for as long as the connection lives: without the copy, every idle HTTP/2 client
+/// connection pins the whole read buffer of the last response it was sent. One allocation for
+/// all the values (a few hundred bytes), shared by their slices. A value whose copy
+/// `HeaderValue` would refuse (Pingora builds them unchecked; its parser passes none) keeps its
+/// slice. For HTTP/2 clients only: the header loses its names' case.
 pub(crate) fn own_header_values(header: &mut ResponseHeader) {
     // `ResponseHeader` gives no mutable access to its values; its parts do. What the parts leave
     // behind, the names' case and the reason phrase, are HTTP/1 matters.
