@@ -168,8 +168,9 @@ def command(workdir, kind, name, port, origin, binary=None):
 
 
 def tag_of(kind, what):
-    """The name of one measurement of `kind` (its files, its `EVENTS` entry): `what` is the TLS
-    shape, or the length of the plaintext request's extra headers."""
+    """The name of one measurement of `kind` (its files, its process, its `EVENTS` entry):
+    `what` is the TLS shape, the length of the plaintext request's extra headers, or the kind of
+    count (`perf`, `tls-perf`)."""
     return f"{kind}-{what}".replace("/", "_")
 
 
@@ -330,7 +331,7 @@ def syscalls_under_load(procs, workdir, kind, origin, seconds):
     """System calls per request of one proxy under `wrk -t1 -c64` for `seconds` (pinned as in
     the load benchmark), and its user and system CPU time per request ([`cpu_and_syscalls`])."""
     port = load.free_port()
-    name = f"{kind}-perf".replace("/", "_")
+    name = tag_of(kind, "perf")
     args, env = command(workdir, kind, name, port, origin)
     p = procs.start(name, load.PROXY_CPU + args, env=env)
     load.wait_port(port, name, timeout=30)
@@ -403,7 +404,7 @@ def tls_cpu_and_syscalls(procs, workdir, kind, origin, certs, options, requests)
     port = load.free_port()
     p = load.start_edge_proxy(procs, workdir, kind, port, origin, certs, False)
     load.h2load(port, options + ["-n", str(requests)])
-    name = f"{kind}-tls-perf".replace("/", "_")
+    name = tag_of(kind, "tls-perf")
     return cpu_and_syscalls(p, workdir, name,
                             lambda: load.h2load(port, options + ["-n", str(requests)])["ok"])
 
