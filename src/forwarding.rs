@@ -199,10 +199,13 @@ struct Present {
 impl Present {
     fn scan(headers: &http::HeaderMap) -> Self {
         let mut present = Present::default();
-        for name in headers.keys() {
+        for (name, value) in headers {
             // One string match per name (by length, then bytes) rather than a comparison with
             // each of the fourteen names; `names_are_scanned` keeps it in step with the lists.
             let flag = match name.as_str() {
+                // What every gRPC call carries, and what stripping would put back as it was:
+                // no cause to rebuild the header.
+                "te" if value.as_bytes() == b"trailers" => continue,
                 "x-forwarded-for" => &mut present.forwarded_for,
                 "via" => &mut present.via,
                 "x-request-id" => &mut present.request_id,
@@ -371,6 +374,19 @@ mod tests {
         ] {
             assert_eq!(flags(&name), [false; 6], "{name}");
         }
+        // `TE: trailers` alone is left as it is; with any other `TE` beside it, the header is
+        // rebuilt.
+        let te = |values: &[&'static str]| {
+            let mut headers = http::HeaderMap::new();
+            for v in values {
+                headers.append(header::TE, HeaderValue::from_static(v));
+            }
+            Present::scan(&headers).hop_by_hop
+        };
+        assert!(!te(&["trailers"]));
+        assert!(te(&["Trailers"]));
+        assert!(te(&["trailers", "gzip"]));
+        assert!(te(&["gzip", "trailers"]));
     }
 
     #[test]
@@ -438,6 +454,12 @@ mod tests {
             apply(&mut r, client(), case).unwrap();
             assert_eq!(r.headers["te"], "trailers");
             assert!(r.headers.get("keep-alive").is_none());
+            // Alone, as a gRPC call carries it.
+            let mut r = RequestHeader::build("POST", b"/a.B/C", None).unwrap();
+            r.insert_header("te", "trailers").unwrap();
+            apply(&mut r, client(), case).unwrap();
+            let te: Vec<_> = r.headers.get_all("te").iter().collect();
+            assert_eq!(te, ["trailers"]);
         }
     }
 
