@@ -58,6 +58,7 @@ driven by h2load in interleaved rounds; medians over rounds, the proxy's CPU tim
 import argparse
 import os
 import platform
+import random
 import re
 import shutil
 import signal
@@ -157,15 +158,33 @@ PORTS_GIVEN = set()
 def free_port():
     """A loopback port free now and not handed out before in this run: the kernel can give the
     same free port to two probes in a row when the first one's owner has not bound it yet (two
-    listeners of one proxy, say)."""
-    for _ in range(1000):
+    listeners of one proxy, say). Taken below the kernel's ephemeral range (32768-60999 by
+    default): the connections scenario's clients use that range up, and then the kernel's own
+    choice for port 0 comes back to the same few ports, all handed out already."""
+    low, _high = ephemeral_range()
+    candidates = list(range(max(1024, low - 12000), low))
+    random.shuffle(candidates)
+    for port in candidates:
+        if port in PORTS_GIVEN:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in PORTS_GIVEN:
-            PORTS_GIVEN.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        PORTS_GIVEN.add(port)
+        return port
     raise RuntimeError("no free loopback port left that this run has not handed out")
+
+
+def ephemeral_range():
+    """The kernel's range for ephemeral ports (Linux), or its default."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+        return low, high
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 # The output file of each process started, by name: what a proxy said when it did not start.
