@@ -390,6 +390,68 @@ fn http2_clients_get_the_origin_header_values_on_every_stream() {
     }
 }
 
+/// An HTTP/1.1 origin (hyper) that answers every request with its own body.
+fn echo_origin() -> SocketAddr {
+    use http_body_util::{BodyExt, Full};
+    use hyper::server::conn::http1;
+    use hyper::service::service_fn;
+    use hyper_util::rt::TokioIo;
+
+    let listener = runtime()
+        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    runtime().spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
+            });
+            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
+        }
+    });
+    addr
+}
+
+#[test]
+fn http2_connections_carry_large_bodies_both_ways_after_waiting_idle() {
+    // Between streams the connection has nothing to read or write, and faultline's HTTP/2
+    // codec lets its read and write buffers go (vendor/h2); each stream below starts on a
+    // connection in that state and takes them again, frame header and all.
+    let pki = Pki::new("h2idle");
+    let origin = echo_origin();
+    let proxy = tls_proxy(&pki, &edge_config(origin, origin));
+    let connector = connector(&pki, b"h2");
+    let addr = proxy.addr;
+    let sizes = [0usize, 1, 300 * 1024, 17, 1024 * 1024];
+    let echoed = runtime().block_on(async move {
+        let tls = tls_connect(&connector, addr).await.expect("handshake");
+        let mut send = h2_client(tls).await;
+        let mut echoed = Vec::new();
+        for (i, size) in sizes.into_iter().enumerate() {
+            let body: Vec<u8> = (0..size).map(|b| ((b * 31 + i) % 251) as u8).collect();
+            std::future::poll_fn(|cx| send.poll_ready(cx))
+                .await
+                .expect("ready");
+            let req = http::Request::post("https://localhost/plain/echo")
+                .body(())
+                .expect("request");
+            let (resp, mut stream) = send.send_request(req, false).expect("send");
+            stream
+                .send_data(bytes::Bytes::from(body.clone()), true)
+                .expect("body");
+            let resp = resp.await.expect("response");
+            let status = resp.status().as_u16();
+            let (got, end) = h2_body(&mut resp.into_body(), usize::MAX).await;
+            assert!(matches!(end, Some(Ok(()))), "stream {i}: {end:?}");
+            echoed.push((status, got == body, got.len()));
+        }
+        echoed
+    });
+    let expected: Vec<_> = sizes.iter().map(|&size| (200, true, size)).collect();
+    assert_eq!(echoed, expected);
+}
+
 #[test]
 fn http2_clients_get_the_same_failure_answers() {
     let pki = Pki::new("h2fail");
