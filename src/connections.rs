@@ -247,8 +247,9 @@ where
             }
             first = Some(start);
         }
-        self.serve_http1(stream, first, limits, deadline, over, shutdown)
-            .await;
+        // Boxed too: an HTTP/2 connection would otherwise carry the HTTP/1 loop's state (its
+        // session, its header read) for its whole life, about 1.2 KB.
+        Box::pin(self.serve_http1(stream, first, limits, deadline, over, shutdown)).await;
         None
     }
 
