@@ -4,6 +4,8 @@ use slab::Slab;
 #[derive(Debug)]
 pub struct Buffer<T> {
     slab: Slab<Slot<T>>,
+    /// Whether the slab is let go whenever it empties (a server's connections).
+    release_when_empty: bool,
 }
 
 /// A sequence of frames in a `Buffer`
@@ -26,8 +28,12 @@ struct Slot<T> {
 }
 
 impl<T> Buffer<T> {
-    pub fn new() -> Self {
-        Buffer { slab: Slab::new() }
+    /// A buffer whose slab is let go whenever it empties.
+    pub fn releasing_when_empty(release: bool) -> Self {
+        Buffer {
+            slab: Slab::new(),
+            release_when_empty: release,
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -82,6 +88,10 @@ impl Deque {
         match self.indices {
             Some(mut idxs) => {
                 let mut slot = buf.slab.remove(idxs.head);
+                if buf.release_when_empty && buf.slab.is_empty() {
+                    // Nothing is queued on any stream: the slots' memory goes until the next.
+                    buf.slab = Slab::new();
+                }
 
                 if idxs.head == idxs.tail {
                     assert!(slot.next.is_none());

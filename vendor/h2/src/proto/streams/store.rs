@@ -12,6 +12,8 @@ use std::ops;
 pub(super) struct Store {
     slab: slab::Slab<Stream>,
     ids: IndexMap<StreamId, SlabIndex>,
+    /// Whether the slab and the id map are let go whenever they empty (a server's connections).
+    release_when_empty: bool,
 }
 
 /// "Pointer" to an entry in the store
@@ -79,10 +81,17 @@ pub(super) trait Resolve {
 // ===== impl Store =====
 
 impl Store {
+    #[cfg(test)]
     pub fn new() -> Self {
+        Self::releasing_when_empty(false)
+    }
+
+    /// A store whose slab and id map are let go whenever they empty.
+    pub fn releasing_when_empty(release: bool) -> Self {
         Store {
             slab: slab::Slab::new(),
             ids: IndexMap::new(),
+            release_when_empty: release,
         }
     }
 
@@ -406,6 +415,10 @@ impl<'a> Ptr<'a> {
         // Remove the stream state
         let stream = self.store.slab.remove(self.key.index.0 as usize);
         assert_eq!(stream.id, self.key.stream_id);
+        if self.store.release_when_empty && self.store.slab.is_empty() {
+            // No stream is left, so no key into the slab: its memory goes until the next one.
+            self.store.slab = slab::Slab::new();
+        }
         stream.id
     }
 
@@ -416,6 +429,9 @@ impl<'a> Ptr<'a> {
     pub fn unlink(&mut self) {
         let id = self.key.stream_id;
         self.store.ids.swap_remove(&id);
+        if self.store.release_when_empty && self.store.ids.is_empty() {
+            self.store.ids = IndexMap::new();
+        }
     }
 }
 

@@ -123,7 +123,7 @@ where
 
         Streams {
             inner: Inner::new(peer, config),
-            send_buffer: Arc::new(SendBuffer::new()),
+            send_buffer: Arc::new(SendBuffer::new(peer.is_server())),
             _p: ::std::marker::PhantomData,
         }
     }
@@ -462,7 +462,8 @@ impl Inner {
                 task: None,
                 conn_error: None,
             },
-            store: Store::new(),
+            // A server holds many connections, most of them idle at any time.
+            store: Store::releasing_when_empty(peer.is_server()),
             refs: 1,
         }))
     }
@@ -1721,8 +1722,8 @@ fn maybe_cancel(stream: &mut store::Ptr, actions: &mut Actions, counts: &mut Cou
 // ===== impl SendBuffer =====
 
 impl<B> SendBuffer<B> {
-    fn new() -> Self {
-        let inner = Mutex::new(Buffer::new());
+    fn new(release_when_empty: bool) -> Self {
+        let inner = Mutex::new(Buffer::releasing_when_empty(release_when_empty));
         SendBuffer { inner }
     }
 
