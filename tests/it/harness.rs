@@ -16,19 +16,37 @@ pub struct Proxy {
 
 /// A free loopback port (bound, then released), never one handed out before in this test
 /// process: the kernel may give a released port again at once, and two tests (or a listener and
-/// the admin listener of one proxy) would then be configured on the same port.
+/// the admin listener of one proxy) would then be configured on the same port. Taken below the
+/// kernel's ephemeral range: between this check and the proxy's bind, any outgoing connection
+/// on the machine (the tests' own clients, a benchmark) may take a port of that range as its
+/// source port, and the proxy would then fail to listen.
 pub fn free_addr() -> SocketAddr {
-    static GIVEN: Mutex<Vec<u16>> = Mutex::new(Vec::new());
-    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
-    for _ in 0..1000 {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let addr = l.local_addr().expect("addr");
-        if !given.contains(&addr.port()) {
-            given.push(addr.port());
-            return addr;
+    static NEXT: Mutex<Option<u16>> = Mutex::new(None);
+    let low = ephemeral_low();
+    let first = low.saturating_sub(12_000).max(1024);
+    let span = low - first;
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    // Each test process starts somewhere else in the range, so that two running at once (a
+    // build's unit tests and this binary, say) rarely try the same ports.
+    let mut offset = next.unwrap_or((std::process::id() % u32::from(span)) as u16);
+    for _ in 0..span {
+        let port = first + offset;
+        offset = (offset + 1) % span;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(offset);
+            return SocketAddr::from(([127, 0, 0, 1], port));
         }
     }
-    panic!("no loopback port free that was not handed out before")
+    panic!("no loopback port free below the ephemeral range")
+}
+
+/// The first port of the kernel's ephemeral range (Linux), or its default.
+fn ephemeral_low() -> u16 {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse().ok())
+        .filter(|&low: &u16| low > 2048)
+        .unwrap_or(32768)
 }
 
 impl Proxy {
