@@ -64,39 +64,28 @@ struct Directory {
 impl Directory {
     fn start(tenants: &'static [(&'static str, &'static str)]) -> Directory {
         use http_body_util::Full;
-        use hyper::server::conn::http1;
         use hyper::service::service_fn;
-        use hyper_util::rt::TokioIo;
 
         let lookups = Arc::new(AtomicUsize::new(0));
         let counted = lookups.clone();
-        let listener = runtime()
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        runtime().spawn(async move {
-            while let Ok((tcp, _)) = listener.accept().await {
-                let counted = counted.clone();
-                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    counted.fetch_add(1, Ordering::SeqCst);
-                    let name = req.uri().path().trim_start_matches("/tenants/").to_string();
-                    async move {
-                        if name == "slow" {
-                            std::future::pending::<()>().await;
-                        }
-                        let (status, body) = match tenants.iter().find(|(t, _)| *t == name) {
-                            Some((_, upstream)) => (200, upstream.to_string()),
-                            None if name == "broken" => (500, "directory failure".into()),
-                            None => (404, "no such tenant".into()),
-                        };
-                        let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
-                        *resp.status_mut() = http::StatusCode::from_u16(status).expect("status");
-                        Ok::<_, std::convert::Infallible>(resp)
-                    }
-                });
-                tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
+        let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let name = req.uri().path().trim_start_matches("/tenants/").to_string();
+            async move {
+                if name == "slow" {
+                    std::future::pending::<()>().await;
+                }
+                let (status, body) = match tenants.iter().find(|(t, _)| *t == name) {
+                    Some((_, upstream)) => (200, upstream.to_string()),
+                    None if name == "broken" => (500, "directory failure".into()),
+                    None => (404, "no such tenant".into()),
+                };
+                let mut resp = hyper::Response::new(Full::new(bytes::Bytes::from(body)));
+                *resp.status_mut() = http::StatusCode::from_u16(status).expect("status");
+                Ok::<_, std::convert::Infallible>(resp)
             }
         });
+        let addr = crate::origin::hyper_origin(service);
         Directory { addr, lookups }
     }
 

@@ -178,3 +178,34 @@ impl Blackhole {
         })
     }
 }
+
+/// A hyper HTTP/1.1 server on a fresh loopback port, serving each connection with a clone of
+/// `service`: an origin that speaks HTTP properly, where the test needs one.
+pub fn hyper_origin<S, B>(service: S) -> SocketAddr
+where
+    S: hyper::service::Service<
+            hyper::Request<hyper::body::Incoming>,
+            Response = hyper::Response<B>,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let listener = runtime()
+        .block_on(TcpListener::bind("127.0.0.1:0"))
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    runtime().spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let io = hyper_util::rt::TokioIo::new(tcp);
+            let connection =
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service.clone());
+            tokio::spawn(connection);
+        }
+    });
+    addr
+}

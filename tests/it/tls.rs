@@ -393,24 +393,13 @@ fn http2_clients_get_the_origin_header_values_on_every_stream() {
 /// An HTTP/1.1 origin (hyper) that answers every request with its own body.
 fn echo_origin() -> SocketAddr {
     use http_body_util::{BodyExt, Full};
-    use hyper::server::conn::http1;
-    use hyper::service::service_fn;
-    use hyper_util::rt::TokioIo;
 
-    let listener = runtime()
-        .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-        .expect("bind");
-    let addr = listener.local_addr().expect("addr");
-    runtime().spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            let service = service_fn(|req: hyper::Request<hyper::body::Incoming>| async move {
-                let body = req.into_body().collect().await?.to_bytes();
-                Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
-            });
-            tokio::spawn(http1::Builder::new().serve_connection(TokioIo::new(tcp), service));
-        }
-    });
-    addr
+    crate::origin::hyper_origin(hyper::service::service_fn(
+        |req: hyper::Request<hyper::body::Incoming>| async move {
+            let body = req.into_body().collect().await?.to_bytes();
+            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(body)))
+        },
+    ))
 }
 
 #[test]
