@@ -248,7 +248,7 @@ where
             first = Some(start);
         }
         // Boxed too: an HTTP/2 connection would otherwise carry the HTTP/1 loop's state (its
-        // session, its header read) for its whole life, about 1.2 KB.
+        // session, its header read) for its whole life: 0.8 KB (dhat: 1,456 to 615 bytes).
         Box::pin(self.serve_http1(stream, first, limits, deadline, over, shutdown)).await;
         None
     }
