@@ -24,7 +24,6 @@ use crate::admin::Admin;
 use crate::admission::{self, Refusal};
 use crate::completion::Completion;
 use crate::config::HeaderCase;
-use crate::connections;
 use crate::context::{Decision, RequestCtx};
 use crate::error_page::{self, Cause};
 use crate::extension::ResponseContext;
@@ -378,9 +377,6 @@ impl ProxyHttp for Gateway {
                 ctx.next_hop(Outcome::Response(status))
             })?;
         self.filter_response(session, ctx, upstream_response);
-        if session.is_http2() {
-            connections::h2::own_header_values(upstream_response);
-        }
         Ok(())
     }
 

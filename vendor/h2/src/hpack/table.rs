@@ -339,7 +339,7 @@ impl Table {
 
         self.slots.push_front(Slot {
             hash,
-            header,
+            header: own_value(header),
             next: None,
         });
     }
@@ -613,6 +613,27 @@ impl Table {
         // TODO: Ensure linked lists are correct: no cycles, etc...
 
         true
+    }
+}
+
+/// The header with its value in an allocation of its own. A value may be a slice of a larger
+/// buffer (a proxy's parsed upstream response, say), and the table keeps what it indexes for as
+/// long as the connection lives: with the slice, it would keep the whole buffer. Copied once,
+/// when the value enters the table.
+fn own_value(header: Header) -> Header {
+    match header {
+        Header::Field { name, value } => {
+            let value = match http::HeaderValue::from_bytes(value.as_bytes()) {
+                Ok(mut own) => {
+                    own.set_sensitive(value.is_sensitive());
+                    own
+                }
+                // Not a valid value (one built unchecked): kept as it is.
+                Err(_) => value,
+            };
+            Header::Field { name, value }
+        }
+        other => other,
     }
 }
 
