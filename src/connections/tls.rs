@@ -64,3 +64,133 @@ pub(crate) async fn accept(
     failed(&error);
     Accepted::Failed
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::io::{self, Read, Write};
+    use std::sync::Arc;
+
+    use pingora::tls::install_default_crypto_provider;
+    use rustls::pki_types::{PrivateKeyDer, ServerName};
+    use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
+
+    /// Bytes handed out in pieces of the given sizes, with a "would block" before each piece,
+    /// as a socket that a peer writes to slowly.
+    struct Trickle {
+        bytes: VecDeque<u8>,
+        pieces: Vec<usize>,
+        next: usize,
+        waited: bool,
+    }
+
+    impl Read for Trickle {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.bytes.is_empty() || !self.waited {
+                self.waited = true;
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            self.waited = false;
+            let piece = self.pieces[self.next % self.pieces.len()];
+            self.next += 1;
+            let n = piece.min(buf.len()).min(self.bytes.len());
+            for (slot, byte) in buf.iter_mut().zip(self.bytes.drain(..n)) {
+                *slot = byte;
+            }
+            Ok(n)
+        }
+    }
+
+    /// Feeds everything `from` has to send into `to`, through a [`Trickle`], and returns the
+    /// plaintext `to` received.
+    fn trickle(
+        from: &mut rustls::Connection,
+        to: &mut rustls::Connection,
+        pieces: &[usize],
+    ) -> Vec<u8> {
+        let mut wire = Vec::new();
+        while from.wants_write() {
+            from.write_tls(&mut wire).expect("write_tls");
+        }
+        let mut socket = Trickle {
+            bytes: wire.into(),
+            pieces: pieces.to_vec(),
+            next: 0,
+            waited: false,
+        };
+        let mut plaintext = Vec::new();
+        while !socket.bytes.is_empty() || !socket.waited {
+            match to.read_tls(&mut socket) {
+                Ok(_) => {
+                    to.process_new_packets().expect("records");
+                    match to.reader().read_to_end(&mut plaintext) {
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                        other => {
+                            other.expect("plaintext");
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read_tls: {e}"),
+            }
+        }
+        plaintext
+    }
+
+    /// A server connection lets its read buffer go while it waits with nothing buffered (the
+    /// vendored rustls, `vendor/rustls/FAULTLINE.md`), and reads into the stack until bytes
+    /// come. Records that arrive a byte at a time, split across waits, or larger than one read
+    /// must all come through whole, in the handshake and after it.
+    #[test]
+    fn a_server_connection_reads_records_split_across_waits_whole() {
+        install_default_crypto_provider();
+        let key = rcgen::KeyPair::generate().expect("key");
+        let cert = rcgen::CertificateParams::new(vec!["edge.test".to_string()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let private = PrivateKeyDer::try_from(key.serialize_der()).expect("a PKCS#8 key");
+        let server_config = ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.der().clone()], private)
+            .expect("server config");
+        let mut roots = RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let client_config = ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from("edge.test").expect("name");
+        let mut client = rustls::Connection::from(
+            ClientConnection::new(Arc::new(client_config), name).expect("client"),
+        );
+        let mut server = rustls::Connection::from(
+            ServerConnection::new(Arc::new(server_config)).expect("server"),
+        );
+
+        // The handshake: the ClientHello a byte at a time, then in odd pieces.
+        let mut rounds = 0;
+        while client.is_handshaking() || server.is_handshaking() {
+            rounds += 1;
+            assert!(rounds < 10, "the handshake did not finish");
+            trickle(&mut client, &mut server, &[1, 1, 1, 1, 1, 3, 700]);
+            trickle(&mut server, &mut client, &[4096]);
+        }
+
+        client.set_buffer_limit(None);
+        // Records of every size, each across several pieces and waits: a header split from
+        // its body, a record larger than the stack read, several records in one piece.
+        let message: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        for (sent, pieces) in [
+            (&message[..1], &[1][..]),
+            (&message[..100], &[2, 3, 50, 1]),
+            (&message[..40_000], &[5, 4096, 1, 10_000]),
+            (&message[..], &[65_536]),
+            (&message[..7], &[4096]),
+        ] {
+            client.writer().write_all(sent).expect("plaintext in");
+            let received = trickle(&mut client, &mut server, pieces);
+            assert_eq!(received.len(), sent.len());
+            assert!(received == sent, "the plaintext differs");
+        }
+    }
+}
