@@ -75,24 +75,24 @@ mod tests {
     use rustls::pki_types::{PrivateKeyDer, ServerName};
     use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
-    /// Bytes handed out in pieces of the given sizes, with a "would block" before each piece,
-    /// as a socket that a peer writes to slowly.
+    /// A wait: the socket has nothing to read ("would block").
+    const WAIT: usize = 0;
+
+    /// Bytes handed out in pieces of the given sizes, in turn, as a socket that a peer writes
+    /// to slowly: a piece of [`WAIT`] is a read that finds nothing.
     struct Trickle {
         bytes: VecDeque<u8>,
         pieces: Vec<usize>,
         next: usize,
-        waited: bool,
     }
 
     impl Read for Trickle {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            if self.bytes.is_empty() || !self.waited {
-                self.waited = true;
-                return Err(io::ErrorKind::WouldBlock.into());
-            }
-            self.waited = false;
             let piece = self.pieces[self.next % self.pieces.len()];
             self.next += 1;
+            if self.bytes.is_empty() || piece == WAIT {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
             let n = piece.min(buf.len()).min(self.bytes.len());
             for (slot, byte) in buf.iter_mut().zip(self.bytes.drain(..n)) {
                 *slot = byte;
@@ -101,25 +101,25 @@ mod tests {
         }
     }
 
-    /// Feeds everything `from` has to send into `to`, through a [`Trickle`], and returns the
-    /// plaintext `to` received.
-    fn trickle(
-        from: &mut rustls::Connection,
-        to: &mut rustls::Connection,
-        pieces: &[usize],
-    ) -> Vec<u8> {
+    /// What `from` has to send, as it goes on the wire.
+    fn wire(from: &mut rustls::Connection) -> Vec<u8> {
         let mut wire = Vec::new();
         while from.wants_write() {
             from.write_tls(&mut wire).expect("write_tls");
         }
+        wire
+    }
+
+    /// Feeds `wire` into `to` through a [`Trickle`] of `pieces`, and returns the plaintext
+    /// `to` received.
+    fn deliver(to: &mut rustls::Connection, wire: Vec<u8>, pieces: &[usize]) -> Vec<u8> {
         let mut socket = Trickle {
             bytes: wire.into(),
             pieces: pieces.to_vec(),
             next: 0,
-            waited: false,
         };
         let mut plaintext = Vec::new();
-        while !socket.bytes.is_empty() || !socket.waited {
+        while !socket.bytes.is_empty() {
             match to.read_tls(&mut socket) {
                 Ok(_) => {
                     to.process_new_packets().expect("records");
@@ -137,10 +137,11 @@ mod tests {
         plaintext
     }
 
-    /// A server connection lets its read buffer go while it waits with nothing buffered (the
-    /// vendored rustls, `vendor/rustls/FAULTLINE.md`), and reads into the stack until bytes
-    /// come. Records that arrive a byte at a time, split across waits, or larger than one read
-    /// must all come through whole, in the handshake and after it.
+    /// A server connection lets its read buffer go while it waits with nothing buffered, and
+    /// reads into the stack while nothing is buffered (the vendored rustls,
+    /// `vendor/rustls/FAULTLINE.md`). Records that arrive a byte at a time, split across
+    /// waits, larger than one read, several in one read, or one per read back to back, must
+    /// all come through whole, in the handshake and after it.
     #[test]
     fn a_server_connection_reads_records_split_across_waits_whole() {
         install_default_crypto_provider();
@@ -172,24 +173,50 @@ mod tests {
         while client.is_handshaking() || server.is_handshaking() {
             rounds += 1;
             assert!(rounds < 10, "the handshake did not finish");
-            trickle(&mut client, &mut server, &[1, 1, 1, 1, 1, 3, 700]);
-            trickle(&mut server, &mut client, &[4096]);
+            let hello = wire(&mut client);
+            deliver(
+                &mut server,
+                hello,
+                &[WAIT, 1, 1, WAIT, 1, 1, 1, 3, WAIT, 700],
+            );
+            let answer = wire(&mut server);
+            deliver(&mut client, answer, &[4096]);
         }
 
         client.set_buffer_limit(None);
-        // Records of every size, each across several pieces and waits: a header split from
-        // its body, a record larger than the stack read, several records in one piece.
         let message: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         for (sent, pieces) in [
-            (&message[..1], &[1][..]),
-            (&message[..100], &[2, 3, 50, 1]),
-            (&message[..40_000], &[5, 4096, 1, 10_000]),
+            // A record a byte at a time, with a wait before each byte.
+            (&message[..1], &[WAIT, 1][..]),
+            // A header split from its body.
+            (&message[..100], &[WAIT, 2, 3, WAIT, 50, 1]),
+            // Records larger than a read, and than the buffer's first size.
+            (&message[..40_000], &[WAIT, 5, 4096, 1, WAIT, 10_000]),
+            // Several records in one read.
             (&message[..], &[65_536]),
-            (&message[..7], &[4096]),
+            (&message[..7], &[WAIT, 4096]),
         ] {
             client.writer().write_all(sent).expect("plaintext in");
-            let received = trickle(&mut client, &mut server, pieces);
+            let bytes = wire(&mut client);
+            let received = deliver(&mut server, bytes, pieces);
             assert_eq!(received.len(), sent.len());
+            assert!(received == sent, "the plaintext differs");
+        }
+
+        // Records one per read, back to back with no wait: each read finds the buffer there,
+        // with nothing in it. A short one after long ones, then long ones after short ones.
+        for sizes in [&[300, 300, 10, 300][..], &[10, 300, 300, 1000]] {
+            let (mut sent, mut bytes, mut pieces) = (Vec::new(), Vec::new(), Vec::new());
+            for (i, &size) in sizes.iter().enumerate() {
+                let record = &message[i..i + size];
+                client.writer().write_all(record).expect("plaintext in");
+                sent.extend_from_slice(record);
+                let on_wire = wire(&mut client);
+                assert!(on_wire.len() > size, "a record each");
+                pieces.push(on_wire.len());
+                bytes.extend(on_wire);
+            }
+            let received = deliver(&mut server, bytes, &pieces);
             assert!(received == sent, "the plaintext differs");
         }
     }
