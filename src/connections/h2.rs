@@ -139,77 +139,82 @@ pub(crate) async fn serve<A>(
     let mut stop_after_first = false;
     let mut served = false;
     let mut rejected = 0;
-    // Made once for the connection, not once per stream: each registers a waiter when first
-    // polled and keeps it. The shutdown signal fires once; its branch is off from then on.
-    let shutdown_signal = async { watch.changed().await };
-    let overdue = blocks.overdue(limits.header_timeout);
-    let idle = streams.idle_for(limits.keepalive_timeout);
-    tokio::pin!(shutdown_signal, overdue, idle);
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = &mut shutdown_signal, if !draining && !stop_after_first => {
-                if served {
-                    // GOAWAY, then the streams in flight finish, as Pingora's own loop does.
+    // The loop ends with the reason to close the connection; the close is awaited after it,
+    // once the loop's futures and the stream it accepted last are gone, so that the
+    // connection's state does not hold them beside the close (about 1 KB per connection).
+    let reason = {
+        // Made once for the connection, not once per stream: each registers a waiter when
+        // first polled and keeps it. The shutdown signal fires once; its branch is off from
+        // then on.
+        let shutdown_signal = async { watch.changed().await };
+        let overdue = blocks.overdue(limits.header_timeout);
+        let idle = streams.idle_for(limits.keepalive_timeout);
+        tokio::pin!(shutdown_signal, overdue, idle);
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = &mut shutdown_signal, if !draining && !stop_after_first => {
+                    if served {
+                        // GOAWAY, then the streams in flight finish, as Pingora's own loop does.
+                        draining = true;
+                        conn.graceful_shutdown();
+                    } else {
+                        stop_after_first = true;
+                    }
+                    continue;
+                }
+                // Lazy: the timer is made only when this branch is polled.
+                () = async {
+                    tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await
+                }, if stop_after_first && !draining => {
                     draining = true;
                     conn.graceful_shutdown();
-                } else {
-                    stop_after_first = true;
+                    continue;
                 }
-                continue;
-            }
-            // Lazy: the timer is made only when this branch is polled.
-            () = async {
-                tokio::time::sleep(deadline.saturating_duration_since(Instant::now())).await
-            }, if stop_after_first && !draining => {
-                draining = true;
-                conn.graceful_shutdown();
-                continue;
-            }
-            () = &mut overdue => {
-                log::debug!("HTTP/2 header block not complete within clients.header_timeout");
-                return close(&mut conn, &digest, Reason::PROTOCOL_ERROR).await;
-            }
-            () = &mut idle => {
-                return close(&mut conn, &digest, Reason::NO_ERROR).await;
-            }
-            next = HttpSession::from_h2_conn(&mut conn, digest.clone()) => next,
-        };
-        match next {
-            // A client that drops the TCP connection without a GOAWAY is common: not logged.
-            Err(_) | Ok(None) => return,
-            Ok(Some(H2Accept::Rejected)) => {
-                rejected += 1;
-                if rejected >= MAX_REJECTED_STREAMS {
-                    return close(&mut conn, &digest, Reason::ENHANCE_YOUR_CALM).await;
+                () = &mut overdue => {
+                    log::debug!("HTTP/2 header block not complete within clients.header_timeout");
+                    break Reason::PROTOCOL_ERROR;
                 }
-            }
-            Ok(Some(H2Accept::Session(mut session))) => {
-                if let Some(name) = &server_name {
-                    session
-                        .req_header_mut()
-                        .extensions_mut()
-                        .insert(name.clone());
+                () = &mut idle => break Reason::NO_ERROR,
+                next = HttpSession::from_h2_conn(&mut conn, digest.clone()) => next,
+            };
+            match next {
+                // A client that drops the TCP connection without a GOAWAY is common: not logged.
+                Err(_) | Ok(None) => return,
+                Ok(Some(H2Accept::Rejected)) => {
+                    rejected += 1;
+                    if rejected >= MAX_REJECTED_STREAMS {
+                        break Reason::ENHANCE_YOUR_CALM;
+                    }
                 }
-                let open = streams.opened();
-                let app = app.clone();
-                let shutdown = shutdown.clone();
-                let mut session = ServerSession::new_http2(session);
-                // A client that keeps its window shut holds the stream, and its upstream, until
-                // a body write makes no progress for this long.
-                session.set_write_timeout(Some(limits.send_timeout));
-                tokio::spawn(async move {
-                    let _open = open;
-                    app.process_new_http(session, &shutdown).await;
-                });
-                served = true;
-                if stop_after_first && !draining {
-                    draining = true;
-                    conn.graceful_shutdown();
+                Ok(Some(H2Accept::Session(mut session))) => {
+                    if let Some(name) = &server_name {
+                        session
+                            .req_header_mut()
+                            .extensions_mut()
+                            .insert(name.clone());
+                    }
+                    let open = streams.opened();
+                    let app = app.clone();
+                    let shutdown = shutdown.clone();
+                    let mut session = ServerSession::new_http2(session);
+                    // A client that keeps its window shut holds the stream, and its upstream,
+                    // until a body write makes no progress for this long.
+                    session.set_write_timeout(Some(limits.send_timeout));
+                    tokio::spawn(async move {
+                        let _open = open;
+                        app.process_new_http(session, &shutdown).await;
+                    });
+                    served = true;
+                    if stop_after_first && !draining {
+                        draining = true;
+                        conn.graceful_shutdown();
+                    }
                 }
             }
         }
-    }
+    };
+    close(&mut conn, &digest, reason).await;
 }
 
 /// Sends GOAWAY with `reason` and drives the connection until it is written and the socket
