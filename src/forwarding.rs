@@ -112,7 +112,12 @@ pub fn apply(req: &mut RequestHeader, client: Client<'_>, case: HeaderCase) -> p
     let request_id = if already {
         None
     } else {
-        Some(value(client.request_id)?)
+        let mut id = value(client.request_id)?;
+        // Never indexed by HPACK towards an HTTP/2 upstream (RFC 7541 §7.1.3): a value new on
+        // every request would only push the stable headers out of the connection's table,
+        // and each one added makes the encoder's search for the name longer.
+        id.set_sensitive(true);
+        Some(id)
     };
 
     let set = [
@@ -481,6 +486,8 @@ mod tests {
                 apply(&mut r, client(), case).unwrap();
                 let all: Vec<_> = r.headers.get_all("x-request-id").iter().collect();
                 assert_eq!(all, ["rid"]);
+                // Unique per request: HPACK must not index it.
+                assert!(all[0].is_sensitive());
             }
         }
     }
