@@ -141,7 +141,8 @@ pub(crate) async fn serve<A>(
     let mut rejected = 0;
     // The loop ends with the reason to close the connection; the close is awaited after it,
     // once the loop's futures and the stream it accepted last are gone, so that the
-    // connection's state does not hold them beside the close (about 1 KB per connection).
+    // connection's state does not hold them beside the close (-Zprint-type-sizes: 3,520 bytes
+    // to 2,536 per connection).
     let reason = {
         // Made once for the connection, not once per stream: each registers a waiter when
         // first polled and keeps it. The shutdown signal fires once; its branch is off from
