@@ -80,6 +80,9 @@ CONNECTION_PROXIES = ["faultline", "bare-pingora", "bare+jemalloc", "nginx", "ha
 FAULTLINE_BIN = os.environ.get("FAULTLINE_BIN") or os.path.join(ROOT, "target/release/faultline")
 # Another build of the bare Pingora examples (BARE_DIR=folder), say profile-guided ones.
 BARE_DIR = os.environ.get("BARE_DIR") or os.path.join(ROOT, "target/release/examples")
+# The builds setting the headers from another folder (HEADERS_DIR=folder; BARE_DIR when unset):
+# `scripts/pgo-build` trains them apart, in target/pgo/bin/headers, so that one run can hold both.
+HEADERS_DIR = os.environ.get("HEADERS_DIR")
 IDLE_CLIENTS = os.path.join(ROOT, "benches", "idle_clients.py")
 # Ephemeral ports one source address is given at most (the kernel's range is ~28k by default).
 PORTS_PER_SOURCE = 20000
@@ -140,10 +143,12 @@ def bare_command(kind, port, backends, tls=None):
     TLS listener's port, certificate and key."""
     jemalloc = kind in ("bare+jemalloc", "headers+jemalloc")
     example = "bare_proxy_jemalloc" if jemalloc else "bare_proxy"
-    args = [os.path.join(BARE_DIR, example), f"127.0.0.1:{port}"]
+    headers = kind in ("pingora+headers", "headers+jemalloc")
+    folder = (HEADERS_DIR or BARE_DIR) if headers else BARE_DIR
+    args = [os.path.join(folder, example), f"127.0.0.1:{port}"]
     args += [f"127.0.0.1:{b}" for b in backends]
     env = dict(os.environ, RUST_LOG="error", THREADS="1")
-    if kind in ("pingora+headers", "headers+jemalloc"):
+    if headers:
         env["FORWARDING"] = "1"
     if tls:
         tls_port, cert, key = tls

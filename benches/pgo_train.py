@@ -58,7 +58,7 @@ def main():
     if kind == "faultline":
         load.FAULTLINE_BIN = binary
     else:
-        load.BARE_DIR = os.path.dirname(binary)
+        load.BARE_DIR = load.HEADERS_DIR = os.path.dirname(binary)
     workdir, procs, origin = instructions.start_origin()
     certs = load.make_certificate(workdir)
     body = load.grpc_body(workdir)

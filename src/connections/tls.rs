@@ -138,7 +138,7 @@ mod tests {
     }
 
     /// A server connection lets its read buffer go while it waits with nothing buffered, and
-    /// reads into the stack while nothing is buffered (the vendored rustls,
+    /// reads into its thread's scratch while nothing is buffered (the vendored rustls,
     /// `vendor/rustls/FAULTLINE.md`). Records that arrive a byte at a time, split across
     /// waits, larger than one read, several in one read, or one per read back to back, must
     /// all come through whole, in the handshake and after it.
