@@ -193,10 +193,10 @@ impl DeframerVecBuffer {
     }
 }
 
-/// The size of a read made when nothing is buffered (see [`DeframerVecBuffer::read_first`]):
-/// published rustls' read size.
+/// The most a read asks for: the room [`DeframerVecBuffer::prepare_read`] makes, and the size of
+/// the scratch [`DeframerVecBuffer::read_first`] reads into (moved here from `prepare_read`).
 #[cfg(feature = "std")]
-const FIRST_READ: usize = 4096;
+const READ_SIZE: usize = 4096;
 
 #[cfg(feature = "std")]
 std::thread_local! {
@@ -204,8 +204,8 @@ std::thread_local! {
     /// thread starts (`.tbss`), and only the bytes a read wrote are ever copied out of it, so a
     /// read costs no zeroing, where an array on the stack is zeroed for every read. Between
     /// reads it holds the last read's bytes: TLS records as they came off the wire.
-    static FIRST: core::cell::RefCell<[u8; FIRST_READ]> =
-        const { core::cell::RefCell::new([0; FIRST_READ]) };
+    static FIRST: core::cell::RefCell<[u8; READ_SIZE]> =
+        const { core::cell::RefCell::new([0; READ_SIZE]) };
 }
 
 #[cfg(feature = "std")]
@@ -247,7 +247,7 @@ impl DeframerVecBuffer {
             Ok(mut scratch) => self.read_first_into(rd, &mut scratch[..]),
             // Only a reader that reads another server connection could get here; it still
             // reads whole, into a zeroed array of its own.
-            Err(_) => self.read_first_into(rd, &mut [0u8; FIRST_READ]),
+            Err(_) => self.read_first_into(rd, &mut [0u8; READ_SIZE]),
         })
     }
 
@@ -279,8 +279,6 @@ impl DeframerVecBuffer {
         /// restrict that to 64KB to limit potential for denial-of-
         /// service.
         const MAX_HANDSHAKE_SIZE: u32 = 0xffff;
-
-        const READ_SIZE: usize = 4096;
 
         // We allow a maximum of 64k of buffered data for handshake messages only. Enforce this
         // by varying the maximum allowed buffer size here based on whether a prefix of a
