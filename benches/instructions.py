@@ -534,6 +534,10 @@ def main():
     args = parser.parse_args()
     global SERVER_EXTRA, CACHE_SIM
     SERVER_EXTRA = args.server
+    if args.handshakes < HANDSHAKE_RUN or args.handshakes % HANDSHAKE_RUN:
+        # h2load opens them HANDSHAKE_RUN at a time: any other count measures fewer, or none.
+        raise SystemExit(f"--handshakes: {args.handshakes} is not a positive multiple of "
+                         f"{HANDSHAKE_RUN}")
     if args.cache_sim:
         if args.syscalls or args.only:
             raise SystemExit("--cache-sim goes with the instruction counts only")
